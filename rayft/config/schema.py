@@ -1,0 +1,158 @@
+"""Typed experiment schema: one root object, one section per stage.
+
+Every model forbids unknown keys, so a typo is an error instead of a silently ignored setting.
+Semantic checks that need registries or files (model/method/task names, data columns, sweep
+parameters) live in :mod:`rayft.config.validate` and are reported together with these.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    """Which base model to fine-tune: a catalog name, a local HF folder or a hub id."""
+
+    name: str = Field(min_length=1)
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    max_length: int = Field(128, ge=8, le=8192)
+
+
+class DataConfig(_Section):
+    """Where the examples come from and how they are split."""
+
+    source: str = Field(min_length=1, description="catalog name or path to csv/jsonl/json/parquet")
+    format: Literal["auto", "csv", "jsonl", "json", "parquet"] = "auto"
+    text_column: str | None = None
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
+    system_prompt: str | None = None
+    max_samples: int | None = Field(None, ge=4)
+    train_size: int | None = Field(None, ge=2)
+    validation_size: float | int = Field(0.1, gt=0)
+    test_size: float | int = Field(0.1, ge=0)
+    seed: int = 0
+
+
+class TaskConfig(_Section):
+    """What is learned: the head, the labels and the metrics."""
+
+    name: str = "sequence_classification"
+    labels: list[str] | None = None
+
+
+class MethodConfig(_Section):
+    """How the base model is adapted. Method-specific keys are checked by the method's own schema."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = "lora"
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(1.0, gt=0, le=1000)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(16, ge=1, le=4096, description="per worker, per micro-step")
+    grad_accum: int = Field(1, ge=1, le=1024)
+    lr: float = Field(1e-4, gt=0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0, le=1.0)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1.0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    max_grad_norm: float = Field(1.0, ge=0)
+    eval_every: int | None = Field(None, ge=1, description="steps between evaluations; default once per epoch")
+    checkpoint_every: int | None = Field(None, ge=1, description="evaluations between checkpoints; default every one")
+    log_every: int = Field(10, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+
+class ScalingConfig(_Section):
+    num_workers: int = Field(1, ge=1, le=1024)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: bool = False
+    torch_threads: int | None = Field(None, ge=1, description="default: the worker's CPU allotment")
+
+
+class SearchParam(_Section):
+    """One search dimension: exactly one of the distribution keys."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    int: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchParam":
+        kinds = [k for k in ("loguniform", "uniform", "int", "choice") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"give exactly one of loguniform, uniform, int, choice (got {kinds or 'none'})")
+        for k in ("loguniform", "uniform", "int"):
+            bounds = getattr(self, k)
+            if bounds is not None:
+                low, high = bounds
+                if not low < high:
+                    raise ValueError(f"{k} bounds must satisfy low < high, got [{low}, {high}]")
+                if k == "loguniform" and low <= 0:
+                    raise ValueError(f"loguniform bounds must be > 0, got [{low}, {high}]")
+        if self.choice is not None and not self.choice:
+            raise ValueError("choice needs at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("loguniform", "uniform", "int", "choice") if getattr(self, k) is not None)
+
+
+class SweepConfig(_Section):
+    num_trials: int = Field(6, ge=1, le=100000)
+    max_concurrent: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
+    searcher: Literal["optuna", "random"] = "optuna"
+    scheduler: Literal["asha", "none"] = "asha"
+    metric: str | None = Field(None, description="default: the task's main metric (e.g. eval_accuracy)")
+    mode: Literal["max", "min"] | None = None
+    grace_period: int = Field(1, ge=1, description="ASHA: evaluations before a trial can be stopped")
+    reduction_factor: float = Field(2.0, gt=1)
+    seed: int = 0
+    space: dict[str, SearchParam] = Field(default_factory=dict)
+    export_best: bool = True
+
+
+class TrackingConfig(_Section):
+    wandb: bool = True
+    project: str = "rayft"
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    dir: str | None = None
+
+
+class StoreConfig(_Section):
+    path: str = "store"
+
+
+class ExperimentConfig(_Section):
+    """The root of an experiment YAML."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    output_dir: str = "runs"
+    model: ModelConfig
+    data: DataConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    def method_params(self) -> dict[str, Any]:
+        """The method's own keys (everything in ``method`` except ``name``)."""
+        return dict(self.method.model_extra or {})

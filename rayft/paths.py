@@ -1,0 +1,54 @@
+"""Stable cache locations shared by every stage (models, tokenized data, compiled ops)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$RAYFT_CACHE`` (default ``~/.cache/rayft``) joined with ``parts``, created on demand."""
+    root = Path(os.environ.get("RAYFT_CACHE") or Path.home() / ".cache" / "rayft")
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def setup_env() -> None:
+    """Environment every rayft process (driver and workers) should share.
+
+    DeepSpeed picks its CPU accelerator quietly and compiles its ops once into a stable cache.
+    """
+    os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir("torch_extensions")))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # keep worker prints single, not re-logged
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # cloud-only; noisy on local clusters
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def quiet_libraries() -> None:
+    """Silence per-process chatter (weight-loading reports, deprecation noise) in workers and replicas."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:  # pragma: no cover - torch import failures surface elsewhere
+        return False
