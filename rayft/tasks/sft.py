@@ -1,0 +1,122 @@
+"""Causal-LM instruction tuning (SFT): prompt/response pairs rendered with the tokenizer's chat
+template; only the response tokens count in the loss. Metrics: eval loss and perplexity."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from rayft.config.schema import ExperimentConfig
+from rayft.data.collate import IGNORE_INDEX
+from rayft.tasks.base import register_task
+
+FALLBACK_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def _ids(out: Any) -> list[int]:
+    """``apply_chat_template(tokenize=True)`` returns a list or a BatchEncoding depending on version."""
+    if hasattr(out, "keys") and "input_ids" in out:
+        out = out["input_ids"]
+    return list(out)
+
+
+def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of a user prompt followed by the assistant turn opener."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    text = (system + "\n\n" if system else "") + FALLBACK_TEMPLATE.format(prompt=prompt)
+    return tokenizer(text, add_special_tokens=True)["input_ids"]
+
+
+def render_example(tokenizer: Any, prompt: str, response: str, system: str | None = None) -> tuple[list[int], int]:
+    """Token ids of a whole exchange and the length of its prompt part (masked out of the loss)."""
+    prompt_ids = render_prompt(tokenizer, prompt, system)
+    if getattr(tokenizer, "chat_template", None):
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
+        if full[: len(prompt_ids)] == prompt_ids:
+            return full, len(prompt_ids)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + eos, len(prompt_ids)
+
+
+class InstructionTuning:
+    name = "sft"
+    peft_task_type = "CAUSAL_LM"
+    metrics = ("loss", "perplexity")
+    default_metric = "eval_loss"
+    default_mode = "min"
+    stratify = False
+    roles = {"prompt": "prompt_column", "response": "response_column"}
+    optional_roles: dict[str, str] = {}
+    default_columns = {"prompt": "prompt", "response": "response"}
+
+    def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
+        return None
+
+    def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
+                 labels: list[str] | None) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"input_ids": [], "labels": []}
+        limit = cfg.model.max_length
+        for prompt, response in zip(df[columns["prompt"]].astype(str), df[columns["response"]].astype(str)):
+            ids, n_prompt = render_example(tokenizer, prompt, response, cfg.data.system_prompt)
+            ids = ids[:limit]
+            labels_row = [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:]
+            if all(x == IGNORE_INDEX for x in labels_row):
+                continue  # the prompt alone fills max_length: nothing to learn from this row
+            out["input_ids"].append(ids)
+            out["labels"].append(labels_row)
+        return out
+
+    def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
+        loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
+        tokens = (shift_labels != IGNORE_INDEX).sum(-1)
+        return {"index": batch["index"].tolist(), "loss_sum": loss.sum(-1).tolist(), "tokens": tokens.tolist()}
+
+    def finish_eval(self, parts: list[dict[str, Any]]) -> dict[str, float]:
+        seen: dict[int, tuple[float, int]] = {}
+        for p in parts:
+            for i, ls, nt in zip(p["index"], p["loss_sum"], p["tokens"]):
+                seen[i] = (ls, nt)
+        total = sum(v[0] for v in seen.values())
+        count = max(sum(v[1] for v in seen.values()), 1)
+        loss = total / count
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def generate(model: torch.nn.Module, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> tuple[list[int], str]:
+    """Generate a continuation; returns (new token ids, finish reason)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    ids = torch.tensor([prompt_ids])
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id
+                              if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    new = out[0, len(prompt_ids):].tolist()
+    finish = "stop" if tokenizer.eos_token_id in new else "length"
+    if tokenizer.eos_token_id in new:
+        new = new[: new.index(tokenizer.eos_token_id)]
+    return new, finish
+
+
+TASK = register_task(InstructionTuning())
