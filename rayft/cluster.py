@@ -1,0 +1,33 @@
+"""Connecting to Ray: a local instance started for the user, or an existing cluster by address."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from rayft.paths import setup_env
+
+WORKER_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "RAYFT_CACHE", "WANDB_MODE",
+              "HF_HUB_OFFLINE", "RAY_TRAIN_V2_ENABLED", "RAY_TRAIN_ENABLE_PRINT_PATCH", "HF_HUB_DISABLE_PROGRESS_BARS",
+              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT")
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.
+
+    ``address`` is ``None`` for a local Ray started here, or ``auto`` / ``HOST:PORT`` / ``ray://HOST:PORT``.
+    """
+    import ray
+
+    setup_env()
+    if ray.is_initialized():
+        return ray.cluster_resources()
+    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
+                              "configure_logging": True, "logging_level": "WARNING"}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+    return ray.cluster_resources()

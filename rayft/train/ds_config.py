@@ -1,0 +1,31 @@
+"""The DeepSpeed config, derived from the typed experiment config (never written by hand)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayft.config.schema import ExperimentConfig
+
+
+def deepspeed_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """DeepSpeed's JSON config for this experiment's ZeRO stage, batch, clipping and precision."""
+    zero: dict[str, Any] = {"stage": cfg.scaling.zero_stage}
+    if cfg.scaling.zero_stage >= 1:
+        zero.update(overlap_comm=False, contiguous_gradients=True)
+    if cfg.scaling.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if cfg.scaling.offload_optimizer and cfg.scaling.zero_stage >= 1:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.batch_size,
+        "gradient_accumulation_steps": cfg.train.grad_accum,
+        "train_batch_size": cfg.train.batch_size * cfg.train.grad_accum * cfg.scaling.num_workers,
+        "gradient_clipping": cfg.train.max_grad_norm,
+        "zero_optimization": zero,
+        # A torch optimizer is the client optimizer: DeepSpeed's fused/CPU Adam would need JIT builds.
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }

@@ -1,0 +1,100 @@
+"""Building blocks of the worker loop: model, data loaders, DeepSpeed engine, evaluation, saving."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
+
+from rayft.config.schema import ExperimentConfig
+from rayft.data.collate import Columnar, pad_batch
+from rayft.data.prepare import PreparedData
+from rayft.methods import get_method
+from rayft.tasks import get_task
+from rayft.train.ds_config import deepspeed_config
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+def build_model(cfg: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
+    """Base model with the task's head, adapted by the configured method."""
+    task, method = get_task(cfg.task.name), get_method(cfg.method.name)
+    model = task.build_model(data.model_path, cfg, data.labels)
+    return method.apply(model, method.params.model_validate(cfg.method_params()), task.peft_task_type)
+
+
+def make_loader(columns: dict[str, list[Any]], cfg: ExperimentConfig, pad_id: int, rank: int, world: int,
+                *, train: bool) -> DataLoader:
+    """A loader over this rank's shard; evaluation shards pad to equal length (duplicates dedupe later)."""
+    dataset = Columnar(columns)
+    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
+                                 drop_last=False)
+    return DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
+                      sampler=sampler, collate_fn=lambda rows: pad_batch(rows, pad_id))
+
+
+def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
+    """Optimizer steps of the whole run (``max_steps`` wins over ``epochs``)."""
+    per_epoch = max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum))
+    return cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
+
+
+def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, steps: int):
+    """A DeepSpeed engine with a torch AdamW (decay off for biases/norms) and a transformers schedule."""
+    import deepspeed
+    from transformers import get_scheduler
+
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": cfg.train.weight_decay},
+        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
+    warmup = int(round(cfg.train.warmup_ratio * steps))
+
+    def schedule(opt: torch.optim.Optimizer):
+        return get_scheduler(cfg.train.scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                           config=deepspeed_config(cfg))
+    return engine
+
+
+def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in batch.items() if k != "index"}
+
+
+@torch.no_grad()
+def evaluate(engine, cfg: ExperimentConfig, loader: DataLoader) -> dict[str, float]:
+    """Task metrics over the whole split: every rank evaluates its shard, rank results are gathered."""
+    task = get_task(cfg.task.name)
+    engine.eval()
+    parts = [task.eval_batch(engine, {k: v.to(engine.device) for k, v in b.items()}) for b in loader]
+    engine.train()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        gathered: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, parts)
+        parts = [p for rank_parts in gathered for p in rank_parts]
+    return task.finish_eval(parts)
+
+
+def save_model(engine, cfg: ExperimentConfig, data: PreparedData, out_dir: str, rank: int) -> None:
+    """Write the result as ``save_pretrained`` does (adapter for peft methods, full model otherwise).
+
+    Under ZeRO-3 the needed parameters are gathered first; every rank must call this.
+    """
+    import deepspeed
+
+    method = get_method(cfg.method.name)
+    module = engine.module
+    params = [p for p in module.parameters() if p.requires_grad] if method.is_peft else list(module.parameters())
+    with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.scaling.zero_stage == 3):
+        if rank == 0:
+            module.save_pretrained(out_dir, safe_serialization=True)
+            if not method.is_peft:
+                from rayft.models import load_tokenizer
+
+                load_tokenizer(data.model_path).save_pretrained(out_dir)

@@ -1,0 +1,89 @@
+"""Driver side of ``rayft train``: prepare data once, launch a Ray Train run, summarize the result."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rayft.config.loader import dump_config
+from rayft.config.schema import ExperimentConfig
+
+
+@dataclass
+class TrainOutcome:
+    metrics: dict[str, Any]
+    checkpoint_path: str | None
+    run_dir: str
+    seconds: float
+
+
+def storage_root(cfg: ExperimentConfig) -> Path:
+    """Absolute folder for this experiment's runs (``output_dir/name``)."""
+    return (Path(cfg.output_dir).expanduser() / cfg.name).resolve()
+
+
+def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
+                 callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
+                 worker_cpus: float | None = None):
+    """A ``TorchTrainer`` running :func:`rayft.train.worker.train_loop_per_worker` for this config.
+
+    ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
+    the worker's thread count still follows ``scaling.cpus_per_worker``.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from rayft.train.worker import train_loop_per_worker
+
+    resources = {"CPU": worker_cpus or cfg.scaling.cpus_per_worker}
+    use_gpu = cfg.scaling.gpus_per_worker > 0
+    if use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name, storage_path=storage_path, callbacks=callbacks or [],
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=1),
+        ),
+    )
+
+
+def latest_run(root: Path, prefix: str = "train-") -> str | None:
+    runs = sorted(p.name for p in root.glob(prefix + "*") if p.is_dir()) if root.is_dir() else []
+    return runs[-1] if runs else None
+
+
+def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | None = None,
+                 verbose: bool = True) -> TrainOutcome:
+    """Train once with Ray Train + DeepSpeed. With ``resume``, continue the latest run of this experiment.
+
+    Raises:
+        RayftError: for bad data or a resume request with no earlier run.
+    """
+    import ray
+
+    from rayft.cluster import init_ray
+    from rayft.data import prepare_data
+    from rayft.errors import RayftError
+
+    start = time.perf_counter()
+    root = storage_root(cfg)
+    run_name = latest_run(root) if resume else None
+    if resume and run_name is None:
+        raise RayftError(f"--resume: no earlier run of {cfg.name!r} under {root}")
+    run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
+    data = prepare_data(cfg)
+    if verbose:
+        print(f"data: {data.raw_sizes} labels={data.labels} tokenized in {data.seconds:.1f}s", flush=True)
+    init_ray(address)
+    trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=str(root), verbose=verbose)
+    result = trainer.fit()
+    return TrainOutcome(dict(result.metrics or {}), result.checkpoint.path if result.checkpoint else None,
+                        str(root / run_name), time.perf_counter() - start)

@@ -1,0 +1,164 @@
+"""The training loop that runs inside each Ray Train worker. It reads top to bottom:
+set up → build model and DeepSpeed engine → restore → train, evaluating and checkpointing as it goes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import ray
+import ray.train
+import torch
+
+from rayft.config.schema import ExperimentConfig
+from rayft.methods import get_method, trainable_summary
+from rayft.paths import quiet_libraries, setup_env
+from rayft.train import engine as E
+
+DS_TAG = "ds"
+STATE_FILE = "rayft_state.json"
+MODEL_DIR = "model"
+HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s")  # learning curves
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config`` holds the resolved experiment and a reference to the data."""
+    started = time.perf_counter()
+    setup_env()
+    quiet_libraries()
+    cfg = ExperimentConfig.model_validate(config["experiment"])
+    data = config["data"]
+    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)))
+    torch.manual_seed(cfg.train.seed)
+    say = _printer(rank == 0 and config.get("verbose", False), config.get("label", "train"))
+
+    model = E.build_model(cfg, data)
+    info = trainable_summary(model)
+    say(f"{cfg.method.name}: {info['trainable_params']:,} of {info['total_params']:,} parameters trainable "
+        f"({info['trainable_pct']:.2f}%)")
+    train_loader = E.make_loader(data.splits["train"], cfg, data.pad_id, rank, world, train=True)
+    eval_loader = E.make_loader(data.splits["validation"], cfg, data.pad_id, rank, world, train=False)
+    steps = E.total_steps(cfg, len(train_loader))
+    eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
+    engine = E.build_engine(model, cfg, steps)
+
+    state = _restore(engine, cfg)
+    if state["step"]:
+        say(f"resumed at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+    window = _new_window()
+    first_step_s = first_step_at = None
+    mark = time.perf_counter()
+    while engine.global_steps < steps:
+        train_loader.sampler.set_epoch(state["epoch"])
+        for i, batch in enumerate(train_loader):
+            if i < state["batch"]:
+                continue  # trained on before the checkpoint we resumed from
+            before = engine.global_steps
+            loss = engine(**E.model_inputs(batch, engine.device)).loss
+            engine.backward(loss)
+            engine.step()
+            now = time.perf_counter()
+            _tally(window, loss.item(), len(batch["input_ids"]), now - mark)  # includes loading the batch
+            mark = now
+            state["batch"] = i + 1
+            if first_step_s is None:
+                first_step_s, first_step_at = now - started, time.time()
+            if engine.global_steps == before:
+                continue  # still accumulating gradients
+            step = engine.global_steps
+            if step % cfg.train.log_every == 0:
+                say(f"step {step}/{steps} loss {window['loss'] / window['n']:.4f} lr {engine.get_lr()[0]:.2e} "
+                    f"{window['samples'] / max(window['seconds'], 1e-9):.1f} samples/s")
+            if step % eval_every == 0 or step >= steps:
+                state["evals"] += 1
+                state["progress"] = state["epoch"] + state["batch"] / len(train_loader)
+                final = step >= steps
+                metrics = _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world)
+                metrics.update(startup_s=first_step_s, first_step_at=first_step_at)
+                state["history"].append({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
+                keep = final or state["evals"] % (cfg.train.checkpoint_every or 1) == 0
+                _report(engine, cfg, data, metrics, state, rank, checkpoint=keep)
+                say(_summary(metrics))
+                window, mark = _new_window(), time.perf_counter()  # evaluation time is not training time
+            if step >= steps:
+                break
+        if state["batch"] >= len(train_loader):
+            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+
+
+def _new_window() -> dict[str, float]:
+    return {"loss": 0.0, "n": 0, "samples": 0, "seconds": 0.0}
+
+
+def _tally(window: dict[str, float], loss: float, samples: int, seconds: float) -> None:
+    window["loss"] += loss
+    window["n"] += 1
+    window["samples"] += samples
+    window["seconds"] += seconds
+
+
+def _restore(engine, cfg: ExperimentConfig) -> dict[str, Any]:
+    """Load the latest Ray checkpoint (if any) into the engine; returns the loop position."""
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "evals": 0, "progress": 0.0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return state
+    with checkpoint.as_directory() as path:
+        _, client = engine.load_checkpoint(path, tag=DS_TAG, load_module_strict=False)
+        with open(os.path.join(path, STATE_FILE)) as fh:
+            state.update(json.load(fh))
+    state.update({k: v for k, v in (client or {}).items() if k in state})
+    return state
+
+
+def _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world) -> dict[str, Any]:
+    """Evaluate on validation (and on test at the end) and assemble the report."""
+    metrics: dict[str, Any] = {f"eval_{k}": v for k, v in E.evaluate(engine, cfg, eval_loader).items()}
+    if final and data.size("test"):
+        test_loader = E.make_loader(data.splits["test"], cfg, data.pad_id, rank, world, train=False)
+        metrics.update({f"test_{k}": v for k, v in E.evaluate(engine, cfg, test_loader).items()})
+    samples_per_s = window["samples"] * world / max(window["seconds"], 1e-9)
+    metrics.update(
+        step=engine.global_steps, epoch=round(state["progress"], 4),
+        train_loss=window["loss"] / max(window["n"], 1), lr=float(engine.get_lr()[0]),
+        samples_per_s=samples_per_s, final=final, **info,
+    )
+    return metrics
+
+
+def _report(engine, cfg: ExperimentConfig, data, metrics: dict[str, Any], state: dict[str, Any], rank: int,
+            *, checkpoint: bool) -> None:
+    """Report to Ray Train; with a checkpoint, every rank saves its DeepSpeed shard and rank 0 the model."""
+    if not checkpoint:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="rayft-ckpt-") as tmp:
+        client = {**state, "step": engine.global_steps}
+        engine.save_checkpoint(tmp, tag=DS_TAG, client_state=client,
+                               exclude_frozen_parameters=get_method(cfg.method.name).is_peft)
+        E.save_model(engine, cfg, data, os.path.join(tmp, MODEL_DIR), rank)
+        if rank == 0:
+            with open(os.path.join(tmp, STATE_FILE), "w") as fh:
+                json.dump({**client, "metrics": metrics, "labels": data.labels, "config": cfg.model_dump(mode="json")},
+                          fh, default=float)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    keys = [k for k in metrics if k.startswith(("eval_", "test_"))]
+    return f"eval @ step {metrics['step']}: " + " ".join(f"{k}={metrics[k]:.4f}" for k in keys)
+
+
+def _printer(enabled: bool, label: str):
+    def say(message: str) -> None:
+        if enabled:
+            print(f"[{label}] {message}", flush=True)
+
+    return say
