@@ -1,0 +1,70 @@
+"""Export a training checkpoint (a trial's or a run's) into the adapter store."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from rayft.config.schema import ExperimentConfig
+from rayft.errors import StoreError
+from rayft.store.store import AdapterStore, Manifest
+
+STATE_FILE = "rayft_state.json"
+MODEL_DIR = "model"
+
+
+def default_adapter_id(cfg: ExperimentConfig, trial_id: str | None = None) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{cfg.name}-{trial_id}" if trial_id else cfg.name).strip("-.")
+    return base[:128] or "adapter"
+
+
+def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: AdapterStore, *,
+                      adapter_id: str | None = None, sweep_id: str | None = None, trial_id: str | None = None,
+                      metrics: dict[str, Any] | None = None, overwrite: bool = False) -> Manifest:
+    """Copy ``checkpoint_dir/model`` into ``store`` with a manifest describing where it came from.
+
+    ``cfg`` defaults to the experiment config recorded in the checkpoint.
+
+    Raises:
+        StoreError: if the checkpoint has no model folder or the id is taken.
+    """
+    from rayft.methods import get_method
+    from rayft.models import fingerprint, resolve_model
+
+    ckpt = Path(checkpoint_dir)
+    model_dir = ckpt / MODEL_DIR
+    if not model_dir.is_dir():
+        raise StoreError(f"{ckpt} is not a rayft checkpoint (no {MODEL_DIR}/ folder)")
+    state = json.loads((ckpt / STATE_FILE).read_text()) if (ckpt / STATE_FILE).is_file() else {}
+    if cfg is None:
+        if "config" not in state:
+            raise StoreError(f"{ckpt} records no experiment config; pass the config to export")
+        cfg = ExperimentConfig.model_validate(state["config"])
+    method = get_method(cfg.method.name)
+    base_path = resolve_model(cfg.model.name)
+    config_json = model_dir / ("adapter_config.json" if method.is_peft else "config.json")
+    architecture = None
+    if not method.is_peft and config_json.is_file():
+        architecture = (json.loads(config_json.read_text()).get("architectures") or [None])[0]
+    manifest = Manifest(
+        adapter_id=adapter_id or default_adapter_id(cfg, trial_id),
+        kind="adapter" if method.is_peft else "full",
+        base_model=cfg.model.name, base_fingerprint=fingerprint(base_path), method=cfg.method.name,
+        task=cfg.task.name, labels=_labels(model_dir, state), metrics=_numeric(metrics or state.get("metrics") or {}),
+        config=cfg.model_dump(mode="json"), sweep_id=sweep_id, trial_id=trial_id,
+        architecture=architecture, max_length=cfg.model.max_length,
+    )
+    store.put(model_dir, manifest, overwrite=overwrite)
+    return manifest
+
+
+def _labels(model_dir: Path, state: dict[str, Any]) -> list[str] | None:
+    if state.get("labels"):
+        return list(state["labels"])
+    return None
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

@@ -1,0 +1,65 @@
+"""Load stored results for inference in-process (the server and tests use the same code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rayft.config.schema import ExperimentConfig
+from rayft.errors import StoreError
+from rayft.store.store import AdapterStore, Manifest
+
+
+def manifest_config(manifest: Manifest) -> ExperimentConfig:
+    """The experiment config recorded in a manifest."""
+    return ExperimentConfig.model_validate(manifest.config)
+
+
+def base_key(manifest: Manifest) -> tuple[str, str, int]:
+    """Adapters that share this key can hot-swap on one loaded base model."""
+    return (manifest.base_model, manifest.task, len(manifest.labels or []))
+
+
+def load_base(manifest: Manifest) -> tuple[torch.nn.Module, Any, str]:
+    """The base model with this manifest's task head, its tokenizer, and its fingerprint.
+
+    Raises:
+        StoreError: if the base model's weights differ from the ones the adapter was trained on.
+    """
+    from rayft.models import fingerprint, load_tokenizer, resolve_model
+    from rayft.tasks import get_task
+
+    path = resolve_model(manifest.base_model)
+    found = fingerprint(path)
+    if manifest.base_fingerprint and found != manifest.base_fingerprint:
+        raise StoreError(f"adapter {manifest.adapter_id!r} was trained on base {manifest.base_model!r} with "
+                         f"fingerprint {manifest.base_fingerprint}, but the local base has {found}")
+    cfg = manifest_config(manifest)
+    model = get_task(manifest.task).build_model(path, cfg, manifest.labels)
+    return model.eval(), load_tokenizer(path), found
+
+
+def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.Module, Any, Manifest]:
+    """A ready-to-predict model for one stored result (adapter on its base, or a full model).
+
+    Raises:
+        StoreError: for an unknown id, a corrupt folder or a base-model mismatch.
+    """
+    from peft import PeftModel
+
+    from rayft.models import load_tokenizer
+    from rayft.tasks import get_task
+
+    manifest = store.manifest(adapter_id)
+    folder = str(store.path(adapter_id))
+    try:
+        if manifest.kind == "adapter":
+            base, tokenizer, _ = load_base(manifest)
+            model = PeftModel.from_pretrained(base, folder, adapter_name=adapter_id)
+        else:
+            model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels)
+            tokenizer = load_tokenizer(folder)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        raise StoreError(f"adapter {adapter_id!r} in {store.root} could not be loaded: {exc}") from None
+    return model.eval(), tokenizer, manifest

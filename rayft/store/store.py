@@ -1,0 +1,129 @@
+"""Adapter store: one folder per exported result, loadable by plain peft/transformers, plus ``rayft.json``.
+
+Layout::
+
+    STORE/<adapter_id>/adapter_config.json + adapter_model.safetensors   (peft methods)
+    STORE/<adapter_id>/config.json + model.safetensors + tokenizer files (full-weight methods)
+    STORE/<adapter_id>/rayft.json                                        (the manifest)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rayft.errors import StoreError
+
+MANIFEST = "rayft.json"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class Manifest:
+    adapter_id: str
+    kind: str  # "adapter" (peft, hot-swappable on a shared base) or "full" (complete model folder)
+    base_model: str  # the model.name the result was trained from
+    base_fingerprint: str
+    method: str
+    task: str
+    labels: list[str] | None
+    metrics: dict[str, float]
+    config: dict[str, Any]
+    sweep_id: str | None = None
+    trial_id: str | None = None
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    architecture: str | None = None
+    max_length: int = 128
+    format_version: int = 1
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Manifest":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def validate_id(adapter_id: str) -> str:
+    """Return ``adapter_id`` if it is a safe folder name.
+
+    Raises:
+        StoreError: for ids that could escape the store (``..``, slashes, absolute paths) or are malformed.
+    """
+    if not isinstance(adapter_id, str) or not ID_PATTERN.match(adapter_id) or ".." in adapter_id:
+        raise StoreError(f"adapter id {adapter_id!r} is invalid: expected 1-128 characters of letters, digits, "
+                         "'.', '_' or '-', starting with a letter or digit, without '..'")
+    return adapter_id
+
+
+class AdapterStore:
+    """A directory of exported adapters and full models, each with a manifest."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+
+    def path(self, adapter_id: str) -> Path:
+        """Folder of ``adapter_id`` (validated; never outside the store)."""
+        path = (self.root / validate_id(adapter_id)).resolve()
+        if path.parent != self.root:
+            raise StoreError(f"adapter id {adapter_id!r} resolves outside the store")
+        return path
+
+    def exists(self, adapter_id: str) -> bool:
+        try:
+            return (self.path(adapter_id) / MANIFEST).is_file()
+        except StoreError:
+            return False
+
+    def manifest(self, adapter_id: str) -> Manifest:
+        """Read one manifest.
+
+        Raises:
+            StoreError: if the id is invalid, unknown, or its manifest is unreadable.
+        """
+        path = self.path(adapter_id) / MANIFEST
+        if not path.is_file():
+            raise StoreError(f"adapter {adapter_id!r} not found in store {self.root}")
+        try:
+            return Manifest.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError) as exc:
+            raise StoreError(f"adapter {adapter_id!r}: unreadable manifest {path}: {exc}") from None
+
+    def list(self) -> list[Manifest]:
+        """Every readable manifest, oldest first (unreadable entries are skipped)."""
+        out = []
+        for child in sorted(self.root.glob(f"*/{MANIFEST}")) if self.root.is_dir() else []:
+            try:
+                out.append(self.manifest(child.parent.name))
+            except StoreError:
+                continue
+        return sorted(out, key=lambda m: (m.created, m.adapter_id))
+
+    def put(self, source_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False) -> Path:
+        """Copy a ``save_pretrained`` folder into the store with its manifest, atomically.
+
+        Raises:
+            StoreError: if the id exists (and ``overwrite`` is false) or the source holds no model files.
+        """
+        target = self.path(manifest.adapter_id)
+        src = Path(source_dir)
+        if not any(src.glob("*.safetensors")) and not any(src.glob("*.bin")):
+            raise StoreError(f"{src} holds no model weights to export")
+        if target.exists() and not overwrite:
+            raise StoreError(f"adapter {manifest.adapter_id!r} already exists in {self.root}; pass --overwrite")
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{manifest.adapter_id}.", dir=self.root))
+        try:
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, default=float))
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)  # readers never see a half-written adapter
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return target

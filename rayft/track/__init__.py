@@ -1,0 +1,5 @@
+"""Tracking: terminal tables (W&B logging is wired in :mod:`rayft.sweep.run`)."""
+
+from rayft.track.table import print_table, trials_table
+
+__all__ = ["print_table", "trials_table"]
