@@ -1,0 +1,229 @@
+"""``rayft`` command line: thin subcommands over the stages. The only module that reads argv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from rayft.errors import RayftError
+
+
+def _config(args: argparse.Namespace):
+    from rayft.config import load_config
+
+    return load_config(args.config, args.overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    from rayft.sweep import metric_and_mode
+
+    metric, mode = metric_and_mode(cfg)
+    print(f"{args.config}: ok — model {cfg.model.name}, task {cfg.task.name}, method {cfg.method.name}, "
+          f"data {cfg.data.source}; sweep {cfg.sweep.num_trials} trials over "
+          f"{', '.join(cfg.sweep.space) or 'no parameters'} ({mode} {metric})")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rayft.store import AdapterStore, export_checkpoint
+    from rayft.train import run_training
+
+    cfg = _config(args)
+    out = run_training(cfg, resume=args.resume, address=args.address)
+    shown = {k: round(v, 4) for k, v in out.metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)}
+    print(f"trained {out.metrics.get('step')} steps in {out.seconds:.0f}s: {shown}")
+    print(f"run: {out.run_dir}\ncheckpoint: {out.checkpoint_path}")
+    if args.export and out.checkpoint_path:
+        m = export_checkpoint(out.checkpoint_path, cfg, AdapterStore(args.store or cfg.store.path),
+                              adapter_id=args.id, overwrite=True)
+        print(f"exported {m.adapter_id} to {args.store or cfg.store.path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from rayft.store import AdapterStore, export_checkpoint
+    from rayft.sweep import run_sweep
+    from rayft.track import print_table, trials_table
+
+    cfg = _config(args)
+    out = run_sweep(cfg, address=args.address)
+    print_table(trials_table(out.trials, out.metric, out.mode, out.best.trial_id if out.best else None))
+    print(f"sweep {out.name}: {len(out.trials)} trials in {out.seconds:.0f}s; results in {out.path}")
+    if cfg.tracking.wandb and cfg.tracking.mode == "offline":
+        print(f"W&B runs are offline in {Path(out.path) / 'wandb'}; upload later with: wandb sync {Path(out.path) / 'wandb' / 'wandb'}/offline-run-*")
+    if out.best is None:
+        print("no trial produced a checkpoint with the objective metric; nothing exported", file=sys.stderr)
+        return 1
+    best = out.best
+    print(f"best trial {best.trial_id}: {out.metric}={best.metrics[out.metric]:.4f}" +
+          (f", held-out test_accuracy={best.metrics['test_accuracy']:.4f}" if "test_accuracy" in best.metrics else "") +
+          (f", held-out test_loss={best.metrics['test_loss']:.4f}" if "test_loss" in best.metrics and
+           "test_accuracy" not in best.metrics else ""))
+    if cfg.sweep.export_best and not args.no_export:
+        m = export_checkpoint(best.checkpoint_path, None, AdapterStore(args.store or cfg.store.path),
+                              adapter_id=args.id, sweep_id=out.name, trial_id=best.trial_id,
+                              metrics=best.metrics, overwrite=True)
+        print(f"exported best trial as {m.adapter_id!r} to {AdapterStore(args.store or cfg.store.path).root}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from rayft.store import AdapterStore, export_checkpoint
+
+    source = Path(args.source)
+    store = AdapterStore(args.store)
+    summary = source / "rayft_sweep.json"
+    if summary.is_file():
+        data = json.loads(summary.read_text())
+        trial_id = args.trial or data.get("best")
+        trial = next((t for t in data["trials"] if t["trial_id"] == trial_id), None)
+        if trial is None or not trial.get("checkpoint_path"):
+            raise RayftError(f"--trial {trial_id!r}: no checkpoint in sweep {source}; trials: "
+                             f"{', '.join(t['trial_id'] for t in data['trials'])}")
+        m = export_checkpoint(trial["checkpoint_path"], None, store, adapter_id=args.id, sweep_id=data["name"],
+                              trial_id=trial_id, metrics=trial["metrics"], overwrite=args.overwrite)
+    else:
+        ckpt = source if (source / "model").is_dir() else _latest_checkpoint(source)
+        m = export_checkpoint(str(ckpt), None, store, adapter_id=args.id, overwrite=args.overwrite)
+    print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, {m.task}) to {store.root}")
+    return 0
+
+
+def _latest_checkpoint(run_dir: Path) -> Path:
+    found = sorted(p for p in run_dir.glob("checkpoint_*") if (p / "model").is_dir())
+    if not found:
+        raise RayftError(f"{run_dir}: not a sweep folder (no rayft_sweep.json), a run folder or a checkpoint")
+    return found[-1]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from rayft import serve
+
+    url = serve.start(args.store, host=args.host, port=args.port, max_adapters=args.max_adapters,
+                      num_replicas=args.replicas, address=args.address)
+    print(f"serving {Path(args.store).resolve()} at {url} (Ctrl-C to stop)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+    finally:
+        serve.shutdown()
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from rayft.serve import Client
+
+    client = Client(args.url)
+    model = args.model or _only_model(client)
+    task = next((m.get("task") for m in client.models() if m["id"] == model), None)
+    if task == "sft" or args.complete:
+        for prompt in args.inputs:
+            print(json.dumps({"prompt": prompt, "completion": client.complete(model, prompt,
+                                                                                max_tokens=args.max_tokens)}))
+        return 0
+    for item, text in zip(client.classify(model, args.inputs), args.inputs):
+        probs = ", ".join(f"{k}={v:.3f}" for k, v in item["probabilities"].items())
+        print(f"{item['label']:>10}  ({probs})  {text}")
+    return 0
+
+
+def _only_model(client: Any) -> str:
+    ids = [m["id"] for m in client.models()]
+    if len(ids) != 1:
+        raise RayftError(f"--model is required when the server has {len(ids)} models: {', '.join(ids)}")
+    return ids[0]
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from rayft.store import AdapterStore
+
+    for m in AdapterStore(args.store).list():
+        score = {k: round(v, 4) for k, v in m.metrics.items() if k.startswith(("eval_acc", "test_acc", "eval_loss"))}
+        print(f"{m.adapter_id}\t{m.kind}\t{m.method}\t{m.task}\tbase={m.base_model}\t{score}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rayft", description="Ray-native fine-tuning experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("config", help="experiment YAML")
+        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override config fields")
+        p.set_defaults(fn=fn)
+        return p
+
+    with_config("validate", cmd_validate, "check an experiment config and report every problem")
+    p = with_config("train", cmd_train, "train once with Ray Train + DeepSpeed")
+    p.add_argument("--resume", action="store_true", help="continue the latest run of this experiment")
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--export", action="store_true", help="export the result to the store")
+    p.add_argument("--store", help="adapter store (default: store.path)")
+    p.add_argument("--id", help="adapter id for --export")
+    p = with_config("sweep", cmd_sweep, "run the experiment's sweep (Ray Tune + Optuna + ASHA)")
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--store", help="adapter store for the best trial (default: store.path)")
+    p.add_argument("--id", help="adapter id of the exported best trial")
+    p.add_argument("--no-export", action="store_true", help="do not export the best trial")
+
+    p = sub.add_parser("export", help="export a sweep's best (or chosen) trial or a run's checkpoint to the store")
+    p.add_argument("source", help="sweep folder, run folder or checkpoint folder")
+    p.add_argument("--store", default="store")
+    p.add_argument("--trial", help="trial id (default: the sweep's best)")
+    p.add_argument("--id", help="adapter id (default: <experiment>-<trial>)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("serve", help="serve the store's adapters over an OpenAI-compatible HTTP API")
+    p.add_argument("--store", default="store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-adapters", type=int, default=8, help="adapters resident per replica (LRU)")
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("query", help="send inputs to a running server")
+    p.add_argument("inputs", nargs="+", help="texts to classify or prompts to complete")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--model", help="model id (default: the only one served)")
+    p.add_argument("--complete", action="store_true", help="use /v1/completions")
+    p.add_argument("--max-tokens", type=int, default=32)
+    p.set_defaults(fn=cmd_query)
+
+    p = sub.add_parser("models", help="list the adapter store")
+    p.add_argument("--store", default="store")
+    p.set_defaults(fn=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rayft`` console script; user mistakes exit 2 with a message, no traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except RayftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyError as exc:  # registry misses raise UnknownNameError (a KeyError) with a full message
+        from rayft.registry import UnknownNameError
+
+        if isinstance(exc, UnknownNameError):
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
