@@ -56,7 +56,7 @@ def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.M
     try:
         if manifest.kind == "adapter":
             base, tokenizer, _ = load_base(manifest)
-            model = PeftModel.from_pretrained(base, folder, adapter_name=adapter_id)
+            model = PeftModel.from_pretrained(base, folder)
         else:
             model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels)
             tokenizer = load_tokenizer(folder)

@@ -1,0 +1,252 @@
+"""The HTTP contract of ``rayft serve``, free of Ray: request models, the model catalog, errors, responses.
+
+Every error leaves the server as ``{"error": {"message", "type", "code"}}``: 4xx for client mistakes
+(unknown model 404, bad body 422, wrong task for the route 400) and 5xx only for the server's own trouble.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rayft.errors import StoreError
+from rayft.store.store import Manifest, validate_id
+
+CLASSIFY_TASK = "sequence_classification"
+SFT_TASK = "sft"
+BASE_PREFIX = "base:"  # multiplexed keys of plain base models; adapter ids cannot contain ':'
+
+
+class ServeError(Exception):
+    """An error with its HTTP status, carried as data between the model replicas and the gateway."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type, code
+
+    def to_dict(self) -> dict[str, Any]:
+        """A picklable form (``ServeError(**d)`` rebuilds it)."""
+        return {"status": self.status, "message": self.message, "type": self.type, "code": self.code}
+
+    def body(self) -> dict[str, Any]:
+        """The JSON response body."""
+        return error_body(self.message, self.type, self.code)
+
+
+def error_body(message: str, type: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
+    """The OpenAI-style error body every failing route returns."""
+    return {"error": {"message": message, "type": type, "code": code}}
+
+
+def not_found(model: Any, reason: str = "") -> ServeError:
+    return ServeError(404, f"model {model!r} not found{': ' + reason if reason else ''}; GET /v1/models lists "
+                      "the served models", "invalid_request_error", "model_not_found")
+
+
+def load_error(model: str, reason: str) -> ServeError:
+    return ServeError(500, f"model {model!r} could not be loaded: {reason}", "model_load_error", "model_load_error")
+
+
+def internal_error(reason: str = "internal server error") -> ServeError:
+    return ServeError(500, reason, "server_error", "internal_error")
+
+
+def validation_error(errors: Iterable[dict[str, Any]], hint: str | None = None) -> ServeError:
+    """A 422 naming every bad field of a request body (from pydantic/FastAPI error dicts), plus a hint."""
+    parts = []
+    for err in errors:
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        if err.get("type") == "json_invalid":
+            parts.append(f"malformed JSON body ({err.get('ctx', {}).get('error', 'invalid JSON')})")
+        else:
+            parts.append(f"{'.'.join(loc) or 'body'}: {err.get('msg', 'invalid value')}")
+    message = "invalid request: " + ("; ".join(parts) if parts else "malformed body") + (f" ({hint})" if hint else "")
+    return ServeError(422, message, "invalid_request_error", "validation_error")
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients send fields we do not use (user, logprobs, ...)
+
+    model: str = Field(min_length=1, max_length=1024)
+
+
+class ClassifyRequest(_Request):
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(min_length=1, max_length=512)
+
+
+class _Sampling(_Request):
+    temperature: float = Field(1.0, ge=0.0, le=2.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    n: int = Field(1, ge=1, le=1, description="only one choice per prompt is supported")
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    stream: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value: str | list[str] | None) -> list[str] | None:
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None and (len(stops) > 4 or any(not s for s in stops)):
+            raise ValueError("stop takes at most 4 non-empty strings")
+        return stops or None
+
+    @field_validator("stream")
+    @classmethod
+    def _no_stream(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("streaming is not supported yet; send \"stream\": false")
+        return value
+
+    def params(self, max_tokens: int) -> dict[str, Any]:
+        return {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
+                "stop": self.stop, "seed": self.seed}
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(min_length=1)
+    max_tokens: int = Field(16, ge=1, le=4096)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and (len(value) > 16 or any(not p for p in value)):
+            raise ValueError("prompt takes at most 16 non-empty strings")
+        return value
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[dict[str, Any]]
+
+    def text(self) -> str:
+        """The message text (OpenAI content parts of type ``text`` are joined)."""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class ChatRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=256)
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+
+    def plain_messages(self) -> list[dict[str, str]]:
+        """Messages as ``{"role", "content"}`` dicts for a chat template (``developer`` acts as ``system``)."""
+        return [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in self.messages]
+
+    def limit(self) -> int:
+        return self.max_completion_tokens or self.max_tokens or 128
+
+
+# ---------------------------------------------------------------- the catalog of served models
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One servable model: a stored adapter or full model, or a plain base model."""
+
+    id: str
+    kind: str  # "adapter" | "full" | "base"
+    task: str
+    base_model: str
+    key: str  # the multiplexed model id that routes to it
+    created: int = 0
+    labels: list[str] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def card(self) -> dict[str, Any]:
+        """The OpenAI model object plus rayft's fields."""
+        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "rayft", "task": self.task,
+                "kind": self.kind, "base_model": self.base_model, "labels": self.labels, "metrics": self.metrics}
+
+
+def _epoch(stamp: str) -> int:
+    try:
+        return calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+    except (TypeError, ValueError):
+        return 0
+
+
+def build_catalog(manifests: Iterable[Manifest]) -> dict[str, ModelEntry]:
+    """Stored results by id, plus the base model of every stored ``sft`` result (served plain)."""
+    out: dict[str, ModelEntry] = {}
+    bases: dict[str, ModelEntry] = {}
+    for m in manifests:
+        out[m.adapter_id] = ModelEntry(m.adapter_id, m.kind, m.task, m.base_model, f"{m.adapter_id}@{m.created}",
+                                       _epoch(m.created), m.labels, dict(m.metrics or {}))
+        if m.task == SFT_TASK and m.base_model not in bases:
+            bases[m.base_model] = ModelEntry(m.base_model, "base", SFT_TASK, m.base_model, BASE_PREFIX + m.base_model)
+    for name, entry in bases.items():
+        out.setdefault(name, entry)  # a stored id wins over a base model of the same name
+    return out
+
+
+def resolve(catalog: dict[str, ModelEntry], model: str) -> ModelEntry:
+    """The catalog entry for a requested model id.
+
+    Ids that are not listed never reach the store; stored ids are checked by :func:`validate_id`.
+
+    Raises:
+        ServeError: 404 for an invalid or unknown id.
+    """
+    entry = catalog.get(model)
+    if entry is None or entry.kind != "base":
+        try:
+            validate_id(model)
+        except StoreError as exc:
+            raise not_found(model, str(exc)) from None
+    if entry is None:
+        raise not_found(model)
+    return entry
+
+
+def require_task(entry: ModelEntry, task: str, route: str) -> None:
+    """Raises ServeError (400) if ``entry`` cannot answer ``route``."""
+    if entry.task != task:
+        raise ServeError(400, f"model {entry.id!r} is a {entry.task!r} model; {route} needs a {task!r} model",
+                         "invalid_request_error", "wrong_task")
+
+
+# ---------------------------------------------------------------- response bodies
+
+
+def models_response(catalog: dict[str, ModelEntry]) -> dict[str, Any]:
+    return {"object": "list", "data": [e.card() for e in catalog.values()]}
+
+
+def classification_response(model: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    data = [{"index": i, "label": r["label"], "probabilities": r["probabilities"]} for i, r in enumerate(rows)]
+    return {"model": model, "object": "classification", "data": data}
+
+
+def _usage(outs: list[dict[str, Any]]) -> dict[str, int]:
+    prompt = sum(o["prompt_tokens"] for o in outs)
+    completion = sum(o["completion_tokens"] for o in outs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def completion_response(model: str, outs: list[dict[str, Any]]) -> dict[str, Any]:
+    """``outs``: per prompt ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
+    choices = [{"text": o["text"], "index": i, "logprobs": None, "finish_reason": o["finish_reason"]}
+               for i, o in enumerate(outs)]
+    return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
+            "model": model, "choices": choices, "usage": _usage(outs)}
+
+
+def chat_response(model: str, out: dict[str, Any]) -> dict[str, Any]:
+    choice = {"index": 0, "message": {"role": "assistant", "content": out["text"]},
+              "logprobs": None, "finish_reason": out["finish_reason"]}
+    return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+            "model": model, "choices": [choice], "usage": _usage([out])}

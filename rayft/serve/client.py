@@ -1,0 +1,79 @@
+"""A small HTTP client for a running ``rayft serve`` (what ``rayft query`` and tests use)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+from rayft.errors import RayftError
+
+
+class ServeClientError(RayftError):
+    """A request the server refused or could not answer (``status`` is None when it was unreachable)."""
+
+    def __init__(self, status: int | None, message: str, type: str | None = None, code: str | None = None):
+        self.status, self.message, self.type, self.code = status, message, type, code
+        super().__init__(f"HTTP {status}: {message}" if status else message)
+
+
+class Client:
+    """Calls the rayft HTTP API; every method returns the decoded JSON response.
+
+    Args:
+        base_url: where the server answers, e.g. ``http://127.0.0.1:8000``.
+        timeout: seconds to wait for each response.
+    """
+
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self._session = requests.Session()
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok"}`` when the server is up."""
+        return self._request("GET", "/healthz")
+
+    def models(self) -> list[dict[str, Any]]:
+        """The served models (OpenAI model objects with rayft's ``task``, ``kind``, ``base_model``, ``metrics``)."""
+        return self._request("GET", "/v1/models")["data"]
+
+    def classify(self, model: str, inputs: list[str]) -> dict[str, Any]:
+        """``{"model", "object": "classification", "data": [{"index", "label", "probabilities"}, ...]}``."""
+        return self._request("POST", "/v1/classify", {"model": model, "inputs": list(inputs)})
+
+    def complete(self, model: str, prompt: str | list[str], max_tokens: int = 32, temperature: float = 0.0,
+                 **extra: Any) -> dict[str, Any]:
+        """An OpenAI ``text_completion``; the text is ``response["choices"][0]["text"]``."""
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, **extra}
+        return self._request("POST", "/v1/completions", body)
+
+    def chat(self, model: str, messages: list[dict[str, str]], max_tokens: int = 64, temperature: float = 0.0,
+             **extra: Any) -> dict[str, Any]:
+        """An OpenAI ``chat.completion``; the reply is ``response["choices"][0]["message"]["content"]``."""
+        body = {"model": model, "messages": list(messages), "max_tokens": max_tokens, "temperature": temperature,
+                **extra}
+        return self._request("POST", "/v1/chat/completions", body)
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """Send one request.
+
+        Raises:
+            ServeClientError: for an error response or an unreachable server.
+        """
+        url = self.base_url + path
+        try:
+            resp = self._session.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise ServeClientError(None, f"cannot reach {url}: {type(exc).__name__}") from None
+        try:
+            data = resp.json()
+        except ValueError:
+            data = None
+        if resp.status_code >= 400:
+            err = data.get("error") if isinstance(data, dict) and isinstance(data.get("error"), dict) else {}
+            message = err.get("message") or (resp.text[:300] if resp.text else resp.reason)
+            raise ServeClientError(resp.status_code, message, err.get("type"), err.get("code"))
+        if data is None:
+            raise ServeClientError(resp.status_code, f"{url} answered with a body that is not JSON")
+        return data

@@ -1,0 +1,284 @@
+"""Models inside one serving replica, free of Ray: shared bases with hot-swapped peft adapters.
+
+A base model is loaded once per :func:`rayft.store.base_key` and wrapped as one ``PeftModel``; each stored
+adapter is ``load_adapter``-ed into it under its own name and removed with ``delete_adapter`` when it is
+evicted. Full-weight results load as models of their own. One re-entrant lock serializes everything that
+touches a model (loading, ``set_adapter`` + forward, deleting), so requests never see another's adapter.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rayft.errors import StoreError
+from rayft.serve.api import BASE_PREFIX, SFT_TASK, ServeError, load_error, not_found
+from rayft.store import AdapterStore, Manifest, base_key, load_base, manifest_config
+from rayft.tasks.sequence_classification import predict_proba
+from rayft.tasks.sft import FALLBACK_TEMPLATE, _ids, generate
+
+logger = logging.getLogger("ray.serve")  # inside replicas, Serve writes it to the replica log files
+EVICTED = object()  # returned by LoadedModel.run when the model was evicted before the request got the lock
+CLASSIFY_BATCH = 32
+
+
+class BaseEntry:
+    """One loaded base model and the ``PeftModel`` that hot-swaps adapters on it."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+        self.model, self.tokenizer, self.fingerprint = load_base(manifest)
+        self.peft: Any = None
+        self.retired: set[str] = set()  # evicted but kept: peft cannot delete its last adapter
+
+    def attach(self, folder: Path, name: str) -> None:
+        """Load an adapter under ``name``; on failure leave the base as it was.
+
+        Raises:
+            Exception: whatever peft raised for an unreadable adapter.
+        """
+        from peft import PeftModel
+
+        fresh = self.peft is None
+        try:
+            if fresh:
+                self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name).eval()
+            else:
+                self.peft.load_adapter(str(folder), adapter_name=name)
+        except Exception:
+            if fresh:  # from_pretrained may have injected layers into the base: start over from disk
+                self.peft = None
+                self.model, self.tokenizer, self.fingerprint = load_base(self.manifest)
+            elif name in self.peft.peft_config:
+                self._delete(name)
+            raise
+        for old in self.retired - {name}:
+            self._delete(old)
+        self.retired.clear()
+
+    def detach(self, name: str) -> None:
+        if self.peft is None or name not in self.peft.peft_config:
+            return
+        if len(self.peft.peft_config) > 1:
+            self._delete(name)
+        else:
+            self.retired.add(name)
+
+    def _delete(self, name: str) -> None:
+        with warnings.catch_warnings():  # "adapter X was active which is now deleted": set per request anyway
+            warnings.simplefilter("ignore", UserWarning)
+            self.peft.delete_adapter(name)
+
+
+class LoadedModel:
+    """What the multiplexed loader hands to Serve; Serve calls ``__del__`` when it evicts it (LRU)."""
+
+    def __init__(self, pool: "ModelPool", model_id: str, task: str, tokenizer: Any, *, model: Any = None,
+                 entry: BaseEntry | None = None, adapter: str | None = None, manifest: Manifest | None = None):
+        self.pool, self.model_id, self.task, self.tokenizer = pool, model_id, task, tokenizer
+        self.model, self.entry, self.adapter, self.manifest = model, entry, adapter, manifest
+        self.labels = list(manifest.labels or []) if manifest and manifest.labels else None
+        self.max_length = manifest.max_length if manifest else 128
+        self.system_prompt = _system_prompt(manifest)
+        self.closed = False
+
+    def run(self, fn: Callable[["LoadedModel", Any], Any]) -> Any:
+        """``fn(self, model)`` with this model's adapter active, or :data:`EVICTED` if it was evicted."""
+        with self.pool.lock:
+            if self.closed:
+                return EVICTED
+            ctx: Any = contextlib.nullcontext()
+            if self.entry is None:
+                model = self.model
+            elif self.adapter is not None:
+                model = self.entry.peft
+                model.set_adapter(self.adapter)
+            else:  # the plain base model of an sft adapter
+                model = self.entry.model if self.entry.peft is None else self.entry.peft
+                if self.entry.peft is not None:
+                    ctx = self.entry.peft.disable_adapter()
+            with ctx, torch.no_grad():
+                return fn(self, model)
+
+    def close(self) -> None:
+        """Release the model (``delete_adapter`` for an adapter). Safe to call twice."""
+        with self.pool.lock:
+            if self.closed:
+                return
+            self.closed = True
+            if self.entry is not None and self.adapter is not None:
+                self.entry.detach(self.adapter)
+            self.model = None
+            logger.info("unloaded %s", self.model_id)
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+
+def _system_prompt(manifest: Manifest | None) -> str | None:
+    if manifest is None:
+        return None
+    return ((manifest.config or {}).get("data") or {}).get("system_prompt")
+
+
+class ModelPool:
+    """Loads models for one replica by multiplexed key: ``<adapter_id>@<created>`` or ``base:<name>``."""
+
+    def __init__(self, store: AdapterStore) -> None:
+        self.store = store
+        self.lock = threading.RLock()
+        self.bases: dict[tuple[str, str, int], BaseEntry] = {}
+        self._count = 0
+
+    def load(self, key: str) -> LoadedModel:
+        """Load the model a multiplexed key names.
+
+        Raises:
+            ServeError: 404 for an unknown id, 500 ``model_load_error`` for an unloadable one.
+        """
+        with self.lock:
+            if key.startswith(BASE_PREFIX):
+                return self._load_base_model(key[len(BASE_PREFIX):])
+            model_id = key.split("@", 1)[0]
+            try:
+                manifest = self.store.manifest(model_id)
+            except StoreError as exc:
+                raise (not_found(model_id, str(exc)) if not self.store.exists(model_id)
+                       else load_error(model_id, str(exc))) from None
+            try:
+                if manifest.kind == "adapter":
+                    return self._load_adapter(manifest)
+                return self._load_full(manifest)
+            except ServeError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure to load is this adapter's alone
+                logger.warning("could not load %s: %s", model_id, exc)
+                raise load_error(model_id, short_error(exc)) from None
+
+    def _base(self, manifest: Manifest) -> BaseEntry:
+        key = base_key(manifest)
+        if key not in self.bases:
+            self.bases[key] = BaseEntry(manifest)
+        entry = self.bases[key]
+        if manifest.base_fingerprint and manifest.base_fingerprint != entry.fingerprint:
+            raise load_error(manifest.adapter_id, f"it was trained on base weights {manifest.base_fingerprint}, "
+                                                  f"the loaded base has {entry.fingerprint}")
+        return entry
+
+    def _load_adapter(self, manifest: Manifest) -> LoadedModel:
+        folder = self.store.path(manifest.adapter_id)
+        _check_weights(folder)
+        entry = self._base(manifest)
+        self._count += 1
+        name = f"a{self._count}_" + re.sub(r"[^A-Za-z0-9_]", "_", manifest.adapter_id)  # module keys: no dots
+        entry.attach(folder, name)
+        logger.info("loaded adapter %s on %s", manifest.adapter_id, manifest.base_model)
+        return LoadedModel(self, manifest.adapter_id, manifest.task, entry.tokenizer, entry=entry, adapter=name,
+                           manifest=manifest)
+
+    def _load_full(self, manifest: Manifest) -> LoadedModel:
+        from rayft.models import load_tokenizer
+        from rayft.tasks import get_task
+
+        folder = str(self.store.path(manifest.adapter_id))
+        model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels).eval()
+        return LoadedModel(self, manifest.adapter_id, manifest.task, load_tokenizer(folder), model=model,
+                           manifest=manifest)
+
+    def _load_base_model(self, name: str) -> LoadedModel:
+        manifest = next((m for m in self.store.list() if m.base_model == name and m.task == SFT_TASK), None)
+        if manifest is None:
+            raise not_found(name)
+        try:
+            entry = self._base(manifest)
+        except ServeError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise load_error(name, short_error(exc)) from None
+        return LoadedModel(self, name, SFT_TASK, entry.tokenizer, entry=entry)
+
+
+def _check_weights(folder: Path) -> None:
+    """Read the adapter's safetensors header before touching the shared base (garbage fails here)."""
+    from safetensors import safe_open
+
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as fh:
+            fh.keys()
+
+
+def short_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+# ---------------------------------------------------------------- inference on a LoadedModel
+
+
+def classify(loaded: LoadedModel, model: Any, inputs: list[str]) -> list[dict[str, Any]]:
+    """Per input: the top label and the probability of every label."""
+    labels = loaded.labels or [str(v) for _, v in sorted(model.config.id2label.items())]
+    rows = []
+    for start in range(0, len(inputs), CLASSIFY_BATCH):
+        probs = predict_proba(model, loaded.tokenizer, inputs[start:start + CLASSIFY_BATCH], loaded.max_length)
+        for p in probs.tolist():
+            best = max(range(len(p)), key=p.__getitem__)
+            rows.append({"label": labels[best], "probabilities": dict(zip(labels, p))})
+    return rows
+
+
+def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation followed by the assistant turn opener."""
+    tok = loaded.tokenizer
+    if loaded.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": loaded.system_prompt}] + messages
+    if getattr(tok, "chat_template", None):
+        return _ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    history = "".join(f"{m['role']}: {m['content']}\n" for m in turns[:-1])
+    text = (system + "\n\n" if system else "") + history + FALLBACK_TEMPLATE.format(prompt=turns[-1]["content"]
+                                                                                    if turns else "")
+    return tok(text, add_special_tokens=True)["input_ids"]
+
+
+def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any]) -> dict[str, Any]:
+    """Generate one continuation; ``params``: max_tokens, temperature, top_p, stop, seed.
+
+    Raises:
+        ServeError: 400 if the prompt leaves no room in the model's context.
+    """
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    room = limit - len(prompt_ids)
+    if room < 1:
+        raise ServeError(400, f"the prompt has {len(prompt_ids)} tokens; model {loaded.model_id!r} takes at most "
+                              f"{limit}", "invalid_request_error", "context_length_exceeded")
+    new, finish = generate(model, loaded.tokenizer, prompt_ids, min(params["max_tokens"], room),
+                           params["temperature"], params["top_p"], params.get("seed"))
+    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
+    for stop in params.get("stop") or []:
+        if stop in text:
+            text, finish = text[: text.index(stop)], "stop"
+    return {"text": text, "finish_reason": finish, "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(new)}
+
+
+def complete_text(loaded: LoadedModel, model: Any, prompts: list[str], params: dict[str, Any]) -> list[dict]:
+    """Plain-text completion of each prompt (no chat template: ``/v1/completions`` semantics)."""
+    tok = loaded.tokenizer
+    return [complete(loaded, model, tok(p, add_special_tokens=True)["input_ids"], params) for p in prompts]
+
+
+def complete_chat(loaded: LoadedModel, model: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> dict:
+    """The assistant's reply to a conversation, rendered with the tokenizer's chat template."""
+    return complete(loaded, model, render_chat(loaded, messages), params)

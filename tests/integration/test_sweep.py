@@ -1,0 +1,54 @@
+"""A real Tune + Optuna + ASHA sweep whose trials are Ray Train + DeepSpeed runs, then export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from peft import PeftModel
+from transformers import AutoModelForSequenceClassification
+
+from conftest import cls_config
+from rayft.cli import main
+from rayft.store import MANIFEST
+
+pytestmark = pytest.mark.integration
+
+
+def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment_csv, tmp_path, capsys):
+    import yaml
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="tiny-sweep",
+                     train={"max_steps": 12, "eval_every": 3, "batch_size": 8},
+                     tracking={"wandb": True, "mode": "offline", "project": "rayft-tests"},
+                     sweep={"num_trials": 3, "scheduler": "asha", "grace_period": 1, "reduction_factor": 2,
+                            "space": {"train.lr": {"loguniform": [1e-3, 2e-2]}, "method.r": {"choice": [2, 4]},
+                                      "train.scheduler": {"choice": ["linear", "cosine"]}}})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(config), "--id", "tiny-best"]) == 0
+    out = capsys.readouterr().out
+    assert "trials (max eval_accuracy)" in out and "best trial" in out
+
+    summary = json.loads(next((tmp_path / "runs" / "tiny-sweep").glob("sweep-*/rayft_sweep.json")).read_text())
+    trials = summary["trials"]
+    assert len(trials) == 3 and summary["best"] in {t["trial_id"] for t in trials}
+    assert len({(t["params"]["train.lr"], t["params"]["method.r"]) for t in trials}) == 3  # Optuna proposed 3 configs
+    assert all(t["status"] in {"DONE", "STOPPED"} for t in trials)
+    best = next(t for t in trials if t["trial_id"] == summary["best"])
+    assert best["metrics"]["eval_accuracy"] == max(t["metrics"]["eval_accuracy"] for t in trials
+                                                   if t["status"] == "DONE")
+
+    # W&B: one offline run per trial, grouped by the sweep.
+    runs = list((Path(next((tmp_path / "runs" / "tiny-sweep").glob("sweep-*"))) / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == 3
+
+    # The best trial is in the store with its manifest, and plain peft loads it.
+    folder = tmp_path / "store" / "tiny-best"
+    manifest = json.loads((folder / MANIFEST).read_text())
+    assert manifest["trial_id"] == summary["best"] and manifest["sweep_id"] == summary["name"]
+    assert manifest["method"] == "lora" and manifest["labels"] == ["neg", "pos"]
+    base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
+    model = PeftModel.from_pretrained(base, folder)
+    assert model.peft_config["default"].r == best["params"]["method.r"]
