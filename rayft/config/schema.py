@@ -83,12 +83,15 @@ class ScalingConfig(_Section):
     torch_threads: int | None = Field(None, ge=1, description="default: the worker's CPU allotment")
 
 
+_Int = int  # the field named ``int`` below would shadow the builtin inside the class body
+
+
 class SearchParam(_Section):
     """One search dimension: exactly one of the distribution keys."""
 
     loguniform: tuple[float, float] | None = None
     uniform: tuple[float, float] | None = None
-    int: tuple[int, int] | None = None
+    int: tuple[_Int, _Int] | None = None
     choice: list[Any] | None = None
 
     @model_validator(mode="after")
