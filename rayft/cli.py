@@ -54,7 +54,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     out = run_sweep(cfg, address=args.address)
     print_table(trials_table(out.trials, out.metric, out.mode, out.best.trial_id if out.best else None))
     print(f"sweep {out.name}: {len(out.trials)} trials in {out.seconds:.0f}s; results in {out.path}")
-    if cfg.tracking.wandb and cfg.tracking.mode == "offline":
+    if cfg.tracking.wandb and cfg.tracking.resolved_mode() == "offline":
         print(f"W&B runs are offline in {Path(out.path) / 'wandb'}; upload later with: wandb sync {Path(out.path) / 'wandb' / 'wandb'}/offline-run-*")
     if out.best is None:
         print("no trial produced a checkpoint with the objective metric; nothing exported", file=sys.stderr)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from rayft.paths import setup_env
@@ -26,6 +27,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
                               "configure_logging": True, "logging_level": "WARNING"}
     if address:
+        if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
+            os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters enable token auth when a token exists
         ray.init(address=address, **kwargs)
     else:
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.

@@ -132,8 +132,16 @@ class SweepConfig(_Section):
 
 class TrackingConfig(_Section):
     wandb: bool = True
+
+    def resolved_mode(self) -> str:
+        """The W&B mode in effect: the configured one, else online only when an API key is configured."""
+        import os
+
+        return self.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+
     project: str = "rayft"
-    mode: Literal["offline", "online", "disabled"] = "offline"
+    mode: Literal["offline", "online", "disabled"] | None = Field(
+        None, description="default: online when WANDB_API_KEY is set, else offline (sync later with `wandb sync`)")
     dir: str | None = None
 
 

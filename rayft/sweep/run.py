@@ -86,16 +86,17 @@ def _scheduler(cfg: ExperimentConfig, max_t: int):
 
 
 def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[Any]:
-    if not cfg.tracking.wandb or cfg.tracking.mode == "disabled":
+    mode = cfg.tracking.resolved_mode()
+    if not cfg.tracking.wandb or mode == "disabled":
         return []
     from ray.air.integrations.wandb import WandbLoggerCallback
 
-    os.environ["WANDB_MODE"] = cfg.tracking.mode
+    os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     wandb_dir = Path(cfg.tracking.dir or sweep_dir / "wandb").resolve()
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return [WandbLoggerCallback(project=cfg.tracking.project, group=sweep_name, dir=str(wandb_dir),
-                                mode=cfg.tracking.mode, log_config=True, upload_checkpoints=False, job_type="trial")]
+                                mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
 
 
 def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str, worker_cpus: float) -> None:

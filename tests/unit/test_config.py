@@ -116,3 +116,13 @@ def test_cli_entry_point_runs_as_a_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "rayft.cli", "validate", str(bad)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "valid YAML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_wandb_is_offline_unless_a_key_is_configured(monkeypatch, tiny_bert, sentiment_csv, tmp_path):
+    cfg = build_config(cls_config(tiny_bert, sentiment_csv, tmp_path, tracking={"wandb": True}))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert cfg.tracking.resolved_mode() == "offline"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert cfg.tracking.resolved_mode() == "online"
+    cfg.tracking.mode = "offline"
+    assert cfg.tracking.resolved_mode() == "offline"
