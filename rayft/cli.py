@@ -125,10 +125,10 @@ def cmd_query(args: argparse.Namespace) -> int:
     task = next((m.get("task") for m in client.models() if m["id"] == model), None)
     if task == "sft" or args.complete:
         for prompt in args.inputs:
-            print(json.dumps({"prompt": prompt, "completion": client.complete(model, prompt,
-                                                                                max_tokens=args.max_tokens)}))
+            reply = client.complete(model, prompt, max_tokens=args.max_tokens)
+            print(json.dumps({"prompt": prompt, "completion": reply["choices"][0]["text"]}))
         return 0
-    for item, text in zip(client.classify(model, args.inputs), args.inputs):
+    for item, text in zip(client.classify(model, args.inputs)["data"], args.inputs):
         probs = ", ".join(f"{k}={v:.3f}" for k, v in item["probabilities"].items())
         print(f"{item['label']:>10}  ({probs})  {text}")
     return 0

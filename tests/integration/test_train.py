@@ -63,3 +63,35 @@ def test_two_workers_learn_checkpoint_and_resume(stage, ray_local, tiny_bert, se
     history = _state(second.checkpoint_path)["history"]
     assert [h["step"] for h in history] == [4, 8, 12, 16]
     assert second.metrics["step"] == 16
+
+
+def test_full_fine_tune_with_optimizer_offload_exports_a_model_folder(ray_local, tiny_bert, sentiment_csv, tmp_path):
+    from rayft.train import run_training
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="full-offload", method={"name": "full"},
+                     train={"max_steps": 8, "eval_every": 4, "batch_size": 8, "lr": 1e-3},
+                     scaling={"num_workers": 1, "zero_stage": 1, "offload_optimizer": True})
+    raw["method"] = {"name": "full"}
+    cfg = build_config(raw)
+    out = run_training(cfg, verbose=False)
+    history = _state(out.checkpoint_path)["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    store = AdapterStore(tmp_path / "store")
+    manifest = export_checkpoint(out.checkpoint_path, None, store, adapter_id="full-model")
+    assert manifest.kind == "full" and (store.path("full-model") / "config.json").is_file()
+    model, _, _ = load_for_inference(store, "full-model")
+    assert _accuracy(model, prepare_data(cfg), "validation") == pytest.approx(out.metrics["eval_accuracy"], abs=1e-6)
+
+
+def test_sft_on_a_tiny_llama_masks_prompts_and_learns(ray_local, tiny_llama, chat_jsonl, tmp_path):
+    from rayft.train import run_training
+
+    raw = cls_config(tiny_llama, chat_jsonl, tmp_path, name="tiny-sft", task={"name": "sft"},
+                     method={"target_modules": ["q_proj", "v_proj"], "r": 8},
+                     train={"max_steps": 12, "eval_every": 6, "batch_size": 8, "lr": 1e-2},
+                     scaling={"num_workers": 1, "zero_stage": 0})
+    raw["data"] = {"source": str(chat_jsonl), "validation_size": 8, "test_size": 8}
+    out = run_training(build_config(raw), verbose=False)
+    history = _state(out.checkpoint_path)["history"]
+    assert history[-1]["eval_loss"] < history[0]["eval_loss"]
+    assert out.metrics["test_perplexity"] > 1.0
