@@ -102,11 +102,17 @@ def _latest_checkpoint(run_dir: Path) -> Path:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+
     from rayft import serve
+
+    # Background jobs of a script ignore SIGINT: stop on SIGTERM too, shutting Serve (and its Ray) down cleanly.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     url = serve.start(args.store, host=args.host, port=args.port, max_adapters=args.max_adapters,
                       num_replicas=args.replicas, address=args.address)
-    print(f"serving {Path(args.store).resolve()} at {url} (Ctrl-C to stop)", flush=True)
+    print(f"serving {Path(args.store).resolve()} at {url} (Ctrl-C or SIGTERM to stop)", flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -14,10 +14,13 @@ $RAYFT validate "$CONFIG"
 echo "==> 2/4 sweeping (Optuna TPE + ASHA; each trial is a Ray Train + DeepSpeed run)"
 $RAYFT sweep "$CONFIG" store.path="$STORE" --id quickstart-best
 
+if curl -fsS "http://127.0.0.1:$PORT/healthz" > /dev/null 2>&1; then
+  echo "port $PORT is already serving something; stop it or set RAYFT_DEMO_PORT"; exit 1
+fi
 echo "==> 3/4 serving $STORE on http://127.0.0.1:$PORT"
 $RAYFT serve --store "$STORE" --port "$PORT" > runs/serve.log 2>&1 &
 server=$!
-cleanup() { kill -INT "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
+cleanup() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
 trap cleanup EXIT
 for _ in $(seq 1 120); do
   curl -fsS "http://127.0.0.1:$PORT/healthz" > /dev/null 2>&1 && break
