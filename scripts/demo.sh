@@ -18,6 +18,7 @@ if curl -fsS "http://127.0.0.1:$PORT/healthz" > /dev/null 2>&1; then
   echo "port $PORT is already serving something; stop it or set RAYFT_DEMO_PORT"; exit 1
 fi
 echo "==> 3/4 serving $STORE on http://127.0.0.1:$PORT"
+mkdir -p runs
 $RAYFT serve --store "$STORE" --port "$PORT" > runs/serve.log 2>&1 &
 server=$!
 cleanup() { kill -TERM "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; }
