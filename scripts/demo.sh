@@ -28,7 +28,13 @@ for _ in $(seq 1 120); do
   kill -0 "$server" 2>/dev/null || { echo "server exited; see runs/serve.log"; tail -20 runs/serve.log; exit 1; }
   sleep 1
 done
-curl -fsS "http://127.0.0.1:$PORT/v1/models" | .venv/bin/python -m json.tool | head -20
+curl -fsS "http://127.0.0.1:$PORT/v1/models" -o runs/models.json
+.venv/bin/python - <<'PY'
+import json
+for m in json.load(open("runs/models.json"))["data"]:
+    acc = {k: round(v, 4) for k, v in m.get("metrics", {}).items() if k in ("eval_accuracy", "test_accuracy")}
+    print(f"  GET /v1/models -> {m['id']}: {m.get('kind')} for {m.get('task')} on {m.get('base_model')} {acc}")
+PY
 
 echo "==> 4/4 asking the served winner about a few reviews over HTTP"
 $RAYFT query --url "http://127.0.0.1:$PORT" --model quickstart-best \
