@@ -32,5 +32,8 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         ray.init(address=address, **kwargs)
     else:
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+        # RAYFT_DASHBOARD=0 saves ~5% throughput on a 2-core machine, but then Ray Train cannot clean up
+        # the placement groups of trials that ASHA stops (and logs a warning every second): keep it for sweeps.
+        dashboard = os.environ.get("RAYFT_DASHBOARD", "1") != "0"
+        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **kwargs)
     return ray.cluster_resources()
