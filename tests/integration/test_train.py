@@ -69,7 +69,7 @@ def test_full_fine_tune_with_optimizer_offload_exports_a_model_folder(ray_local,
     from rayft.train import run_training
 
     raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="full-offload", method={"name": "full"},
-                     train={"max_steps": 8, "eval_every": 4, "batch_size": 8, "lr": 1e-3},
+                     train={"max_steps": 24, "eval_every": 8, "batch_size": 16, "lr": 3e-3},
                      scaling={"num_workers": 1, "zero_stage": 1, "offload_optimizer": True})
     raw["method"] = {"name": "full"}
     cfg = build_config(raw)
