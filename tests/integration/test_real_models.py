@@ -40,7 +40,7 @@ def test_quickstart_model_and_data_learn(ray_local, tmp_path):
     from rayft.train import run_training
 
     cfg = load_config(ROOT / "experiments" / "quickstart.yaml",
-                      [f"output_dir={tmp_path}", "train.max_steps=40", "train.eval_every=40", "data.train_size=640",
+                      [f"output_dir={tmp_path}", "train.epochs=1", "train.eval_every=125", "scaling.cpus_per_worker=2",
                        "data.validation_size=200", "data.test_size=200"])
     out = run_training(cfg, verbose=False)
     assert out.metrics["eval_accuracy"] > 0.65
