@@ -52,18 +52,12 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
         adapter_id=adapter_id or default_adapter_id(cfg, trial_id),
         kind="adapter" if method.is_peft else "full",
         base_model=cfg.model.name, base_fingerprint=fingerprint(base_path), method=cfg.method.name,
-        task=cfg.task.name, labels=_labels(model_dir, state), metrics=_numeric(metrics or state.get("metrics") or {}),
+        task=cfg.task.name, labels=state.get("labels") or None, metrics=_numeric(metrics or state.get("metrics") or {}),
         config=cfg.model_dump(mode="json"), sweep_id=sweep_id, trial_id=trial_id,
         architecture=architecture, max_length=cfg.model.max_length,
     )
     store.put(model_dir, manifest, overwrite=overwrite)
     return manifest
-
-
-def _labels(model_dir: Path, state: dict[str, Any]) -> list[str] | None:
-    if state.get("labels"):
-        return list(state["labels"])
-    return None
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

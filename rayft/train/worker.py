@@ -111,10 +111,9 @@ def _restore(engine, cfg: ExperimentConfig) -> dict[str, Any]:
     if checkpoint is None:
         return state
     with checkpoint.as_directory() as path:
-        _, client = engine.load_checkpoint(path, tag=DS_TAG, load_module_strict=False)
+        engine.load_checkpoint(path, tag=DS_TAG, load_module_strict=False)
         with open(os.path.join(path, STATE_FILE)) as fh:
-            state.update(json.load(fh))
-    state.update({k: v for k, v in (client or {}).items() if k in state})
+            state.update({k: v for k, v in json.load(fh).items() if k in state})  # the loop position only
     return state
 
 
@@ -140,13 +139,13 @@ def _report(engine, cfg: ExperimentConfig, data, metrics: dict[str, Any], state:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="rayft-ckpt-") as tmp:
-        client = {**state, "step": engine.global_steps}
-        engine.save_checkpoint(tmp, tag=DS_TAG, client_state=client,
+        position = {**state, "step": engine.global_steps}
+        engine.save_checkpoint(tmp, tag=DS_TAG,
                                exclude_frozen_parameters=get_method(cfg.method.name).is_peft)
         E.save_model(engine, cfg, data, os.path.join(tmp, MODEL_DIR), rank)
         if rank == 0:
             with open(os.path.join(tmp, STATE_FILE), "w") as fh:
-                json.dump({**client, "metrics": metrics, "labels": data.labels, "config": cfg.model_dump(mode="json")},
+                json.dump({**position, "metrics": metrics, "labels": data.labels, "config": cfg.model_dump(mode="json")},
                           fh, default=float)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
