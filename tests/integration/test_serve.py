@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-import socket
+
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,16 +13,12 @@ import torch
 
 from conftest import cls_config
 
+from rayft.cluster import free_port
+
 pytestmark = pytest.mark.integration
 
 LABELS = ["neg", "pos"]
 TEXTS = ["the movie was great", "boring and dull plot", "a charming story with a superb cast", "tedious"]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _config(raw: dict) -> dict:
@@ -87,7 +83,7 @@ def store(tmp_path_factory, tiny_bert, tiny_llama, sentiment_csv, chat_jsonl):
 def url(ray_local, store):
     import rayft.serve
 
-    base_url = rayft.serve.start(str(store.root), port=_free_port(), max_adapters=2)
+    base_url = rayft.serve.start(str(store.root), port=free_port(), max_adapters=2)
     yield base_url
     rayft.serve.shutdown()
 
