@@ -152,17 +152,16 @@ def _report(engine, cfg: ExperimentConfig, data, metrics: dict[str, Any], state:
 
 
 def _unfreeze_hook(engine, cfg: ExperimentConfig, say):
-    """Gradual unfreezing: announce each block as its learning rate turns on (the gate lives in the schedule)."""
+    """Gradual unfreezing: announce the training depths whenever they change (the gate lives in the schedule)."""
     if not hasattr(get_method(cfg.method.name), "lr_gate"):
         return lambda step: None
-    seen = {"live": -1}
+    seen: list[list[int]] = []
 
     def hook(step: int) -> None:
-        live = sum(1 for g in engine.optimizer.param_groups if g["lr"] > 0 and g["depth"] > 0)
-        if live != seen["live"]:
-            depths = sorted({g["depth"] for g in engine.optimizer.param_groups if g["lr"] > 0})
-            say(f"step {step}: training depths {depths} (0 = embeddings, top = head)")
-            seen["live"] = live
+        live = engine.lr_scheduler.rayft_open_depths(step)
+        if not seen or live != seen[-1]:
+            say(f"step {step}: training depths {live} (0 = embeddings, {live[-1]} = head and top)")
+            seen.append(live)
 
     return hook
 
