@@ -169,7 +169,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     for r in rows:
         lines.append(f"| {r['method']} | {r['lr']:g} | {r['trainable_params']:,} | {r['trainable_pct']:.3f} | "
                      f"{r['samples_per_s']:.1f} | {r['samples_per_s'] / base['samples_per_s']:.2f} | "
-                     f"{r['peak_mb_per_worker']:.0f} | {r['peak_mb_per_worker'] / max(base['peak_mb_per_worker'], 1):.2f} | "
+                     f"{r['peak_mb_per_worker']:.0f} | "
+                     f"{r['peak_mb_per_worker'] / max(base['peak_mb_per_worker'], 1):.2f} | "
                      f"{r['test_accuracy']:.3f} |")
     return "\n".join(lines)
 
@@ -191,7 +192,8 @@ def main() -> None:
               "setup": {k: v for k, v in vars(args).items() if k != "docs"},
               "methods": {r["method"]: {
                   "trainable_pct": r["trainable_pct"], "samples_per_s": round(r["samples_per_s"], 2),
-                  "peak_mb_per_worker": round(r["peak_mb_per_worker"], 1), "test_accuracy": round(r["test_accuracy"], 4),
+                  "peak_mb_per_worker": round(r["peak_mb_per_worker"], 1),
+                  "test_accuracy": round(r["test_accuracy"], 4),
                   "speed_vs_full": round(r["samples_per_s"] / base["samples_per_s"], 3),
                   "memory_vs_full": round(r["peak_mb_per_worker"] / max(base["peak_mb_per_worker"], 1), 3),
               } for r in rows}}

@@ -59,7 +59,8 @@ def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
         return []  # reported by the schema / check_method
     ctx = MethodContext(task=str(task), peft_task_type=TASKS.get(task).peft_task_type if task in TASKS else None,
                         zero_stage=stage, num_workers=workers, dtype=str(model.get("dtype", "float32")))
-    return [FieldError(path, value, expected) for path, value, expected in method_problems(METHODS.get(name), params, ctx)]
+    problems = method_problems(METHODS.get(name), params, ctx)
+    return [FieldError(path, value, expected) for path, value, expected in problems]
 
 
 def check_method(method: dict[str, Any]) -> list[FieldError]:

@@ -11,9 +11,10 @@ base model's exact outputs. The result is stored as ``bottleneck_config.json`` +
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Literal
+from typing import Any, Iterator, Literal
 
 import torch
 from pydantic import Field
@@ -82,8 +83,20 @@ def attach(model: torch.nn.Module, params: AdapterParams, targets: list[str]) ->
         layer = model.get_submodule(name)
         key = name.replace(".", "__")
         container[key] = Bottleneck(layer.out_features, params).to(layer.weight.device, layer.weight.dtype)
-        layer.register_forward_hook(lambda _m, _in, out, k=key: container[k](out))
+        layer.register_forward_hook(lambda _m, _in, out, k=key: container[k](out) if container.enabled else out)
+    container.enabled = True
     return model
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run the base model without its bottleneck adapters (like peft's ``disable_adapter``), e.g. as a reference."""
+    container = getattr(model, CONTAINER)
+    container.enabled = False
+    try:
+        yield model
+    finally:
+        container.enabled = True
 
 
 def _norm_params(model: torch.nn.Module) -> set[int]:

@@ -107,7 +107,8 @@ def method_problems(method: Method, params: Any, ctx: MethodContext) -> list[tup
     problems: list[tuple[str, Any, str]] = []
     if ctx.zero_stage == 3 and not method.zero3:
         working = ", ".join(n for n in METHODS if METHODS.get(n).zero3)
-        problems.append(("scaling.zero_stage", 3, f"ZeRO stage 0-2 for method {method.name!r} (it cannot train with "
-                                                   f"partitioned parameters); methods that run at stage 3: {working}"))
+        why = getattr(method, "zero3_note", "it cannot train with partitioned parameters")
+        problems.append(("scaling.zero_stage", 3, f"ZeRO stage 0-2 for method {method.name!r} ({why}); "
+                                                   f"methods that run at stage 3: {working}"))
     check = getattr(method, "check", None)
     return problems + (check(params, ctx) if check else [])

@@ -30,7 +30,8 @@ def num_blocks(model: torch.nn.Module) -> int:
 
 
 def is_head(model: torch.nn.Module, name: str) -> bool:
-    """True for task-head parameters of a transformers model: those outside its backbone (``base_model_prefix``).
+    """True for task-head parameters of a transformers model (not a peft wrapper): those outside its backbone
+    (``base_model_prefix``).
 
     A bare backbone (no head) has none.
     """

@@ -187,7 +187,7 @@ class ModelPool:
                            manifest=manifest)
 
     def _load_full(self, manifest: Manifest) -> LoadedModel:
-        """A result that cannot share a base (full weights, QLoRA, prompt learning, bottleneck adapters): its own model."""
+        """A result that cannot share a base (full weights, QLoRA, prompt learning, bottleneck adapters)."""
         model, tokenizer, manifest = load_for_inference(self.store, manifest.adapter_id)
         return LoadedModel(self, manifest.adapter_id, manifest.task, tokenizer, model=model, manifest=manifest)
 

@@ -68,8 +68,9 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, steps: int, step
 
 
 def param_groups(model: torch.nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]]:
-    """Optimizer groups: weight decay off for biases/norms; with ``method.layer_decay``/``method.head_lr``
-    (full, unfreeze) one group per depth, block ``i`` of ``n`` at ``lr * decay^(n - i)``, the head at ``head_lr``.
+    """Optimizer groups: weight decay off for biases/norms. With ``method.layer_decay``/``method.head_lr`` (full,
+    unfreeze) or gradual unfreezing, one group per depth: block ``i`` of ``n`` at ``lr * decay^(n - i)``, the
+    embeddings at ``lr * decay^(n + 1)``, the head at ``head_lr``.
 
     Each group records its ``depth`` (0 embeddings, ``i + 1`` block ``i``, ``n + 1`` top and head) for the
     gradual-unfreezing gate.
@@ -78,13 +79,14 @@ def param_groups(model: torch.nn.Module, cfg: ExperimentConfig) -> list[dict[str
 
     extra = cfg.method_params()
     decay, head_lr = float(extra.get("layer_decay", 1.0)), extra.get("head_lr")
+    by_depth = decay != 1.0 or head_lr is not None or hasattr(get_method(cfg.method.name), "lr_gate")
     blocks = num_blocks(model)
     groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        head = is_head(model, name)
-        level = blocks + 1 if head else depth(model, name, blocks)
+        head = by_depth and is_head(model, name)
+        level = (blocks + 1 if head else depth(model, name, blocks)) if by_depth else blocks + 1
         lr = cfg.train.lr * decay ** (blocks + 1 - level)
         if head and head_lr is not None:
             lr = float(head_lr)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -142,6 +141,3 @@ def test_method_through_run_training(name, stage, ray_local, tiny_bert, sentimen
     from method_table import probe_batch
 
     assert model(**probe_batch(data)).logits.shape[-1] == 2
-
-
-sys.path.insert(0, str(Path(__file__).parent))

@@ -74,7 +74,8 @@ def test_method_parameter_errors_name_the_field(tiny_bert, sentiment_csv, tmp_pa
 
 @pytest.mark.parametrize("method,space", [
     ("dora", {"method.r": {"int": [2, 16]}, "method.alpha": {"uniform": [4, 32]},
-              "method.dropout": {"uniform": [0.0, 0.2]}, "method.target_modules": {"choice": [["query"], "all-linear"]}}),
+              "method.dropout": {"uniform": [0.0, 0.2]},
+              "method.target_modules": {"choice": [["query"], "all-linear"]}}),
     ("prompt", {"method.num_virtual_tokens": {"int": [4, 32]}}),
     ("adapter", {"method.size": {"choice": [8, 16, 64]}, "method.placement": {"choice": ["houlsby", "pfeiffer"]}}),
     ("unfreeze", {"method.every": {"int": [1, 3]}, "method.layer_decay": {"uniform": [0.6, 1.0]}}),
@@ -144,6 +145,11 @@ def test_bottleneck_adapters_start_at_the_base_and_reload(tiny_bert, tmp_path):
         assert torch.allclose(model(input_ids=ids).logits, expected)  # zero-initialized up-projection
     torch.nn.init.normal_(model.bottleneck_adapters["bert__encoder__layer__1__output__dense"].up.weight)
     trained = model(input_ids=ids).logits
+    assert not torch.allclose(trained, expected)
+    from rayft.methods.adapter import adapters_disabled
+
+    with adapters_disabled(model):
+        assert torch.allclose(model(input_ids=ids).logits, expected)  # the base, e.g. as a frozen reference
     method.save(model, str(tmp_path / "a"))
     fresh = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     assert torch.allclose(method.load(fresh, str(tmp_path / "a")).eval()(input_ids=ids).logits, trained)
