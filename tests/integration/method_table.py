@@ -55,7 +55,7 @@ def train_case(cfg, data, rank: int, world: int, out_dir: str) -> dict[str, Any]
             losses.append(loss.item())
             if engine.global_steps >= cfg.train.max_steps:
                 break
-    changed = sorted(n for n, p in engine.module.named_parameters() if not torch.equal(p.detach(), before[n]))
+    changed = changed_parameters(engine.module, before, cfg.scaling.zero_stage == 3)
     model_dir = os.path.join(out_dir, "model")
     os.makedirs(out_dir, exist_ok=True)
     E.save_model(engine, cfg, data, model_dir, rank)
@@ -67,6 +67,14 @@ def train_case(cfg, data, rank: int, world: int, out_dir: str) -> dict[str, Any]
             json.dump({"labels": data.labels, "config": cfg.model_dump(mode="json"), "metrics": {}}, fh)
     return {"losses": losses, "changed": changed, "logits": logits.tolist(), **info,
             "trainable": sorted(n for n, p in engine.module.named_parameters() if p.requires_grad)}
+
+
+def changed_parameters(module: torch.nn.Module, before: dict[str, torch.Tensor], zero3: bool) -> list[str]:
+    """Names of parameters that differ from ``before`` (gathered first under ZeRO-3)."""
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None, enabled=zero3):
+        return sorted(n for n, p in module.named_parameters() if not torch.equal(p.detach(), before[n]))
 
 
 def probe_batch(data) -> dict[str, torch.Tensor]:

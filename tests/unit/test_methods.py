@@ -170,3 +170,45 @@ def test_qlora_quantizes_the_backbone_and_counts_logical_sizes(tiny_bert):
     lora = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     head = sum(p.numel() for p in inner.classifier.modules_to_save.parameters())
     assert info["total_params"] == total + lora + head and info["trainable_params"] == lora + head
+
+
+def test_server_hot_swaps_lora_and_serves_other_methods_on_their_own(tmp_path, tiny_bert, sentiment_csv):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from rayft.config.schema import ExperimentConfig
+    from rayft.models import fingerprint
+    from rayft.serve import runtime
+    from rayft.store import AdapterStore, Manifest
+    from rayft.tasks.sequence_classification import predict_proba
+
+    store, texts = AdapterStore(tmp_path / "store"), ["great fun", "dull and boring"]
+    tok = AutoTokenizer.from_pretrained(tiny_bert)
+    want = {}
+    for name, params in [("lora", {"r": 2, "target_modules": ["query"]}), ("prompt", {"num_virtual_tokens": 3}),
+                         ("adapter", {"size": 4})]:
+        raw = cls_config(tiny_bert, sentiment_csv, tmp_path)
+        raw["method"] = {"name": name, **params}
+        config = ExperimentConfig.model_validate(raw)
+        method = get_method(name)
+        torch.manual_seed(1)
+        model = method.apply(AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2),
+                             method.params(**params), "SEQ_CLS")
+        for p in model.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.2)  # "trained": outputs differ from the base
+        want[name] = predict_proba(model.eval(), tok, texts, 32)
+        if method.artifact == "modules":
+            method.save(model, str(tmp_path / name))
+        else:
+            model.save_pretrained(str(tmp_path / name))
+        swap = None if name == "lora" else method.hot_swappable  # a manifest from before the flag existed
+        store.put(tmp_path / name, Manifest(name, method.artifact, str(tiny_bert), fingerprint(str(tiny_bert)), name,
+                                            "sequence_classification", ["neg", "pos"], {},
+                                            config.model_dump(mode="json"), max_length=32, hot_swappable=swap))
+    pool = runtime.ModelPool(store)
+    for name in want:
+        loaded = pool.load(f"{name}@x")
+        assert (loaded.entry is not None) == (name == "lora")  # only LoRA attaches to the shared base
+        rows = loaded.run(lambda lm, m: runtime.classify(lm, m, texts))
+        got = torch.tensor([[r["probabilities"]["neg"], r["probabilities"]["pos"]] for r in rows])
+        assert torch.allclose(got, want[name], atol=1e-5)
