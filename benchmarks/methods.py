@@ -19,6 +19,7 @@ import argparse
 import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -150,12 +151,38 @@ def run(args: argparse.Namespace) -> list[dict]:
         data = prepare_data(cfgs[0])  # identical data for every method (same source, sizes and seed)
         init_ray(num_cpus=2, quiet=True)
         out = Path(tmp) / "rows.jsonl"
-        TorchTrainer(bench_loop, train_loop_config={"experiments": [dump_config(c) for c in cfgs], "data": data,
-                                                    "out": str(out), "warmup": args.warmup},
-                     torch_config=TorchConfig(backend="gloo"),
-                     scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
-                     run_config=RunConfig(name="bench-methods", storage_path=str(Path(tmp) / "ray"))).fit()
+        out.touch()
+        trainer = TorchTrainer(
+            bench_loop, train_loop_config={"experiments": [dump_config(c) for c in cfgs], "data": data,
+                                           "out": str(out), "warmup": args.warmup},
+            torch_config=TorchConfig(backend="gloo"),
+            scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="bench-methods", storage_path=str(Path(tmp) / "ray")))
+        finished = threading.Event()
+        watcher = threading.Thread(target=_progress, args=(out, len(names), finished), daemon=True)
+        watcher.start()
+        try:
+            trainer.fit()
+        finally:
+            finished.set()
+            watcher.join()
         return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def _progress(rows_file: Path, total: int, finished: threading.Event) -> None:
+    """Print one line per finished method while the run goes on."""
+    done = 0
+    while True:
+        stop = finished.is_set()
+        text = rows_file.read_text()
+        for line in text[:text.rfind("\n") + 1].splitlines()[done:]:  # whole lines only
+            row = json.loads(line)
+            done += 1
+            print(f"[{done}/{total}] {row['method']}: {row['samples_per_s']:.1f} samples/s, "
+                  f"test accuracy {row['test_accuracy']:.3f}", file=sys.stderr, flush=True)
+        if stop:
+            return
+        finished.wait(2)
 
 
 def table(rows: list[dict], args: argparse.Namespace) -> str:
