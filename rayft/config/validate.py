@@ -36,8 +36,31 @@ def check_names(raw: dict[str, Any]) -> list[FieldError]:
     elif isinstance(model, str) and model in MODELS and MODELS.get(model).tasks and task not in MODELS.get(model).tasks:
         errors.append(FieldError("task.name", task, f"a task model {model!r} supports: "
                                  f"{', '.join(MODELS.get(model).tasks)}"))
-    errors += check_method(_section(raw, "method"))
-    return errors
+    method_errors = check_method(_section(raw, "method"))
+    return errors + (method_errors or check_method_combination(raw))
+
+
+def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
+    """The method against the task, ZeRO stage and installed packages (e.g. prompt tuning on a token-level head,
+    QLoRA at ZeRO-3 or without bitsandbytes); each message says why and what would work."""
+    from rayft.methods import METHODS, MethodContext, method_problems
+    from rayft.tasks import TASKS
+
+    method = _section(raw, "method")
+    name = method.get("name", "lora")
+    task = _section(raw, "task").get("name", "sequence_classification")
+    scaling, model = _section(raw, "scaling"), _section(raw, "model")
+    if not isinstance(name, str) or name not in METHODS:
+        return []
+    try:
+        params = METHODS.get(name).params.model_validate({k: v for k, v in method.items() if k != "name"})
+        stage, workers = int(scaling.get("zero_stage", 2)), int(scaling.get("num_workers", 1))
+    except (ValidationError, TypeError, ValueError):
+        return []  # reported by the schema / check_method
+    ctx = MethodContext(task=str(task), peft_task_type=TASKS.get(task).peft_task_type if task in TASKS else None,
+                        zero_stage=stage, num_workers=workers, dtype=str(model.get("dtype", "float32")))
+    problems = method_problems(METHODS.get(name), params, ctx)
+    return [FieldError(path, value, expected) for path, value, expected in problems]
 
 
 def check_method(method: dict[str, Any]) -> list[FieldError]:

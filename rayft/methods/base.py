@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from rayft.registry import Registry
+
+Artifact = Literal["adapter", "full", "modules"]  # the manifest ``kind`` a method's result is stored as
 
 
 class MethodParams(BaseModel):
@@ -16,16 +19,38 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method needs to know to accept or reject a configuration before any work starts."""
+
+    task: str
+    peft_task_type: str | None  # the task's peft.TaskType name; None when the task is unknown
+    zero_stage: int
+    num_workers: int
+    dtype: str
+
+
 class Method(Protocol):
-    """A fine-tuning method: which parameters train and how the result is saved and served."""
+    """A fine-tuning method: which parameters train and how the result is saved and served.
+
+    ``artifact`` says how the result is stored: ``"adapter"`` (a peft folder that plain
+    ``PeftModel.from_pretrained`` loads), ``"full"`` (a complete transformers model folder) or ``"modules"``
+    (rayft's own small add-on modules plus the trained head, loaded onto the base with :func:`load_result`).
+    ``hot_swappable`` is true when the server can attach it per request to a shared, unmodified base model.
+    """
 
     name: str
     params: type[MethodParams]
     is_peft: bool  # result is a peft adapter (saved with save_pretrained, loaded by PeftModel)
     hot_swappable: bool  # the server can swap it per request on a shared base model
+    artifact: Artifact
+    zero3: bool  # trains under ZeRO stage 3
 
     def apply(self, model: torch.nn.Module, params: Any, task_type: str) -> torch.nn.Module:
         """Return the model prepared for training (frozen/wrapped as the method requires)."""
+
+    def check(self, params: Any, ctx: MethodContext) -> list[tuple[str, Any, str]]:
+        """Problems with this method in this context: ``(field under method/scaling/task, value, expected)``."""
 
 
 METHODS: Registry[Method] = Registry("method")
@@ -45,12 +70,45 @@ def get_method(name: str) -> Method:
     return METHODS.get(name)
 
 
-def trainable_summary(model: torch.nn.Module) -> dict[str, float]:
-    """Trainable and total parameter counts and the trainable percentage."""
+def trainable_summary(model: torch.nn.Module, trainable_names: set[str] | None = None) -> dict[str, float]:
+    """Trainable and total parameter counts and the trainable percentage.
+
+    Args:
+        model: the prepared model.
+        trainable_names: the parameters that train from the start, when that is not ``requires_grad``
+            (gradual unfreezing keeps every parameter in the optimizer but starts with most at learning rate 0).
+    """
     total = trainable = 0
-    for p in model.parameters():
-        n = p.ds_numel if hasattr(p, "ds_numel") else p.numel()  # ZeRO-3 partitions report 0 locally
+    for name, p in model.named_parameters():
+        n = _numel(p)
         total += n
-        trainable += n if p.requires_grad else 0
+        trains = name in trainable_names if trainable_names is not None else p.requires_grad
+        trainable += n if trains else 0
     return {"trainable_params": trainable, "total_params": total,
             "trainable_pct": round(100.0 * trainable / max(total, 1), 4)}
+
+
+def _numel(p: torch.Tensor) -> int:
+    """Logical size: ZeRO-3 partitions report 0 locally, packed 4-bit weights half their element count."""
+    if hasattr(p, "ds_numel"):
+        return p.ds_numel
+    quant = getattr(p, "quant_state", None)
+    return quant.shape.numel() if quant is not None and hasattr(quant, "shape") else p.numel()
+
+
+def method_summary(method: Method, model: torch.nn.Module, params: Any) -> dict[str, float]:
+    """The trainable-parameter summary a method reports at start (methods may name what trains first)."""
+    names = getattr(method, "trainable_at_start", None)
+    return trainable_summary(model, names(model, params) if names else None)
+
+
+def method_problems(method: Method, params: Any, ctx: MethodContext) -> list[tuple[str, Any, str]]:
+    """Combination checks shared by every method, then the method's own."""
+    problems: list[tuple[str, Any, str]] = []
+    if ctx.zero_stage == 3 and not method.zero3:
+        working = ", ".join(n for n in METHODS if METHODS.get(n).zero3)
+        why = getattr(method, "zero3_note", "it cannot train with partitioned parameters")
+        problems.append(("scaling.zero_stage", 3, f"ZeRO stage 0-2 for method {method.name!r} ({why}); "
+                                                   f"methods that run at stage 3: {working}"))
+    check = getattr(method, "check", None)
+    return problems + (check(params, ctx) if check else [])

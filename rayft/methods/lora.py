@@ -34,6 +34,8 @@ class Lora:
     params = LoraParams
     is_peft = True
     hot_swappable = True
+    artifact = "adapter"
+    zero3 = True
 
     def apply(self, model: torch.nn.Module, params: LoraParams, task_type: str) -> torch.nn.Module:
         from peft import get_peft_model

@@ -20,7 +20,7 @@ import torch
 
 from rayft.errors import StoreError
 from rayft.serve.api import BASE_PREFIX, SFT_TASK, ServeError, load_error, not_found
-from rayft.store import AdapterStore, Manifest, base_key, load_base, manifest_config
+from rayft.store import AdapterStore, Manifest, base_key, load_base, load_for_inference, manifest_config
 from rayft.tasks.sequence_classification import predict_proba
 from rayft.tasks.sft import FALLBACK_TEMPLATE, _ids, generate
 
@@ -156,7 +156,7 @@ class ModelPool:
                 raise (not_found(model_id, str(exc)) if not self.store.exists(model_id)
                        else load_error(model_id, str(exc))) from None
             try:
-                if manifest.kind == "adapter":
+                if manifest.swappable:
                     return self._load_adapter(manifest)
                 return self._load_full(manifest)
             except ServeError:
@@ -187,13 +187,9 @@ class ModelPool:
                            manifest=manifest)
 
     def _load_full(self, manifest: Manifest) -> LoadedModel:
-        from rayft.models import load_tokenizer
-        from rayft.tasks import get_task
-
-        folder = str(self.store.path(manifest.adapter_id))
-        model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels).eval()
-        return LoadedModel(self, manifest.adapter_id, manifest.task, load_tokenizer(folder), model=model,
-                           manifest=manifest)
+        """A result that cannot share a base (full weights, QLoRA, prompt learning, bottleneck adapters)."""
+        model, tokenizer, manifest = load_for_inference(self.store, manifest.adapter_id)
+        return LoadedModel(self, manifest.adapter_id, manifest.task, tokenizer, model=model, manifest=manifest)
 
     def _load_base_model(self, name: str) -> LoadedModel:
         manifest = next((m for m in self.store.list() if m.base_model == name and m.task == SFT_TASK), None)

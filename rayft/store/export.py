@@ -44,13 +44,13 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
         cfg = ExperimentConfig.model_validate(state["config"])
     method = get_method(cfg.method.name)
     base_path = resolve_model(cfg.model.name)
-    config_json = model_dir / ("adapter_config.json" if method.is_peft else "config.json")
+    config_json = model_dir / {"adapter": "adapter_config.json", "full": "config.json"}.get(method.artifact, "")
     architecture = None
-    if not method.is_peft and config_json.is_file():
+    if method.artifact == "full" and config_json.is_file():
         architecture = (json.loads(config_json.read_text()).get("architectures") or [None])[0]
     manifest = Manifest(
         adapter_id=adapter_id or default_adapter_id(cfg, trial_id),
-        kind="adapter" if method.is_peft else "full",
+        kind=method.artifact, hot_swappable=method.hot_swappable,
         base_model=cfg.model.name, base_fingerprint=fingerprint(base_path), method=cfg.method.name,
         task=cfg.task.name, labels=state.get("labels") or None, metrics=_numeric(metrics or state.get("metrics") or {}),
         config=cfg.model_dump(mode="json"), sweep_id=sweep_id, trial_id=trial_id,

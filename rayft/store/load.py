@@ -54,12 +54,32 @@ def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.M
     manifest = store.manifest(adapter_id)
     folder = str(store.path(adapter_id))
     try:
-        if manifest.kind == "adapter":
+        if manifest.kind in ("adapter", "modules"):
             base, tokenizer, _ = load_base(manifest)
-            model = PeftModel.from_pretrained(base, folder)
+            method, params = _method(manifest)
+            if manifest.kind == "modules":
+                model = method.load(base, folder)
+            else:
+                prepare = getattr(method, "prepare_base", None)  # e.g. QLoRA: the 4-bit base it trained on
+                model = PeftModel.from_pretrained(prepare(base, params) if prepare else base, folder)
         else:
             model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels)
             tokenizer = load_tokenizer(folder)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise StoreError(f"adapter {adapter_id!r} in {store.root} could not be loaded: {exc}") from None
     return model.eval(), tokenizer, manifest
+
+
+def _method(manifest: Manifest):
+    """The method that produced ``manifest`` and its parameters as trained.
+
+    Raises:
+        StoreError: if this installation does not know the method.
+    """
+    from rayft.methods import METHODS
+
+    if manifest.method not in METHODS:
+        raise StoreError(f"adapter {manifest.adapter_id!r} was made by method {manifest.method!r}, which this "
+                         f"installation does not have (known: {', '.join(METHODS.names())})")
+    method = METHODS.get(manifest.method)
+    return method, method.params.model_validate(manifest_config(manifest).method_params())

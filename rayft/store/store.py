@@ -4,6 +4,7 @@ Layout::
 
     STORE/<adapter_id>/adapter_config.json + adapter_model.safetensors   (peft methods)
     STORE/<adapter_id>/config.json + model.safetensors + tokenizer files (full-weight methods)
+    STORE/<adapter_id>/bottleneck_config.json + bottleneck_model.safetensors (bottleneck adapters + head)
     STORE/<adapter_id>/rayft.json                                        (the manifest)
 """
 
@@ -28,7 +29,7 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 @dataclass
 class Manifest:
     adapter_id: str
-    kind: str  # "adapter" (peft, hot-swappable on a shared base) or "full" (complete model folder)
+    kind: str  # "adapter" (peft folder), "full" (complete model folder) or "modules" (rayft add-on modules + head)
     base_model: str  # the model.name the result was trained from
     base_fingerprint: str
     method: str
@@ -42,6 +43,12 @@ class Manifest:
     architecture: str | None = None
     max_length: int = 128
     format_version: int = 1
+    hot_swappable: bool | None = None  # None (older manifests): true for peft adapters
+
+    @property
+    def swappable(self) -> bool:
+        """Whether the server may attach this result per request to a shared base model."""
+        return self.kind == "adapter" and self.hot_swappable is not False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":

@@ -23,7 +23,12 @@ def build_model(cfg: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
     """Base model with the task's head, adapted by the configured method."""
     task, method = get_task(cfg.task.name), get_method(cfg.method.name)
     model = task.build_model(data.model_path, cfg, data.labels)
-    return method.apply(model, method.params.model_validate(cfg.method_params()), task.peft_task_type)
+    return method.apply(model, method_params(cfg), task.peft_task_type)
+
+
+def method_params(cfg: ExperimentConfig) -> Any:
+    """The configured method's typed parameters."""
+    return get_method(cfg.method.name).params.model_validate(cfg.method_params())
 
 
 def make_loader(columns: dict[str, list[Any]], cfg: ExperimentConfig, pad_id: int, rank: int, world: int,
@@ -42,25 +47,74 @@ def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
     return cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
 
 
-def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, steps: int):
-    """A DeepSpeed engine with a torch AdamW (decay off for biases/norms) and a transformers schedule."""
+def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, steps: int, steps_per_epoch: int | None = None):
+    """A DeepSpeed engine with a torch AdamW (decay off for biases/norms) and a transformers schedule.
+
+    ``steps_per_epoch`` (optimizer steps) drives epoch-based gradual unfreezing; default: the whole run is one epoch.
+    """
     import deepspeed
     from transformers import get_scheduler
 
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": cfg.train.weight_decay},
-        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.train.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr)
     warmup = int(round(cfg.train.warmup_ratio * steps))
 
     def schedule(opt: torch.optim.Optimizer):
-        return get_scheduler(cfg.train.scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
+        sched = get_scheduler(cfg.train.scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
+        return gate_schedule(sched, model, cfg, steps_per_epoch)
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg))
     return engine
+
+
+def param_groups(model: torch.nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]]:
+    """Optimizer groups: weight decay off for biases/norms. With ``method.layer_decay``/``method.head_lr`` (full,
+    unfreeze) or gradual unfreezing, one group per depth: block ``i`` of ``n`` at ``lr * decay^(n - i)``, the
+    embeddings at ``lr * decay^(n + 1)``, the head at ``head_lr``.
+
+    Each group records its ``depth`` (0 embeddings, ``i + 1`` block ``i``, ``n + 1`` top and head) for the
+    gradual-unfreezing gate.
+    """
+    from rayft.methods.layers import depth, is_head, num_blocks
+
+    extra = cfg.method_params()
+    decay, head_lr = float(extra.get("layer_decay", 1.0)), extra.get("head_lr")
+    by_depth = decay != 1.0 or head_lr is not None or hasattr(get_method(cfg.method.name), "lr_gate")
+    blocks = num_blocks(model)
+    groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        head = by_depth and is_head(model, name)
+        level = (blocks + 1 if head else depth(model, name, blocks)) if by_depth else blocks + 1
+        lr = cfg.train.lr * decay ** (blocks + 1 - level)
+        if head and head_lr is not None:
+            lr = float(head_lr)
+        no_decay = name.endswith(NO_DECAY)
+        group = groups.setdefault((level, head, no_decay), {
+            "params": [], "lr": lr, "depth": level,
+            "weight_decay": 0.0 if no_decay else cfg.train.weight_decay})
+        group["params"].append(p)
+    return [groups[k] for k in sorted(groups)]
+
+
+def gate_schedule(sched, model: torch.nn.Module, cfg: ExperimentConfig, steps_per_epoch: int | None):
+    """Multiply each group's schedule by the method's unfreezing gate (learning rate 0 while frozen)."""
+    from rayft.methods.layers import num_blocks
+
+    method = get_method(cfg.method.name)
+    if not hasattr(method, "lr_gate"):
+        return sched
+    params = method.params.model_validate(cfg.method_params())
+    gate = method.lr_gate(params, num_blocks(model), steps_per_epoch or 10**12)
+    depths = [g.get("depth") for g in sched.optimizer.param_groups]
+    if None in depths:
+        raise RuntimeError("the optimizer's parameter groups lost their 'depth'; cannot gate unfreezing")
+    sched.lr_lambdas = [lambda step, f=f, d=d: f(step) * gate(d, step) for f, d in zip(sched.lr_lambdas, depths)]
+    sched.rayft_open_depths = lambda step: sorted({d for d in depths if gate(d, step) > 0})  # for the worker's log
+    for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(sched.last_epoch)  # the first step already runs gated
+    return sched
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -90,9 +144,12 @@ def save_model(engine, cfg: ExperimentConfig, data: PreparedData, out_dir: str, 
 
     method = get_method(cfg.method.name)
     module = engine.module
-    params = [p for p in module.parameters() if p.requires_grad] if method.is_peft else list(module.parameters())
+    params = list(module.parameters()) if method.artifact == "full" else [p for p in module.parameters()
+                                                                           if p.requires_grad]
     with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=cfg.scaling.zero_stage == 3):
-        if rank == 0:
+        if rank == 0 and method.artifact == "modules":
+            method.save(module, out_dir)
+        elif rank == 0:
             module.save_pretrained(out_dir, safe_serialization=True)
             if not method.is_peft:
                 from rayft.models import load_tokenizer

@@ -15,7 +15,7 @@ import ray.train
 import torch
 
 from rayft.config.schema import ExperimentConfig
-from rayft.methods import get_method, trainable_summary
+from rayft.methods import get_method, method_summary
 from rayft.paths import quiet_libraries, setup_env
 from rayft.train import engine as E
 
@@ -40,14 +40,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     say = _printer(rank == 0 and config.get("verbose", False), config.get("label", "train"))
 
     model = E.build_model(cfg, data)
-    info = trainable_summary(model)
+    info = method_summary(get_method(cfg.method.name), model, E.method_params(cfg))
     say(f"{cfg.method.name}: {info['trainable_params']:,} of {info['total_params']:,} parameters trainable "
         f"({info['trainable_pct']:.2f}%)")
     train_loader = E.make_loader(data.splits["train"], cfg, data.pad_id, rank, world, train=True)
     eval_loader = E.make_loader(data.splits["validation"], cfg, data.pad_id, rank, world, train=False)
     steps = E.total_steps(cfg, len(train_loader))
     eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
-    engine = E.build_engine(model, cfg, steps)
+    engine = E.build_engine(model, cfg, steps, steps_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
+    unfreezing = _unfreeze_hook(engine, cfg, say)
 
     state = _restore(engine, cfg)
     if state["step"]:
@@ -73,6 +74,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if engine.global_steps == before:
                 continue  # still accumulating gradients
             step = engine.global_steps
+            unfreezing(step)
             if step % cfg.train.log_every == 0:
                 say(f"step {step}/{steps} loss {window['loss'] / window['n']:.4f} lr {engine.get_lr()[0]:.2e} "
                     f"{window['samples'] / max(window['seconds'], 1e-9):.1f} samples/s")
@@ -140,14 +142,28 @@ def _report(engine, cfg: ExperimentConfig, data, metrics: dict[str, Any], state:
         return
     with tempfile.TemporaryDirectory(prefix="rayft-ckpt-") as tmp:
         position = {**state, "step": engine.global_steps}
-        engine.save_checkpoint(tmp, tag=DS_TAG,
-                               exclude_frozen_parameters=get_method(cfg.method.name).is_peft)
+        engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)  # frozen = the base's own
         E.save_model(engine, cfg, data, os.path.join(tmp, MODEL_DIR), rank)
         if rank == 0:
             with open(os.path.join(tmp, STATE_FILE), "w") as fh:
                 json.dump({**position, "metrics": metrics, "labels": data.labels, "config": cfg.model_dump(mode="json")},
                           fh, default=float)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _unfreeze_hook(engine, cfg: ExperimentConfig, say):
+    """Gradual unfreezing: announce the training depths whenever they change (the gate lives in the schedule)."""
+    if not hasattr(get_method(cfg.method.name), "lr_gate"):
+        return lambda step: None
+    seen: list[list[int]] = []
+
+    def hook(step: int) -> None:
+        live = engine.lr_scheduler.rayft_open_depths(step)
+        if not seen or live != seen[-1]:
+            say(f"step {step}: training depths {live} (0 = embeddings, {live[-1]} = head and top)")
+            seen.append(live)
+
+    return hook
 
 
 def _summary(metrics: dict[str, Any]) -> str:
