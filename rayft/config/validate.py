@@ -37,6 +37,34 @@ def check_names(raw: dict[str, Any]) -> list[FieldError]:
         errors.append(FieldError("task.name", task, f"a task model {model!r} supports: "
                                  f"{', '.join(MODELS.get(model).tasks)}"))
     errors += check_method(_section(raw, "method"))
+    errors += check_task(_section(raw, "task"), _section(raw, "method"))
+    return errors
+
+
+def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]:
+    """The task's own parameters, and whether the configured method can serve this task."""
+    from rayft.methods import METHODS
+    from rayft.tasks import TASKS, TaskParams, method_problem
+
+    name = task.get("name", "sequence_classification")
+    if not isinstance(name, str) or name not in TASKS:
+        return []  # reported by check_names
+    entry = TASKS.get(name)
+    schema_cls = getattr(entry, "params", TaskParams)
+    errors = []
+    try:
+        schema_cls.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
+    except ValidationError as exc:
+        errors += [FieldError("task." + ".".join(map(str, e["loc"])), e.get("input"),
+                              f"unknown parameter for task {name!r}; it takes: "
+                              f"{', '.join(['name', 'labels', *schema_cls.model_fields])}"
+                              if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
+    method_name = method.get("name", "lora")
+    why = method_problem(entry, method_name) if isinstance(method_name, str) else None
+    if why:
+        usable = [m for m in METHODS.names() if not method_problem(entry, m)]
+        errors.append(FieldError("method.name", method_name, f"a method task {name!r} can use — {method_name!r} "
+                                 f"cannot: {why}; use one of: {', '.join(usable)}"))
     return errors
 
 
@@ -62,7 +90,8 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     """The data source exists, is readable, and has the columns the task needs."""
     from rayft.data.prepare import catalog_columns
     from rayft.data.sources import is_catalog, source_columns
-    from rayft.tasks import TASKS
+    from rayft.tasks import TASKS, task_roles
+    from rayft.tasks.base import pick_column
 
     data = _section(raw, "data")
     source = data.get("source")
@@ -76,12 +105,19 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     if task_name not in TASKS:
         return []
     task = TASKS.get(task_name)
-    defaults = catalog_columns(source)
+    catalog = catalog_columns(source)
     errors = []
-    for role, key in {**task.roles, **task.optional_roles}.items():
-        col = data.get(key) or defaults.get(key) or (task.default_columns.get(role) if role in task.roles else None)
+    try:
+        roles, optional, defaults = task_roles(task, data, [str(c) for c in present], _section(raw, "task"))
+    except ValueError as exc:
+        return [FieldError("task.format", _section(raw, "task").get("format"), str(exc))]
+    for role, key in {**roles, **optional}.items():
+        col = pick_column(data, role, key, catalog, defaults, role in roles)
         if col is not None and col not in present:
-            errors.append(FieldError(f"data.{key}", col, f"a column of {source!r}; it has: {', '.join(map(str, present))}"))
+            own_key = key in schema.DataConfig.model_fields and not (data.get("columns") or {}).get(role)
+            where = f"data.{key}" if own_key else f"data.columns.{role}"
+            errors.append(FieldError(where, col, f"a column of {source!r} for the {role!r} role of task "
+                                     f"{task_name!r}; it has: {', '.join(map(str, present))}"))
     return errors
 
 
