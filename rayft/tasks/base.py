@@ -56,6 +56,7 @@ class Task(Protocol):
     #   compute_loss(model, batch, cfg) -> loss       instead of ``model(**batch).loss``
     #   prepare_model(model, cfg) -> model            after the method is applied (e.g. a frozen reference)
     #   finish_eval_columns(parts, columns) -> dict   instead of finish_eval, with the split's columns
+    #   serves_as: str                                the task whose serving routes answer for this one
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -108,6 +109,11 @@ def resolve_columns(task: Task, cfg: ExperimentConfig, catalog_columns: dict[str
         if col is not None:
             out[role] = col
     return out
+
+
+def serving_task(name: str) -> str:
+    """The task whose routes serve results of task ``name`` (a DPO-tuned model completes text like an SFT one)."""
+    return getattr(TASKS.get(name), "serves_as", name) if name in TASKS else name
 
 
 def method_problem(task: Task, method: str) -> str | None:

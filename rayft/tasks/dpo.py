@@ -82,6 +82,7 @@ class DPO:
     optional_roles: dict[str, str] = {}
     default_columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
     params = DPOParams
+    serves_as = "sft"  # the result is a causal LM: served by the completion and chat routes
 
     def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
         return None

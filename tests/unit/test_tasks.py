@@ -159,3 +159,16 @@ def test_catalog_wnut16_and_bbc_news_are_real_data():
     bbc = DATASETS.get("bbc_news").load()
     assert len(bbc) == 2225 and sorted(bbc["label"].unique()) == ["business", "entertainment", "politics",
                                                                    "sports", "tech"]
+
+
+def test_results_carry_their_task_to_serving():
+    from rayft.serve.api import build_catalog
+    from rayft.store import Manifest
+
+    def manifest(adapter_id, task, labels=None):
+        return Manifest(adapter_id, "adapter", "smollm2-135m", "f" * 16, "lora", task, labels, {}, {})
+
+    catalog = build_catalog([manifest("prefs", "dpo"), manifest("ner", "token_classification", ["O", "B-loc"])])
+    assert catalog["prefs"].task == "sft"  # a DPO-tuned causal LM answers the completion and chat routes
+    assert catalog["smollm2-135m"].kind == "base"
+    assert catalog["ner"].task == "token_classification" and catalog["ner"].labels == ["O", "B-loc"]
