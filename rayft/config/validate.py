@@ -134,9 +134,11 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if section == "method" and method not in METHODS:
             continue  # the unknown method is reported on its own
         target = METHODS.get(method).params if section == "method" else SEARCHABLE.get(section)
+        target = _task_schema(raw) if section == "task" else target
         if target is None or not field or field not in target.model_fields:
             known = [f"{s}.{f}" for s, m in SEARCHABLE.items() for f in m.model_fields]
             known += [f"method.{f}" for f in METHODS.get(method).params.model_fields] if method in METHODS else []
+            known += [f"task.{f}" for f in getattr(_task_schema(raw), "model_fields", {})]
             errors.append(FieldError(f"sweep.space.{key}", dist, f"a searchable parameter: one of {', '.join(known)}"))
             continue
         errors += _check_values(f"sweep.space.{key}", target, field, dist)
@@ -147,6 +149,14 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
     return errors
+
+
+def _task_schema(raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The configured task's own parameter schema (searchable as ``task.<name>``), if the task is known."""
+    from rayft.tasks import TASKS, TaskParams
+
+    name = _section(raw, "task").get("name", "sequence_classification")
+    return getattr(TASKS.get(name), "params", TaskParams) if isinstance(name, str) and name in TASKS else None
 
 
 def _check_values(path: str, model: type[BaseModel], field: str, dist: Any) -> list[FieldError]:

@@ -89,7 +89,10 @@ def test_extractive_qa_on_squad_json(ray_local, tiny_bert, tmp_path):
     assert found and found in context
 
 
-@pytest.mark.parametrize(("method", "stage"), [(LLAMA_LORA, 2), ({"name": "full"}, 3)], ids=["lora-zero2", "full-zero3"])
+@pytest.mark.parametrize(("method", "stage"), [
+    (LLAMA_LORA, 2),
+    pytest.param({"name": "full"}, 3, marks=pytest.mark.slow),  # the frozen-copy reference, under ZeRO-3
+], ids=["lora-zero2", "full-zero3"])
 def test_dpo_prefers_the_chosen_answers(method, stage, ray_local, tiny_llama, tmp_path):
     data = tt.write_jsonl(tmp_path / "pref.jsonl", tt.preference_rows(96))
     _, out, history = _run(tiny_llama, data, tmp_path, f"dpo-{method['name']}", {"name": "dpo", "beta": 0.5},
@@ -108,7 +111,7 @@ def test_reward_model_ranks_pairs(ray_local, tiny_bert, tmp_path):
     data = tt.write_jsonl(tmp_path / "pairs.jsonl", tt.review_pairs(96))
     _, out, history = _run(tiny_bert, data, tmp_path, "rm", {"name": "reward_model"}, BERT_LORA, lr=2e-2)
     assert history[-1]["eval_loss"] < history[0]["eval_loss"]
-    assert history[-1]["eval_accuracy"] >= history[0]["eval_accuracy"]
+    assert history[-1]["eval_margin"] > history[0]["eval_margin"]
     assert out.metrics["test_accuracy"] > 0.5
     store, manifest = _export(out, tmp_path, "rm")
     model, tokenizer, _ = load_for_inference(store, "rm")

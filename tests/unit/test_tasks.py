@@ -172,3 +172,18 @@ def test_results_carry_their_task_to_serving():
     assert catalog["prefs"].task == "sft"  # a DPO-tuned causal LM answers the completion and chat routes
     assert catalog["smollm2-135m"].kind == "base"
     assert catalog["ner"].task == "token_classification" and catalog["ner"].labels == ["O", "B-loc"]
+
+
+def test_task_parameters_are_searchable(tiny_llama, tmp_path):
+    data = tt.write_jsonl(tmp_path / "pref.jsonl", tt.preference_rows(24))
+    raw = cls_config(tiny_llama, data, tmp_path, task={"name": "dpo"})
+    raw["data"] = {"source": str(data)}
+    raw["method"] = {"name": "lora", "target_modules": ["q_proj", "v_proj"]}
+    raw["sweep"] = {"metric": "eval_reward_accuracy", "space": {"task.beta": {"choice": [0.1, 0.5]}}}
+    assert build_config(raw).sweep.space["task.beta"].choice == [0.1, 0.5]
+    raw["sweep"]["space"] = {"task.beta": {"uniform": [-1.0, 0.5]}, "task.gamma": {"choice": [1]}}
+    with pytest.raises(ConfigError) as info:
+        build_config(raw)
+    by_path = {e.path: e.expected for e in info.value.errors}
+    assert "greater than 0" in by_path["sweep.space.task.beta"]
+    assert "task.beta" in by_path["sweep.space.task.gamma"]
