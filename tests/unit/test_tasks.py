@@ -187,3 +187,16 @@ def test_task_parameters_are_searchable(tiny_llama, tmp_path):
     by_path = {e.path: e.expected for e in info.value.errors}
     assert "greater than 0" in by_path["sweep.space.task.beta"]
     assert "task.beta" in by_path["sweep.space.task.gamma"]
+
+
+def test_conll_mistakes_name_the_line(tmp_path):
+    from rayft.errors import DataError
+
+    good = tmp_path / "ok.conll"
+    good.write_text("-DOCSTART-\tO\n\nparis\tB-loc\nis\tO\n\nhello\tO\n")
+    df = read_file(good)
+    assert df["tokens"].tolist() == [["paris", "is"], ["hello"]]
+    bad = tmp_path / "bad.conll"
+    bad.write_text("paris\tB-loc\nlonely\n")
+    with pytest.raises(DataError, match="line 2 has no tag"):
+        read_file(bad)
