@@ -171,15 +171,13 @@ class ExtractiveQA:
 
     def finish_eval(self, parts: list[dict[str, Any]]) -> dict[str, float]:
         """Loss only: exact match and F1 need the split's contexts (see :meth:`finish_eval_columns`)."""
-        n = len({i for p in parts for i in p["index"]})
-        return {"loss": sum(p["loss_sum"] for p in parts) / max(n, 1)}
+        n_rows = sum(len(p["index"]) for p in parts)  # padded duplicates count in the sum and the count alike
+        return {"loss": sum(p["loss_sum"] for p in parts) / max(n_rows, 1)}
 
     def finish_eval_columns(self, parts: list[dict[str, Any]], columns: dict[str, list[Any]]) -> dict[str, float]:
         """Loss, exact match and F1: the best span of each example over all its windows."""
         feats: dict[int, tuple] = {}
-        loss_sum = 0.0
         for p in parts:
-            loss_sum += p["loss_sum"]
             for row in zip(p["index"], p["start"], p["start_score"], p["end"], p["end_score"]):
                 feats[row[0]] = row[1:]  # padded duplicates from the distributed sampler collapse here
         best: dict[int, tuple[float, str]] = {}
@@ -191,7 +189,7 @@ class ExtractiveQA:
                 best[example] = found
         first = {columns["example"][f]: f for f in sorted(feats, reverse=True)}
         scores = [squad_scores(best.get(ex, (0.0, ""))[1], columns["answers"][f]) for ex, f in first.items()]
-        return {"loss": loss_sum / max(len(feats), 1),
+        return {"loss": self.finish_eval(parts)["loss"],
                 "exact_match": sum(s[0] for s in scores) / max(len(scores), 1),
                 "f1": sum(s[1] for s in scores) / max(len(scores), 1)}
 

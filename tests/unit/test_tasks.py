@@ -200,3 +200,16 @@ def test_conll_mistakes_name_the_line(tmp_path):
     bad.write_text("paris\tB-loc\nlonely\n")
     with pytest.raises(DataError, match="line 2 has no tag"):
         read_file(bad)
+
+
+def test_qa_takes_the_best_span_over_all_windows_of_an_example():
+    task = get_task("extractive_qa")
+    context = "the film was superb and long"
+    offsets = [None, [0, 3], [4, 8], [9, 12], [13, 19], [20, 23], [24, 28], None]
+    columns = {"offsets": [offsets, offsets], "context": [context] * 2, "example": [0, 0],
+               "answers": [["superb"]] * 2, "max_answer_tokens": [30, 30]}
+    weak = {"index": [0], "start": [[1]], "start_score": [[1.0]], "end": [[2]], "end_score": [[1.0]], "loss_sum": 1.0}
+    strong = {"index": [1], "start": [[4, 0]], "start_score": [[5.0, 9.0]], "end": [[4, 0]], "end_score": [[5.0, 9.0]],
+              "loss_sum": 3.0}  # position 0 scores higher but lies outside the context: never an answer
+    metrics = task.finish_eval_columns([weak, strong], columns)
+    assert metrics == {"loss": 2.0, "exact_match": 1.0, "f1": 1.0}
