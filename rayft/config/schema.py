@@ -28,7 +28,7 @@ class DataConfig(_Section):
     """Where the examples come from and how they are split."""
 
     source: str = Field(min_length=1, description="catalog name or path to csv/jsonl/json/parquet")
-    format: Literal["auto", "csv", "jsonl", "json", "parquet"] = "auto"
+    format: Literal["auto", "csv", "jsonl", "json", "parquet", "conll"] = "auto"
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -40,13 +40,23 @@ class DataConfig(_Section):
     validation_size: float | int = Field(0.1, gt=0)
     test_size: float | int = Field(0.1, ge=0)
     seed: int = 0
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="task role -> column (e.g. {chosen: good, rejected: bad}); "
+                                          "for roles without their own *_column key")
 
 
 class TaskConfig(_Section):
-    """What is learned: the head, the labels and the metrics."""
+    """What is learned: the head, the labels and the metrics. Task-specific keys (e.g. ``beta`` for
+    ``dpo``) are checked by the task's own schema."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     name: str = "sequence_classification"
     labels: list[str] | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The task's own keys (everything except ``name`` and ``labels``)."""
+        return dict(self.model_extra or {})
 
 
 class MethodConfig(_Section):

@@ -37,7 +37,10 @@ def check_names(raw: dict[str, Any]) -> list[FieldError]:
         errors.append(FieldError("task.name", task, f"a task model {model!r} supports: "
                                  f"{', '.join(MODELS.get(model).tasks)}"))
     method_errors = check_method(_section(raw, "method"))
-    return errors + (method_errors or check_method_combination(raw))
+    errors += method_errors or check_method_combination(raw)
+    errors += [e for e in check_task(_section(raw, "task"), _section(raw, "method"))
+               if not (e.path == "method.name" and any(x.path == "method.name" for x in errors))]
+    return errors
 
 
 def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
@@ -63,6 +66,33 @@ def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
     return [FieldError(path, value, expected) for path, value, expected in problems]
 
 
+def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]:
+    """The task's own parameters, and whether the configured method can serve this task."""
+    from rayft.methods import METHODS
+    from rayft.tasks import TASKS, TaskParams, method_problem
+
+    name = task.get("name", "sequence_classification")
+    if not isinstance(name, str) or name not in TASKS:
+        return []  # reported by check_names
+    entry = TASKS.get(name)
+    schema_cls = getattr(entry, "params", TaskParams)
+    errors = []
+    try:
+        schema_cls.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
+    except ValidationError as exc:
+        errors += [FieldError("task." + ".".join(map(str, e["loc"])), e.get("input"),
+                              f"unknown parameter for task {name!r}; it takes: "
+                              f"{', '.join(['name', 'labels', *schema_cls.model_fields])}"
+                              if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
+    method_name = method.get("name", "lora")
+    why = method_problem(entry, method_name) if isinstance(method_name, str) else None
+    if why:
+        usable = [m for m in METHODS.names() if not method_problem(entry, m)]
+        errors.append(FieldError("method.name", method_name, f"a method task {name!r} can use — {method_name!r} "
+                                 f"cannot: {why}; use one of: {', '.join(usable)}"))
+    return errors
+
+
 def check_method(method: dict[str, Any]) -> list[FieldError]:
     from rayft.methods import METHODS
 
@@ -85,7 +115,8 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     """The data source exists, is readable, and has the columns the task needs."""
     from rayft.data.prepare import catalog_columns
     from rayft.data.sources import is_catalog, source_columns
-    from rayft.tasks import TASKS
+    from rayft.tasks import TASKS, task_roles
+    from rayft.tasks.base import pick_column
 
     data = _section(raw, "data")
     source = data.get("source")
@@ -99,12 +130,19 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     if task_name not in TASKS:
         return []
     task = TASKS.get(task_name)
-    defaults = catalog_columns(source)
+    catalog = catalog_columns(source)
     errors = []
-    for role, key in {**task.roles, **task.optional_roles}.items():
-        col = data.get(key) or defaults.get(key) or (task.default_columns.get(role) if role in task.roles else None)
+    try:
+        roles, optional, defaults = task_roles(task, data, [str(c) for c in present], _section(raw, "task"))
+    except ValueError as exc:
+        return [FieldError("task.format", _section(raw, "task").get("format"), str(exc))]
+    for role, key in {**roles, **optional}.items():
+        col = pick_column(data, role, key, catalog, defaults, role in roles)
         if col is not None and col not in present:
-            errors.append(FieldError(f"data.{key}", col, f"a column of {source!r}; it has: {', '.join(map(str, present))}"))
+            own_key = key in schema.DataConfig.model_fields and not (data.get("columns") or {}).get(role)
+            where = f"data.{key}" if own_key else f"data.columns.{role}"
+            errors.append(FieldError(where, col, f"a column of {source!r} for the {role!r} role of task "
+                                     f"{task_name!r}; it has: {', '.join(map(str, present))}"))
     return errors
 
 
@@ -121,9 +159,11 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if section == "method" and method not in METHODS:
             continue  # the unknown method is reported on its own
         target = METHODS.get(method).params if section == "method" else SEARCHABLE.get(section)
+        target = _task_schema(raw) if section == "task" else target
         if target is None or not field or field not in target.model_fields:
             known = [f"{s}.{f}" for s, m in SEARCHABLE.items() for f in m.model_fields]
             known += [f"method.{f}" for f in METHODS.get(method).params.model_fields] if method in METHODS else []
+            known += [f"task.{f}" for f in getattr(_task_schema(raw), "model_fields", {})]
             errors.append(FieldError(f"sweep.space.{key}", dist, f"a searchable parameter: one of {', '.join(known)}"))
             continue
         errors += _check_values(f"sweep.space.{key}", target, field, dist)
@@ -134,6 +174,14 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
     return errors
+
+
+def _task_schema(raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The configured task's own parameter schema (searchable as ``task.<name>``), if the task is known."""
+    from rayft.tasks import TASKS, TaskParams
+
+    name = _section(raw, "task").get("name", "sequence_classification")
+    return getattr(TASKS.get(name), "params", TaskParams) if isinstance(name, str) and name in TASKS else None
 
 
 def _check_values(path: str, model: type[BaseModel], field: str, dist: Any) -> list[FieldError]:

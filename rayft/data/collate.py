@@ -56,3 +56,21 @@ class Columnar(torch.utils.data.Dataset):
         row = {k: v[i] for k, v in self.columns.items()}
         row["index"] = i
         return row
+
+
+REJECTED = "rejected_"
+
+
+def pad_pairs(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Preference pairs as one padded batch of ``2B`` rows: the B chosen sequences, then the B rejected ones.
+
+    Each feature holds the chosen side under the usual keys (``input_ids``, ``labels``, ``token_type_ids``) and the
+    rejected side under the same keys prefixed ``rejected_``. ``index`` keeps one entry per pair.
+    """
+    keys = ("input_ids", "labels", "token_type_ids")
+    chosen = [{k: f[k] for k in keys if k in f} for f in features]
+    rejected = [{k: f[REJECTED + k] for k in keys if REJECTED + k in f} for f in features]
+    batch = pad_batch(chosen + rejected, pad_id)
+    if "index" in features[0]:
+        batch["index"] = torch.as_tensor([f["index"] for f in features], dtype=torch.long)
+    return batch

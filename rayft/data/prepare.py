@@ -48,7 +48,7 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     task = get_task(cfg.task.name)
     model_path = model_path or resolve_model(cfg.model.name)
     df = load_source(cfg.data.source, cfg.data.format)
-    columns = resolve_columns(task, cfg, catalog_columns(cfg.data.source))
+    columns = resolve_columns(task, cfg, catalog_columns(cfg.data.source), [str(c) for c in df.columns])
     missing = [c for c in columns.values() if c not in df.columns]
     if missing:
         raise DataError(f"data.source {cfg.data.source!r}: column(s) {missing} not found; "
@@ -57,7 +57,7 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     if df.empty:
         raise DataError(f"data.source {cfg.data.source!r}: no rows with all of {list(columns.values())}")
     labels = task.labels(cfg, df, columns)
-    if labels is not None:
+    if labels is not None and "label" in columns:
         unknown = sorted({str(v) for v in df[columns["label"]]} - set(labels))
         if unknown:
             raise DataError(f"data: label values {unknown[:10]} are not in task.labels {labels}")

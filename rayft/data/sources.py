@@ -7,9 +7,11 @@ from pathlib import Path
 import pandas as pd
 
 from rayft.data.catalog import DATASETS
+from rayft.data.formats import read_conll, read_json_document
 from rayft.errors import DataError
 
-FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
+           ".conll": "conll"}
 
 
 def detect_format(path: Path, fmt: str = "auto") -> str:
@@ -29,7 +31,7 @@ def detect_format(path: Path, fmt: str = "auto") -> str:
 
 
 def read_file(path: str | Path, fmt: str = "auto", nrows: int | None = None) -> pd.DataFrame:
-    """Read a local csv/jsonl/json/parquet file.
+    """Read a local csv/jsonl/json (incl. SQuAD nesting)/parquet/conll file.
 
     Raises:
         DataError: if the file is missing, empty or unreadable.
@@ -46,10 +48,12 @@ def read_file(path: str | Path, fmt: str = "auto", nrows: int | None = None) -> 
         elif kind == "jsonl":
             df = pd.read_json(p, lines=True, nrows=nrows)
         elif kind == "json":
-            df = pd.read_json(p)
+            df = read_json_document(p)
+        elif kind == "conll":
+            df = read_conll(p)
         else:
             df = pd.read_parquet(p)
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (ValueError, OSError, KeyError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"data.source {str(p)!r}: cannot read as {kind}: {exc}") from None
     if df.empty:
         raise DataError(f"data.source {str(p)!r}: no rows")

@@ -183,10 +183,13 @@ def build_catalog(manifests: Iterable[Manifest]) -> dict[str, ModelEntry]:
     """Stored results by id, plus the base model of every stored ``sft`` result (served plain)."""
     out: dict[str, ModelEntry] = {}
     bases: dict[str, ModelEntry] = {}
+    from rayft.tasks.base import serving_task
+
     for m in manifests:
-        out[m.adapter_id] = ModelEntry(m.adapter_id, m.kind, m.task, m.base_model, f"{m.adapter_id}@{m.created}",
+        task = serving_task(m.task)
+        out[m.adapter_id] = ModelEntry(m.adapter_id, m.kind, task, m.base_model, f"{m.adapter_id}@{m.created}",
                                        _epoch(m.created), m.labels, dict(m.metrics or {}))
-        if m.task == SFT_TASK and m.base_model not in bases:
+        if task == SFT_TASK and m.base_model not in bases:
             bases[m.base_model] = ModelEntry(m.base_model, "base", SFT_TASK, m.base_model, BASE_PREFIX + m.base_model)
     for name, entry in bases.items():
         out.setdefault(name, entry)  # a stored id wins over a base model of the same name

@@ -82,7 +82,9 @@ class LoadedModel:
 
     def __init__(self, pool: "ModelPool", model_id: str, task: str, tokenizer: Any, *, model: Any = None,
                  entry: BaseEntry | None = None, adapter: str | None = None, manifest: Manifest | None = None):
-        self.pool, self.model_id, self.task, self.tokenizer = pool, model_id, task, tokenizer
+        from rayft.tasks.base import serving_task
+
+        self.pool, self.model_id, self.task, self.tokenizer = pool, model_id, serving_task(task), tokenizer
         self.model, self.entry, self.adapter, self.manifest = model, entry, adapter, manifest
         self.labels = list(manifest.labels or []) if manifest and manifest.labels else None
         self.max_length = manifest.max_length if manifest else 128
@@ -192,7 +194,10 @@ class ModelPool:
         return LoadedModel(self, manifest.adapter_id, manifest.task, tokenizer, model=model, manifest=manifest)
 
     def _load_base_model(self, name: str) -> LoadedModel:
-        manifest = next((m for m in self.store.list() if m.base_model == name and m.task == SFT_TASK), None)
+        from rayft.tasks.base import serving_task
+
+        manifest = next((m for m in self.store.list() if m.base_model == name and serving_task(m.task) == SFT_TASK),
+                        None)
         if manifest is None:
             raise not_found(name)
         try:

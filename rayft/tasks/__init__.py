@@ -1,6 +1,10 @@
 """Tasks: one module per task, each registering itself in :data:`TASKS`."""
 
-from rayft.tasks import sequence_classification, sft  # noqa: F401  (registration)
-from rayft.tasks.base import TASKS, Task, get_task, register_task, resolve_columns
+from rayft.tasks import (  # noqa: F401  (registration)
+    dpo, extractive_qa, reward_model, sequence_classification, sft, token_classification,
+)
+from rayft.tasks.base import (TASKS, Task, TaskParams, get_task, method_problem, register_task, resolve_columns,
+                              task_params, task_roles)
 
-__all__ = ["TASKS", "Task", "get_task", "register_task", "resolve_columns"]
+__all__ = ["TASKS", "Task", "TaskParams", "get_task", "method_problem", "register_task", "resolve_columns",
+           "task_params", "task_roles"]

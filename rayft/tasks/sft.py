@@ -1,5 +1,12 @@
-"""Causal-LM instruction tuning (SFT): prompt/response pairs rendered with the tokenizer's chat
-template; only the response tokens count in the loss. Metrics: eval loss and perplexity."""
+"""Causal-LM instruction tuning (SFT), rendered with the tokenizer's chat template; only the response
+(assistant) tokens count in the loss. Metrics: eval loss and perplexity.
+
+Three data layouts (``task.format``, detected from the columns when ``auto``):
+
+- ``prompt_response``: a ``prompt`` and a ``response`` column;
+- ``alpaca``: ``instruction``, optional ``input``, ``output`` (the prompt is the instruction, then the input);
+- ``chat``: a ``messages`` column of ``[{"role": ..., "content": ...}, ...]``; every assistant turn is learned.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +19,8 @@ import torch.nn.functional as F
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX
-from rayft.tasks.base import register_task
+from rayft.tasks.base import register_task, task_params
+from rayft.tasks.sft_formats import SFTParams, alpaca_prompt, detect_layout, layout_roles, render_messages
 
 FALLBACK_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
 
@@ -56,18 +64,39 @@ class InstructionTuning:
     roles = {"prompt": "prompt_column", "response": "response_column"}
     optional_roles: dict[str, str] = {}
     default_columns = {"prompt": "prompt", "response": "response"}
+    params = SFTParams
+
+    def roles_for(self, data: dict[str, Any], task: dict[str, Any], present: list[str]) -> tuple[dict, dict, dict]:
+        """The column roles of the layout in use (``task.format``, or detected from the columns)."""
+        return layout_roles(detect_layout(task.get("format", "auto"), data, present), data, present)
 
     def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
         return None
 
+    def rows(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str]):
+        """(token ids, labels) per row for whichever layout ``columns`` describes."""
+        system = cfg.data.system_prompt
+        if "messages" in columns:
+            for messages in df[columns["messages"]]:
+                yield render_messages(tokenizer, list(messages), system)
+            return
+        if "instruction" in columns:
+            inputs = df[columns["input"]] if "input" in columns else [None] * len(df)
+            prompts = [alpaca_prompt(i, x) for i, x in zip(df[columns["instruction"]], inputs)]
+            responses = df[columns["output"]].astype(str)
+        else:
+            prompts, responses = df[columns["prompt"]].astype(str), df[columns["response"]].astype(str)
+        for prompt, response in zip(prompts, responses):
+            ids, n_prompt = render_example(tokenizer, prompt, response, system)
+            yield ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
+
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
                  labels: list[str] | None) -> dict[str, list[Any]]:
+        task_params(self, cfg)  # rejects unknown task keys early
         out: dict[str, list[Any]] = {"input_ids": [], "labels": []}
         limit = cfg.model.max_length
-        for prompt, response in zip(df[columns["prompt"]].astype(str), df[columns["response"]].astype(str)):
-            ids, n_prompt = render_example(tokenizer, prompt, response, cfg.data.system_prompt)
-            ids = ids[:limit]
-            labels_row = [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:]
+        for ids, labels_row in self.rows(df, tokenizer, cfg, columns):
+            ids, labels_row = ids[:limit], labels_row[:limit]
             if all(x == IGNORE_INDEX for x in labels_row):
                 continue  # the prompt alone fills max_length: nothing to learn from this row
             out["input_ids"].append(ids)

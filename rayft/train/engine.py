@@ -23,12 +23,33 @@ def build_model(cfg: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
     """Base model with the task's head, adapted by the configured method."""
     task, method = get_task(cfg.task.name), get_method(cfg.method.name)
     model = task.build_model(data.model_path, cfg, data.labels)
-    return method.apply(model, method_params(cfg), task.peft_task_type)
+    model = method.apply(model, method_params(cfg), task.peft_task_type)
+    return prepare_for_task(model, cfg)
 
 
 def method_params(cfg: ExperimentConfig) -> Any:
     """The configured method's typed parameters."""
     return get_method(cfg.method.name).params.model_validate(cfg.method_params())
+
+
+def prepare_for_task(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.nn.Module:
+    """The task's last touch on the adapted model (e.g. DPO's frozen reference), if it has one."""
+    hook = getattr(get_task(cfg.task.name), "prepare_model", None)
+    return hook(model, cfg) if hook is not None else model
+
+
+def collate_fn(cfg: ExperimentConfig, pad_id: int):
+    """The task's collator (pairs, spans) or plain dynamic padding."""
+    task_collate = getattr(get_task(cfg.task.name), "collate", None)
+    return (lambda rows: task_collate(rows, pad_id)) if task_collate else (lambda rows: pad_batch(rows, pad_id))
+
+
+def train_loss(engine, cfg: ExperimentConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The training loss of one batch: the task's own (pairwise, preference) or the model's."""
+    compute = getattr(get_task(cfg.task.name), "compute_loss", None)
+    if compute is not None:
+        return compute(engine, {k: v.to(engine.device) for k, v in batch.items()}, cfg)
+    return engine(**model_inputs(batch, engine.device)).loss
 
 
 def make_loader(columns: dict[str, list[Any]], cfg: ExperimentConfig, pad_id: int, rank: int, world: int,
@@ -38,7 +59,7 @@ def make_loader(columns: dict[str, list[Any]], cfg: ExperimentConfig, pad_id: in
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
                                  drop_last=False)
     return DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
-                      sampler=sampler, collate_fn=lambda rows: pad_batch(rows, pad_id))
+                      sampler=sampler, collate_fn=collate_fn(cfg, pad_id))
 
 
 def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
@@ -132,7 +153,8 @@ def evaluate(engine, cfg: ExperimentConfig, loader: DataLoader) -> dict[str, flo
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, parts)
         parts = [p for rank_parts in gathered for p in rank_parts]
-    return task.finish_eval(parts)
+    finish_with_columns = getattr(task, "finish_eval_columns", None)  # metrics that need the split's raw text
+    return finish_with_columns(parts, loader.dataset.columns) if finish_with_columns else task.finish_eval(parts)
 
 
 def save_model(engine, cfg: ExperimentConfig, data: PreparedData, out_dir: str, rank: int) -> None:

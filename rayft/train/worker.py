@@ -62,11 +62,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i < state["batch"]:
                 continue  # trained on before the checkpoint we resumed from
             before = engine.global_steps
-            loss = engine(**E.model_inputs(batch, engine.device)).loss
+            loss = E.train_loss(engine, cfg, batch)
             engine.backward(loss)
             engine.step()
             now = time.perf_counter()
-            _tally(window, loss.item(), len(batch["input_ids"]), now - mark)  # includes loading the batch
+            _tally(window, loss.item(), len(batch["index"]), now - mark)  # includes loading the batch
             mark = now
             state["batch"] = i + 1
             if first_step_s is None:

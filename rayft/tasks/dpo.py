@@ -1,0 +1,147 @@
+"""Direct preference optimization (DPO) on a causal LM.
+
+Rows hold a ``prompt``, a ``chosen`` and a ``rejected`` response, rendered with the tokenizer's chat template
+as in ``sft``. The loss compares how much more the policy prefers the chosen response than a frozen
+reference does: ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` over summed response log-probs
+(with optional label smoothing, the conservative DPO variant). The reference is the base model: for
+adapter methods (peft) it is the same network with its adapters disabled, so no second copy is held;
+for full-weight methods it is a frozen copy taken before training. Metrics: loss, reward accuracy,
+reward margin, and the mean chosen/rejected rewards.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from rayft.config.schema import ExperimentConfig
+from rayft.data.collate import IGNORE_INDEX, REJECTED, pad_pairs
+from rayft.tasks.base import TaskParams, register_task, task_params
+from rayft.tasks.sft import render_example
+
+REFERENCE_ATTR = "_rayft_reference"  # kept outside nn.Module registration: never trained, saved or sharded
+PARAMS_ATTR = "_rayft_dpo_params"
+
+
+class DPOParams(TaskParams):
+    beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="assumed rate of flipped preference labels")
+
+
+def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Summed log-probabilities of each row's labelled (response) tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (token_logps * mask).sum(-1)
+
+
+@torch.no_grad()
+def reference_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The frozen reference's log-probs: the adapter-free base, or the copy held by :meth:`DPO.prepare_model`."""
+    inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    reference = inner.__dict__.get(REFERENCE_ATTR)
+    if reference is not None:
+        device = batch["input_ids"].device
+        if next(reference.parameters()).device != device:
+            reference.to(device)
+        return sequence_logps(reference, batch)
+    with inner.disable_adapter():
+        return sequence_logps(inner, batch)
+
+
+def preference_terms(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, ...]:
+    """(chosen rewards, rejected rewards, margins as logits) for the pairs of a stacked batch."""
+    n = len(batch["index"])
+    policy = sequence_logps(model, batch)
+    reference = reference_logps(model, batch)
+    rewards = beta * (policy - reference)
+    chosen, rejected = rewards[:n], rewards[n:]
+    return chosen, rejected, chosen - rejected
+
+
+def dpo_loss(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Per-pair DPO loss from the reward margins (conservative DPO when ``label_smoothing`` > 0)."""
+    return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
+
+
+class DPO:
+    name = "dpo"
+    peft_task_type = "CAUSAL_LM"
+    metrics = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
+    default_metric = "eval_loss"
+    default_mode = "min"
+    stratify = False
+    roles = {"prompt": "prompt_column", "chosen": "chosen_column", "rejected": "rejected_column"}
+    optional_roles: dict[str, str] = {}
+    default_columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
+    params = DPOParams
+    serves_as = "sft"  # the result is a causal LM: served by the completion and chat routes
+
+    def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
+        return None
+
+    def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
+                 labels: list[str] | None) -> dict[str, list[Any]]:
+        limit, system = cfg.model.max_length, cfg.data.system_prompt
+        out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", REJECTED + "input_ids",
+                                                     REJECTED + "labels")}
+        rows = zip(*(df[columns[r]].astype(str) for r in ("prompt", "chosen", "rejected")))
+        for prompt, chosen, rejected in rows:
+            pair = []
+            for response in (chosen, rejected):
+                ids, n_prompt = render_example(tokenizer, prompt, response, system)
+                ids = ids[:limit]
+                pair.append((ids, [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:]))
+            if any(all(x == IGNORE_INDEX for x in lab) for _, lab in pair):
+                continue  # the prompt alone fills max_length: no response tokens to compare
+            for prefix, (ids, lab) in zip(("", REJECTED), pair):
+                out[prefix + "input_ids"].append(ids)
+                out[prefix + "labels"].append(lab)
+        return out
+
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        return pad_pairs(features, pad_id)
+
+    def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+    def prepare_model(self, model: torch.nn.Module, cfg: ExperimentConfig) -> torch.nn.Module:
+        """Hold a frozen reference copy unless the model can switch its adapters off."""
+        if not hasattr(model, "disable_adapter"):
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
+            model.__dict__[REFERENCE_ATTR] = reference
+        model.__dict__[PARAMS_ATTR] = task_params(self, cfg)  # evaluation sees the run's beta too
+        return model
+
+    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> torch.Tensor:
+        params = task_params(self, cfg)
+        _, _, logits = preference_terms(model, batch, params.beta)
+        return dpo_loss(logits, params.label_smoothing).mean()
+
+    def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        params = getattr(model, "module", model).__dict__.get(PARAMS_ATTR) or DPOParams()
+        chosen, rejected, logits = preference_terms(model, batch, params.beta)
+        return {"index": batch["index"].tolist(), "loss": dpo_loss(logits, params.label_smoothing).tolist(),
+                "chosen": chosen.tolist(), "rejected": rejected.tolist()}
+
+    def finish_eval(self, parts: list[dict[str, Any]]) -> dict[str, float]:
+        seen = {i: (loss, c, r) for p in parts for i, loss, c, r in zip(p["index"], p["loss"], p["chosen"],
+                                                                         p["rejected"])}
+        n = max(len(seen), 1)
+        return {"loss": sum(v[0] for v in seen.values()) / n,
+                "reward_accuracy": sum(v[1] > v[2] for v in seen.values()) / n,
+                "reward_margin": sum(v[1] - v[2] for v in seen.values()) / n,
+                "chosen_reward": sum(v[1] for v in seen.values()) / n,
+                "rejected_reward": sum(v[2] for v in seen.values()) / n}
+
+
+TASK = register_task(DPO())
