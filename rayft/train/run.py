@@ -26,11 +26,12 @@ def storage_root(cfg: ExperimentConfig) -> Path:
 
 def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
-                 worker_cpus: float | None = None):
+                 worker_cpus: float | None = None, extra: dict[str, Any] | None = None):
     """A ``TorchTrainer`` running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
-    the worker's thread count still follows ``scaling.cpus_per_worker``.
+    the worker's thread count still follows ``scaling.cpus_per_worker``. ``extra`` adds entries to the
+    workers' loop config (e.g. when the enclosing trial started, for start-up timing).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -43,7 +44,8 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label},
+        train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label,
+                           **(extra or {})},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),

@@ -27,7 +27,7 @@ HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds the resolved experiment and a reference to the data."""
-    started = time.perf_counter()
+    started, marks = time.perf_counter(), {"loop_start": time.time()}  # start-up timeline (wall clock)
     setup_env()
     quiet_libraries()
     cfg = ExperimentConfig.model_validate(config["experiment"])
@@ -39,7 +39,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     say = _printer(rank == 0 and config.get("verbose", False), config.get("label", "train"))
 
+    marks["data_ready"] = time.time()
     model = E.build_model(cfg, data)
+    marks["model_ready"] = time.time()
     info = trainable_summary(model)
     say(f"{cfg.method.name}: {info['trainable_params']:,} of {info['total_params']:,} parameters trainable "
         f"({info['trainable_pct']:.2f}%)")
@@ -48,6 +50,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps = E.total_steps(cfg, len(train_loader))
     eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
     engine = E.build_engine(model, cfg, steps)
+    marks["engine_ready"] = time.time()
 
     state = _restore(engine, cfg)
     if state["step"]:
@@ -81,7 +84,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state["progress"] = state["epoch"] + state["batch"] / len(train_loader)
                 final = step >= steps
                 metrics = _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world)
-                metrics.update(startup_s=first_step_s, first_step_at=first_step_at)
+                metrics.update(startup_s=first_step_s, first_step_at=first_step_at,
+                               **_startup_phases(marks, first_step_at, config.get("trial_started_at")))
                 state["history"].append({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
                 keep = final or state["evals"] % (cfg.train.checkpoint_every or 1) == 0
                 _report(engine, cfg, data, metrics, state, rank, checkpoint=keep)
@@ -91,6 +95,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 break
         if state["batch"] >= len(train_loader):
             state["epoch"], state["batch"] = state["epoch"] + 1, 0
+
+
+def _startup_phases(marks: dict[str, float], first_step_at: float, trial_started_at: float | None) -> dict[str, float]:
+    """Where the time before the first step went, in seconds (``startup_*`` metrics).
+
+    ``startup_launch_s`` covers everything before the loop runs: the Tune trial actor, the Ray Train
+    controller, the worker group and process group set-up and importing the loop's modules.
+    """
+    phases = {"startup_data_s": marks["data_ready"] - marks["loop_start"],
+              "startup_model_s": marks["model_ready"] - marks["data_ready"],
+              "startup_engine_s": marks["engine_ready"] - marks["model_ready"],
+              "startup_first_step_s": first_step_at - marks["engine_ready"]}
+    if trial_started_at:
+        phases["startup_launch_s"] = marks["loop_start"] - trial_started_at
+        phases["trial_startup_s"] = first_step_at - trial_started_at
+    return {k: round(v, 3) for k, v in phases.items()}
 
 
 def _new_window() -> dict[str, float]:
@@ -119,7 +139,10 @@ def _restore(engine, cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world) -> dict[str, Any]:
     """Evaluate on validation (and on test at the end) and assemble the report."""
+    timer = time.perf_counter()
     metrics: dict[str, Any] = {f"eval_{k}": v for k, v in E.evaluate(engine, cfg, eval_loader).items()}
+    # Measured inference latency: milliseconds per validation example (batched forward passes, this rank).
+    metrics["latency_ms"] = 1000 * (time.perf_counter() - timer) / max(1, len(eval_loader.sampler))
     if final and data.size("test"):
         test_loader = E.make_loader(data.splits["test"], cfg, data.pad_id, rank, world, train=False)
         metrics.update({f"test_{k}": v for k, v in E.evaluate(engine, cfg, test_loader).items()})
