@@ -11,7 +11,8 @@ from typing import Any
 from rayft.sweep.space import flat_params
 
 SUMMARY_FILE = "rayft_sweep.json"
-CURVE_KEYS = ("training_iteration", "step", "epoch", "train_loss", "lr", "samples_per_s", "eval_", "test_")
+CURVE_KEYS = ("training_iteration", "timestamp", "step", "epoch", "train_loss", "lr", "samples_per_s", "eval_",
+              "test_")
 
 
 def _plain(value: Any) -> bool:

@@ -86,23 +86,23 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
 
 
 def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
-                worker_cpus: float) -> None:
+                worker_cpus: float, lean_start: bool = True) -> None:
     """One trial: apply the sampled values and run a Ray Train job that reports into Tune.
 
     The Train run is named after the trial, so a restarted trial (driver resumed, or retried after a
     failure) finds its own latest checkpoint and continues from it.
     """
+    started_at = time.time()
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from rayft.train.run import make_trainer
 
-    started_at = time.time()
     cfg = apply_sample(base, sample)
     trial_id = tune.get_context().get_trial_id()
     trainer = make_trainer(cfg, data["ref"], run_name=trial_id, storage_path=storage,
                            callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus,
-                           extra={"trial_started_at": started_at})
+                           extra={"trial_started_at": started_at}, lean_start=lean_start)
     trainer.fit()
 
 
@@ -140,7 +140,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
     trainable = tune.with_resources(
         tune.with_parameters(rayft_trial, base=dump_config(cfg), data={"ref": ray.put(data)},
-                             storage=str(sweep_dir / "trials"), worker_cpus=worker_cpus),
+                             storage=str(sweep_dir / "trials"), worker_cpus=worker_cpus,
+                             lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0"),
         {"CPU": TRIAL_CPU},
     )
     pairs = objectives(cfg)

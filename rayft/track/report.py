@@ -136,8 +136,8 @@ def render_html(summary: dict[str, Any]) -> str:
     """The whole report page as one string (plotly.js inlined once)."""
     objectives = summary.get("objectives") or [[summary["metric"], summary["mode"]]]
     columns = [m for m, _ in objectives]
-    columns += [c for c in ("test_accuracy", "eval_loss", "trainable_params", "latency_ms", "trial_startup_s",
-                            "training_iteration") if c not in columns and any(c in t["metrics"] for t in summary["trials"])]
+    extra = ("test_accuracy", "eval_loss", "trainable_params", "latency_ms", "trial_startup_s", "training_iteration")
+    columns += [c for c in extra if c not in columns and any(c in t["metrics"] for t in summary["trials"])]
     figures = {"curves": curves_figure(summary), "parallel": parallel_figure(summary), "pareto": pareto_figure(summary)}
     plots = [fig.to_html(full_html=False, include_plotlyjs=(i == 0), div_id=name)
              for i, (name, fig) in enumerate(figures.items())]

@@ -53,6 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     marks["engine_ready"] = time.time()
 
     state = _restore(engine, cfg)
+    resumed_from_step = state["step"]  # 0 on a fresh start; > 0 after a restart (lost worker, resumed sweep)
     if state["step"]:
         say(f"resumed at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
     window = _new_window()
@@ -85,7 +86,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 final = step >= steps
                 metrics = _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world)
                 metrics.update(startup_s=first_step_s, first_step_at=first_step_at,
-                               **_startup_phases(marks, first_step_at, config.get("trial_started_at")))
+                               resumed_from_step=resumed_from_step,
+                               **_startup_phases(marks, first_step_at, config))
                 state["history"].append({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
                 keep = final or state["evals"] % (cfg.train.checkpoint_every or 1) == 0
                 _report(engine, cfg, data, metrics, state, rank, checkpoint=keep)
@@ -97,18 +99,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state["epoch"], state["batch"] = state["epoch"] + 1, 0
 
 
-def _startup_phases(marks: dict[str, float], first_step_at: float, trial_started_at: float | None) -> dict[str, float]:
+def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[str, Any]) -> dict[str, float]:
     """Where the time before the first step went, in seconds (``startup_*`` metrics).
 
-    ``startup_launch_s`` covers everything before the loop runs: the Tune trial actor, the Ray Train
-    controller, the worker group and process group set-up and importing the loop's modules.
+    ``startup_launch_s``: from the Tune trial function's start to this worker's entry point (the Ray
+    Train controller, the worker group, the torch process group); ``startup_import_s``: importing the
+    training stack; then getting the data, building the model, the DeepSpeed engine and the first step.
     """
     phases = {"startup_data_s": marks["data_ready"] - marks["loop_start"],
               "startup_model_s": marks["model_ready"] - marks["data_ready"],
               "startup_engine_s": marks["engine_ready"] - marks["model_ready"],
               "startup_first_step_s": first_step_at - marks["engine_ready"]}
-    if trial_started_at:
-        phases["startup_launch_s"] = marks["loop_start"] - trial_started_at
+    entered_at, trial_started_at = config.get("entered_at"), config.get("trial_started_at")
+    if entered_at:
+        phases["startup_import_s"] = marks["loop_start"] - entered_at
+    if entered_at and trial_started_at:
+        phases["startup_launch_s"] = entered_at - trial_started_at
         phases["trial_startup_s"] = first_step_at - trial_started_at
     return {k: round(v, 3) for k, v in phases.items()}
 
