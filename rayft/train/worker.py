@@ -110,10 +110,10 @@ def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[
               "startup_model_s": marks["model_ready"] - marks["data_ready"],
               "startup_engine_s": marks["engine_ready"] - marks["model_ready"],
               "startup_first_step_s": first_step_at - marks["engine_ready"]}
-    entered_at, trial_started_at = config.get("entered_at"), config.get("trial_started_at")
-    if entered_at:
-        phases["startup_import_s"] = marks["loop_start"] - entered_at
-    if entered_at and trial_started_at:
+    # Without the lean entry point the training stack was imported while unpickling, before the loop.
+    entered_at, trial_started_at = config.get("entered_at") or marks["loop_start"], config.get("trial_started_at")
+    phases["startup_import_s"] = marks["loop_start"] - entered_at
+    if trial_started_at:
         phases["startup_launch_s"] = entered_at - trial_started_at
         phases["trial_startup_s"] = first_step_at - trial_started_at
     return {k: round(v, 3) for k, v in phases.items()}

@@ -87,6 +87,12 @@ def test_conditional_multi_objective_sweep(ray_local, tiny_bert, sentiment_csv, 
     assert main(["export", str(sweep), "--all", "--store", str(tmp_path / "store")]) == 0
     exported = sorted(p.name for p in (tmp_path / "store").iterdir() if (p / MANIFEST).is_file())
     assert exported == sorted(f"cond-sweep-{t['trial_id']}" for t in trials if t["checkpoint_path"])
+    assert main(["export", str(sweep), "--top-k", "2", "--store", str(tmp_path / "top")]) == 0
+    top = [json.loads(p.read_text()) for p in (tmp_path / "top").glob(f"*/{MANIFEST}")]
+    ranked = sorted((t for t in trials if t["checkpoint_path"]),
+                    key=lambda t: (not t["metrics"]["final"], -t["metrics"]["eval_accuracy"]))
+    assert sorted(m["trial_id"] for m in top) == sorted(t["trial_id"] for t in ranked[:2])
+    assert all(m["sweep_id"] == summary["name"] for m in top)
 
 
 @pytest.mark.slow
