@@ -12,7 +12,7 @@ same short trials, and where the time goes (``startup_*`` phases); goal: <= 10 s
 Full size (about 2 h on 2 cores):
     python benchmarks/sweep_efficiency.py --trials 12 --epochs 3 --train-size 2000
 Quick check:
-    python benchmarks/sweep_efficiency.py --trials 4 --epochs 1 --train-size 400 --startup-trials 2
+    python benchmarks/sweep_efficiency.py --trials 4 --epochs 1 --train-size 400 --val-size 200 --startup-trials 2
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
     return {
         "name": name, "output_dir": out,
         "model": {"name": "minilm-l6", "max_length": 64},
-        "data": {"source": "rotten_tomatoes", "train_size": args.train_size, "validation_size": 500, "test_size": 0},
+        "data": {"source": "rotten_tomatoes", "train_size": args.train_size, "validation_size": args.val_size,
+                 "test_size": 0},
         "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]},
         "train": {"epochs": epochs, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.06, "log_every": 1000,
                   "eval_every": max(1, steps_per_epoch // evals_per_epoch), "eval_batch_size": 128},
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=500)
     parser.add_argument("--startup-trials", type=int, default=4, help="short trials per start-up measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int, default=2)
@@ -119,7 +121,8 @@ def main() -> None:
     r, a = replay(rand, target), replay(tpe, target)
     report = {
         "benchmark": "sweep_efficiency",
-        "setup": {"model": "minilm-l6", "method": "lora", "data": f"rotten_tomatoes {args.train_size} train / 500 val",
+        "setup": {"model": "minilm-l6", "method": "lora",
+                  "data": f"rotten_tomatoes {args.train_size} train / {args.val_size} val",
                   "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seed": args.seed,
                   "space": "lr, lora r, schedule, warmup"},
         "target_eval_accuracy": round(target, 4),

@@ -170,13 +170,13 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
 
     pairs = objectives(cfg)
     max_t = evaluations_per_trial(cfg, train_rows)
-    searcher, num_trials = make_searcher(cfg, sweep_dir, sweep_name)  # Tune caps its concurrency below
+    searcher, num_trials, param_space = make_searcher(cfg, sweep_dir, sweep_name)  # Tune caps its concurrency
     print(f"sweep {sweep_name}: {num_trials} trials, {concurrent} at a time, {cfg.sweep.searcher} + "
           f"{cfg.sweep.scheduler}, objective{'s' if len(pairs) > 1 else ''} "
           f"{', '.join(f'{mode} {metric}' for metric, mode in pairs)}", flush=True)
     callbacks = _callbacks(cfg, sweep_name, sweep_dir)
     return tune.Tuner(
-        trainable,
+        trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg, *pairs[0], max_t),
                                     num_samples=num_trials, max_concurrent_trials=concurrent),
         run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent), verbose=verbose,

@@ -28,17 +28,19 @@ def storage_url(cfg: ExperimentConfig, sweep_dir: Path) -> str:
     return cfg.sweep.storage or f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
 
 
-def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tuple[Any, int]:
-    """The Tune searcher and the number of trials it will run.
+def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tuple[Any, int, dict[str, Any]]:
+    """The Tune searcher, the number of trials it will run and the Tuner's param space.
 
     TPE and random search are Optuna samplers (seeded) over the define-by-run space, recording every
-    trial in persistent storage; grid enumerates every combination branch by branch.
+    trial in persistent storage; grid enumerates every combination branch by branch (a parameter of
+    another branch stays ``None`` in a trial's config).
     """
     if cfg.sweep.searcher == "grid":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         points = grid_points(cfg)
-        return BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.sweep.seed), len(points)
+        placeholders = {key: None for point in points for key in point}  # Tune fills these from each point
+        return BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.sweep.seed), len(points), placeholders
     import optuna
     from optuna.storages import RDBStorage
     from ray.tune.search.optuna import OptunaSearch
@@ -56,7 +58,7 @@ def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tu
     storage = RDBStorage(storage_url(cfg, sweep_dir), engine_kwargs=_engine_kwargs(cfg))
     searcher = OptunaSearch(space=define_by_run(cfg), metric=metric, mode=mode, sampler=sampler,
                             study_name=study_name, storage=storage)
-    return searcher, cfg.sweep.num_trials
+    return searcher, cfg.sweep.num_trials, {}
 
 
 def _engine_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def apply_sample(base: dict[str, Any], sample: dict[str, Any]) -> ExperimentConf
 
     raw = copy.deepcopy(base)
     sweep = raw.get("sweep") or {}
-    flat = {k: v for k, v in sample.items() if not isinstance(v, dict)}
+    flat = {k: v for k, v in sample.items() if not isinstance(v, dict) and v is not None}  # None: not sampled
     for section, values in sample.items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)
@@ -179,6 +179,6 @@ def apply_sample(base: dict[str, Any], sample: dict[str, Any]) -> ExperimentConf
 
 def flat_params(sample: dict[str, Any]) -> dict[str, Any]:
     """``{"train": {"lr": x}}`` → ``{"train.lr": x}`` for tables and reports (flat samples pass through)."""
-    out = {k: v for k, v in sample.items() if not isinstance(v, dict)}
+    out = {k: v for k, v in sample.items() if not isinstance(v, dict) and v is not None}
     out.update({f"{s}.{k}": v for s, values in sample.items() if isinstance(values, dict) for k, v in values.items()})
     return out

@@ -103,26 +103,31 @@ def test_trial_survives_a_lost_worker(ray_local, tiny_bert, sentiment_csv, tmp_p
     from rayft.sweep import run_sweep
 
     raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="lost-worker",
-                     train={"max_steps": 120, "eval_every": 10, "batch_size": 8},
+                     train={"max_steps": 400, "eval_every": 10, "batch_size": 8},
                      sweep={"num_trials": 1, "scheduler": "none", "space": {"train.lr": {"choice": [5e-3]}}})
     cfg = build_config(raw)
     killed: list[int] = []
 
     def kill_after_first_checkpoint() -> None:
         root = tmp_path / "runs" / "lost-worker"
+        pids: list[int] = []
         while not killed:
-            if list(root.glob("sweep-*/trials/*/checkpoint_*")):
-                for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
-                    if actor.pid:
-                        os.kill(actor.pid, signal.SIGKILL)  # a worker of this test's own Ray
-                        killed.append(actor.pid)
-            time.sleep(0.2)
+            if not pids:  # the worker of this test's own Ray, found before it has trained much
+                pids = [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"),
+                                                            ("state", "=", "ALIVE")]) if a.pid]
+            # Tune's result log shows a checkpoint once Ray Train has registered it (not merely written it).
+            results = [line for f in root.glob("sweep-*/rayft_trial_*/result.json") for line in f.read_text().splitlines()]
+            if pids and any('"checkpoint_path"' in line and '"final": false' in line for line in results):
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+                killed.extend(pids)
+            time.sleep(0.1)
 
     watcher = threading.Thread(target=kill_after_first_checkpoint, daemon=True)
     watcher.start()
     out = run_sweep(cfg, verbose=0)
     (trial,) = out.trials
-    assert killed and trial.status == "DONE" and trial.metrics["step"] == 120
+    assert killed and trial.status == "DONE" and trial.metrics["step"] == 400
     assert trial.metrics["resumed_from_step"] > 0  # restarted from its checkpoint, not from scratch
 
 
@@ -169,3 +174,30 @@ def _final(trial_dir: Path) -> bool:
         if state.is_file() and json.loads(state.read_text()).get("metrics", {}).get("final"):
             return True
     return False
+
+
+def test_grid_runs_every_branch_once_through_tune(ray_local, tiny_bert, sentiment_csv, tmp_path):
+    from ray import tune
+
+    from rayft.config import build_config
+    from rayft.sweep import apply_sample
+    from rayft.sweep.search import make_searcher
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, sweep={
+        "searcher": "grid", "space": {"method.name": {"choice": ["lora", "full"]},
+                                      "train.scheduler": {"choice": ["linear", "cosine"]}},
+        "methods": {"lora": {"r": {"choice": [2, 4]}}, "full": {}}})
+    cfg = build_config(raw)
+    searcher, num_trials, param_space = make_searcher(cfg, tmp_path / "sweep", "grid")
+    base = cfg.model_dump(mode="json")
+
+    def trial(config):  # what each trial would train with
+        c = apply_sample(base, config)
+        tune.report({"method": c.method.name, "r": c.method_params().get("r", 0), "sched": c.train.scheduler})
+
+    grid = tune.Tuner(tune.with_resources(trial, {"CPU": 0.01}), param_space=param_space,
+                      tune_config=tune.TuneConfig(search_alg=searcher, num_samples=num_trials),
+                      run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0)).fit()
+    seen = sorted((r.metrics["method"], r.metrics["r"], r.metrics["sched"]) for r in grid)
+    assert num_trials == 6 and seen == sorted(
+        [("lora", r, s) for r in (2, 4) for s in ("linear", "cosine")] + [("full", 0, s) for s in ("linear", "cosine")])
