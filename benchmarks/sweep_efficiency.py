@@ -90,10 +90,13 @@ def startup(outcome: Any) -> dict[str, Any]:
 
 
 def run(cfg_raw: dict[str, Any], lean: bool) -> Any:
+    import contextlib
+
     from rayft.sweep import run_sweep
 
-    os.environ["RAYFT_LEAN_START"] = "1" if lean else "0"  # read by each new trial actor (set before Ray starts)
-    return run_sweep(build_config(cfg_raw), verbose=0)
+    os.environ["RAYFT_LEAN_START"] = "1" if lean else "0"  # read by run_sweep, passed to every trial
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
+        return run_sweep(build_config(cfg_raw), verbose=0)
 
 
 def main() -> None:
