@@ -57,7 +57,7 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
     }
 
 
-def replay(outcome: Any, target: float) -> dict[str, Any]:
+def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
     """Walk every evaluation of every trial in time order; cost until the best-so-far reaches ``target``."""
     events = []
     for t in outcome.trials:
@@ -65,7 +65,6 @@ def replay(outcome: Any, target: float) -> dict[str, Any]:
             if "eval_accuracy" in point and "timestamp" in point:
                 events.append((point["timestamp"], t.trial_id, point.get("epoch", 0.0), point["eval_accuracy"]))
     events.sort()
-    start = min(e[0] for e in events) if events else 0
     epochs: dict[str, float] = {}
     best = -1.0
     reached = None
@@ -73,7 +72,7 @@ def replay(outcome: Any, target: float) -> dict[str, Any]:
         epochs[tid] = max(epochs.get(tid, 0.0), epoch)
         best = max(best, acc)
         if reached is None and acc >= target - 1e-9:
-            reached = {"trial_epochs": round(sum(epochs.values()), 3), "wall_s": round(stamp - start, 1)}
+            reached = {"trial_epochs": round(sum(epochs.values()), 3), "wall_s": round(stamp - started_at, 1)}
     total_epochs = round(sum(max((p.get("epoch", 0.0) for p in t.curve), default=0.0) for t in outcome.trials), 3)
     return {"best_eval_accuracy": round(best, 4), "to_target": reached, "total_trial_epochs": total_epochs,
             "sweep_wall_s": round(outcome.seconds, 1),
@@ -89,14 +88,15 @@ def startup(outcome: Any) -> dict[str, Any]:
     return out
 
 
-def run(cfg_raw: dict[str, Any], lean: bool) -> Any:
+def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
     import contextlib
 
     from rayft.sweep import run_sweep
 
     os.environ["RAYFT_LEAN_START"] = "1" if lean else "0"  # read by run_sweep, passed to every trial
+    started_at = time.time()  # wall time to a target counts from the sweep's start (data, Ray, every trial)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
-        return run_sweep(build_config(cfg_raw), verbose=0)
+        return run_sweep(build_config(cfg_raw), verbose=0), started_at
 
 
 def main() -> None:
@@ -115,13 +115,13 @@ def main() -> None:
         init_ray(num_cpus=args.cpus, quiet=True)
         t0 = time.perf_counter()
         short = dict(trials=args.startup_trials, epochs=0.05)
-        before = startup(run(experiment(args, tmp, "startup-before", "random", "none", **short), lean=False))
-        after = startup(run(experiment(args, tmp, "startup-after", "random", "none", **short), lean=True))
+        before = startup(run(experiment(args, tmp, "startup-before", "random", "none", **short), lean=False)[0])
+        after = startup(run(experiment(args, tmp, "startup-after", "random", "none", **short), lean=True)[0])
         print(f"# start-up measured in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-        rand = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
+        rand, rand_t0 = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
         target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
-        tpe = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs), lean=True)
-    r, a = replay(rand, target), replay(tpe, target)
+        tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs), lean=True)
+    r, a = replay(rand, target, rand_t0), replay(tpe, target, tpe_t0)
     report = {
         "benchmark": "sweep_efficiency",
         "setup": {"model": "minilm-l6", "method": "lora",
@@ -132,8 +132,8 @@ def main() -> None:
         "random_no_stopping": r, "tpe_asha": a,
         "trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
                                if a["to_target"] and r["to_target"] else None),
-        "wall_ratio": (round(a["to_target"]["wall_s"] / max(r["to_target"]["wall_s"], 1e-9), 3)
-                       if a["to_target"] and r["to_target"] else None),
+        "wall_ratio": (round(a["to_target"]["wall_s"] / r["to_target"]["wall_s"], 3)
+                       if a["to_target"] and r["to_target"] and r["to_target"]["wall_s"] > 0 else None),
         "goal_ratio": 0.333,
         "startup_before": before, "startup_after": after,
         "startup_ratio_after_over_before": round(after["trial_startup_s_median"] / before["trial_startup_s_median"], 3),
