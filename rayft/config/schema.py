@@ -126,11 +126,25 @@ class SearchParam(_Section):
         return next(k for k in ("loguniform", "uniform", "int", "choice") if getattr(self, k) is not None)
 
 
+class Objective(_Section):
+    """One objective of a multi-objective sweep (e.g. maximize eval_accuracy, minimize trainable_params)."""
+
+    metric: str = Field(min_length=1)
+    mode: Literal["max", "min"]
+
+
 class SweepConfig(_Section):
-    num_trials: int = Field(6, ge=1, le=100000)
+    num_trials: int = Field(6, ge=1, le=100000, description="trials to run (grid: ignored, the grid decides)")
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
-    searcher: Literal["optuna", "random"] = "optuna"
-    scheduler: Literal["asha", "none"] = "asha"
+    searcher: Literal["optuna", "tpe", "random", "grid"] = "optuna"  # optuna = tpe (Optuna's TPE sampler)
+    scheduler: Literal["asha", "median", "none"] = "asha"
+    objectives: list[Objective] = Field(default_factory=list, description=(
+        "multi-objective: the Pareto front over these is reported; the first one (or `metric`) drives the scheduler"))
+    methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
+        "per-method search space, used only when that method is chosen: {lora: {r: {choice: [4, 8]}}, full: {}}; "
+        "a plain value fixes the parameter for that method"))
+    storage: str | None = Field(None, description="Optuna storage (SQLAlchemy URL); default: SQLite beside the sweep")
+    max_failures: int = Field(1, ge=-1, description="retries of a failed trial (-1: unlimited)")
     metric: str | None = Field(None, description="default: the task's main metric (e.g. eval_accuracy)")
     mode: Literal["max", "min"] | None = None
     grace_period: int = Field(1, ge=1, description="ASHA: evaluations before a trial can be stopped")

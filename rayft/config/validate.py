@@ -156,6 +156,8 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
     method = _section(raw, "method").get("name", "lora")
     for key, dist in (sweep.get("space") or {}).items() if isinstance(sweep.get("space"), dict) else []:
         section, _, field = str(key).partition(".")
+        if key == "method.name" or (section == "method" and _searches_method(sweep)):
+            continue  # conditional spaces: see check_conditional_space
         if section == "method" and method not in METHODS:
             continue  # the unknown method is reported on its own
         target = METHODS.get(method).params if section == "method" else SEARCHABLE.get(section)
@@ -173,7 +175,14 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         valid = [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metrics]
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
-    return errors
+    from rayft.sweep.checks import check_conditional_space, check_objectives
+
+    return errors + check_conditional_space(raw) + check_objectives(raw)
+
+
+def _searches_method(sweep: dict[str, Any]) -> bool:
+    space = sweep.get("space")
+    return isinstance(space, dict) and "method.name" in space
 
 
 def _task_schema(raw: dict[str, Any]) -> type[BaseModel] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import time
@@ -13,9 +12,13 @@ from typing import Any
 
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
-from rayft.sweep.space import apply_sample, flat_params, tune_space
+from rayft.sweep.pareto import pareto_front
+from rayft.sweep.results import best_trial, result_rows, write_summary
+from rayft.sweep.search import make_scheduler, make_searcher, objectives, storage_url
+from rayft.sweep.space import apply_sample, flat_params
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Ray Train run
+SWEEP_PREFIX = "sweep-"
 
 
 @dataclass
@@ -26,6 +29,7 @@ class TrialRow:
     metrics: dict[str, Any]
     checkpoint_path: str | None
     evaluations: int
+    curve: list[dict[str, Any]] = field(default_factory=list)  # one entry per evaluation (learning curve)
 
 
 @dataclass
@@ -38,14 +42,14 @@ class SweepOutcome:
     best: TrialRow | None
     seconds: float
     exported: list[str] = field(default_factory=list)
+    objectives: list[tuple[str, str]] = field(default_factory=list)
+    pareto: list[str] = field(default_factory=list)  # trial ids on the Pareto front (multi-objective)
+    storage: str | None = None
 
 
 def metric_and_mode(cfg: ExperimentConfig) -> tuple[str, str]:
-    """The sweep's objective: the configured one, else the task's main metric."""
-    from rayft.tasks import get_task
-
-    task = get_task(cfg.task.name)
-    return cfg.sweep.metric or task.default_metric, cfg.sweep.mode or task.default_mode
+    """The sweep's primary objective (the scheduler's): the configured one, else the task's main metric."""
+    return objectives(cfg)[0]
 
 
 def fit_trials(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[int, float]:
@@ -67,24 +71,6 @@ def evaluations_per_trial(cfg: ExperimentConfig, train_rows: int) -> int:
     return max(1, math.ceil(steps / (cfg.train.eval_every or steps_per_epoch)))
 
 
-def _searcher(cfg: ExperimentConfig, metric: str, mode: str):
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    sampler = (optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, cfg.sweep.num_trials // 3))
-               if cfg.sweep.searcher == "optuna" else optuna.samplers.RandomSampler(seed=cfg.sweep.seed))
-    return OptunaSearch(metric=metric, mode=mode, sampler=sampler)
-
-
-def _scheduler(cfg: ExperimentConfig, max_t: int):
-    if cfg.sweep.scheduler == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    return ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=min(cfg.sweep.grace_period, max_t),
-                         reduction_factor=cfg.sweep.reduction_factor)
-
-
 def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[Any]:
     mode = cfg.tracking.resolved_mode()
     if not cfg.tracking.wandb or mode == "disabled":
@@ -99,8 +85,14 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
                                 mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
 
 
-def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str, worker_cpus: float) -> None:
-    """One trial: apply the sampled values and run a Ray Train job that reports into Tune."""
+def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
+                worker_cpus: float, lean_start: bool = True) -> None:
+    """One trial: apply the sampled values and run a Ray Train job that reports into Tune.
+
+    The Train run is named after the trial, so a restarted trial (driver resumed, or retried after a
+    failure) finds its own latest checkpoint and continues from it.
+    """
+    started_at = time.time()
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -109,86 +101,89 @@ def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, An
     cfg = apply_sample(base, sample)
     trial_id = tune.get_context().get_trial_id()
     trainer = make_trainer(cfg, data["ref"], run_name=trial_id, storage_path=storage,
-                           callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus)
+                           callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus,
+                           extra={"trial_started_at": started_at}, lean_start=lean_start)
     trainer.fit()
 
 
-def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int = 1) -> SweepOutcome:
-    """Run the experiment's sweep; export the best trial if configured.
+def latest_sweep(root: Path) -> Path | None:
+    """The most recent sweep folder of an experiment (one Tune can restore)."""
+    found = sorted(p for p in root.glob(SWEEP_PREFIX + "*") if (p / "tuner.pkl").is_file()) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int = 1,
+              resume: bool = False) -> SweepOutcome:
+    """Run the experiment's sweep, or with ``resume`` continue its latest one after the driver died.
 
     Raises:
-        RayftError: for bad data; Ray errors propagate for infrastructure failures.
+        RayftError: for bad data, or ``resume`` with no earlier sweep.
     """
     import ray
     from ray import tune
 
     from rayft.cluster import init_ray
     from rayft.data import prepare_data
+    from rayft.errors import RayftError
     from rayft.train.run import storage_root
 
     start = time.perf_counter()
-    metric, mode = metric_and_mode(cfg)
     root = storage_root(cfg)
-    sweep_name = time.strftime("sweep-%Y%m%d-%H%M%S")
-    data = prepare_data(cfg)  # tokenized once for every trial
+    previous = latest_sweep(root) if resume else None
+    if resume and previous is None:
+        raise RayftError(f"--resume: no earlier sweep of {cfg.name!r} under {root}")
+    sweep_name = previous.name if previous else time.strftime(SWEEP_PREFIX + "%Y%m%d-%H%M%S")
+    sweep_dir = root / sweep_name
+    data = prepare_data(cfg)  # tokenized once for every trial, shared through the object store
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
     resources = init_ray(address)
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
-    max_t = evaluations_per_trial(cfg, data.size("train"))
-    print(f"sweep {sweep_name}: {cfg.sweep.num_trials} trials, {concurrent} at a time, "
-          f"{cfg.sweep.searcher} + {cfg.sweep.scheduler}, objective {mode} {metric}", flush=True)
-    callbacks = _callbacks(cfg, sweep_name, root / sweep_name)
     trainable = tune.with_resources(
         tune.with_parameters(rayft_trial, base=dump_config(cfg), data={"ref": ray.put(data)},
-                             storage=str(root / sweep_name / "trials"), worker_cpus=worker_cpus),
+                             storage=str(sweep_dir / "trials"), worker_cpus=worker_cpus,
+                             lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0"),
         {"CPU": TRIAL_CPU},
     )
-    tuner = tune.Tuner(
-        trainable,
-        param_space=tune_space(cfg.sweep.space),
-        tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=_searcher(cfg, metric, mode),
-                                    scheduler=_scheduler(cfg, max_t), num_samples=cfg.sweep.num_trials,
-                                    max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=str(root), verbose=verbose, callbacks=callbacks),
-    )
+    pairs = objectives(cfg)
+    if previous:
+        print(f"resuming sweep {sweep_name}: finished trials are kept, unfinished ones continue from their "
+              f"last checkpoint", flush=True)
+        tuner = tune.Tuner.restore(str(previous), trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:
+        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose)
     grid = tuner.fit()
     del tuner
-    callbacks.clear()
     gc.collect()  # finish W&B logging actors while Ray is still up
-    rows = [_row(r) for r in grid]
-    best = _best(rows, metric, mode)
-    outcome = SweepOutcome(sweep_name, str(root / sweep_name), metric, mode, rows, best, time.perf_counter() - start)
-    _write_summary(outcome, cfg)
+    rows = result_rows(grid, TrialRow)
+    outcome = SweepOutcome(sweep_name, str(sweep_dir), pairs[0][0], pairs[0][1], rows,
+                           best_trial(rows, *pairs[0]), time.perf_counter() - start, objectives=pairs,
+                           storage=None if cfg.sweep.searcher == "grid" else storage_url(cfg, sweep_dir))
+    outcome.pareto = pareto_front(rows, pairs) if len(pairs) > 1 else []
+    write_summary(outcome, dump_config(cfg))
     return outcome
 
 
-def _row(result: Any) -> TrialRow:
-    metrics = dict(result.metrics or {})
-    config = metrics.pop("config", None) or result.config or {}
-    status = "ERROR" if result.error else ("DONE" if metrics.get("final") else "STOPPED")
-    return TrialRow(trial_id=str(metrics.get("trial_id") or Path(result.path).name), status=status,
-                    params=flat_params(config), metrics={k: v for k, v in metrics.items() if _plain(v)},
-                    checkpoint_path=metrics.get("checkpoint_path"),
-                    evaluations=int(metrics.get("training_iteration") or 0))
+def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir: Path, train_rows: int,
+               concurrent: int, verbose: int) -> Any:
+    from ray import tune
+
+    pairs = objectives(cfg)
+    max_t = evaluations_per_trial(cfg, train_rows)
+    searcher, num_trials, param_space = make_searcher(cfg, sweep_dir, sweep_name)  # Tune caps its concurrency
+    print(f"sweep {sweep_name}: {num_trials} trials, {concurrent} at a time, {cfg.sweep.searcher} + "
+          f"{cfg.sweep.scheduler}, objective{'s' if len(pairs) > 1 else ''} "
+          f"{', '.join(f'{mode} {metric}' for metric, mode in pairs)}", flush=True)
+    callbacks = _callbacks(cfg, sweep_name, sweep_dir)
+    return tune.Tuner(
+        trainable, param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg, *pairs[0], max_t),
+                                    num_samples=num_trials, max_concurrent_trials=concurrent),
+        run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent), verbose=verbose,
+                                  callbacks=callbacks,
+                                  failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures)),
+    )
 
 
-def _plain(value: Any) -> bool:
-    return isinstance(value, (int, float, str, bool)) or value is None
-
-
-def _best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
-    scored = [r for r in rows if isinstance(r.metrics.get(metric), (int, float)) and r.checkpoint_path]
-    if not scored:
-        return None
-    # Prefer trials that trained to the end; among them the best objective.
-    return sorted(scored, key=lambda r: (not r.metrics.get("final"),
-                                         -r.metrics[metric] if mode == "max" else r.metrics[metric]))[0]
-
-
-def _write_summary(outcome: SweepOutcome, cfg: ExperimentConfig) -> None:
-    path = Path(outcome.path) / "rayft_sweep.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"name": outcome.name, "metric": outcome.metric, "mode": outcome.mode, "seconds": outcome.seconds,
-               "best": outcome.best.trial_id if outcome.best else None, "config": dump_config(cfg),
-               "trials": [vars(t) for t in outcome.trials]}
-    path.write_text(json.dumps(payload, indent=2, default=str))
+__all__ = ["SweepOutcome", "TrialRow", "apply_sample", "evaluations_per_trial", "fit_trials", "flat_params",
+           "latest_sweep", "metric_and_mode", "run_sweep"]

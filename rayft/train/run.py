@@ -26,16 +26,22 @@ def storage_root(cfg: ExperimentConfig) -> Path:
 
 def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
-                 worker_cpus: float | None = None):
+                 worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True):
     """A ``TorchTrainer`` running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
-    the worker's thread count still follows ``scaling.cpus_per_worker``.
+    the worker's thread count still follows ``scaling.cpus_per_worker``. ``extra`` adds entries to the
+    workers' loop config (e.g. when the enclosing trial started, for start-up timing). ``lean_start=False``
+    ships the training function itself, so the Ray Train controller imports the whole training stack too
+    (the previous behaviour, kept to measure the start-up cost against).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from rayft.train.worker import train_loop_per_worker
+    if lean_start:
+        from rayft.train.entry import train_loop_per_worker  # only the workers import the training stack
+    else:
+        from rayft.train.worker import train_loop_per_worker
 
     resources = {"CPU": worker_cpus or cfg.scaling.cpus_per_worker}
     use_gpu = cfg.scaling.gpus_per_worker > 0
@@ -43,7 +49,8 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
         resources["GPU"] = cfg.scaling.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label},
+        train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label,
+                           **(extra or {})},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
                                      resources_per_worker=resources),

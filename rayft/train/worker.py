@@ -27,7 +27,7 @@ HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds the resolved experiment and a reference to the data."""
-    started = time.perf_counter()
+    started, marks = time.perf_counter(), {"loop_start": time.time()}  # start-up timeline (wall clock)
     setup_env()
     quiet_libraries()
     cfg = ExperimentConfig.model_validate(config["experiment"])
@@ -39,7 +39,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     say = _printer(rank == 0 and config.get("verbose", False), config.get("label", "train"))
 
+    marks["data_ready"] = time.time()
     model = E.build_model(cfg, data)
+    marks["model_ready"] = time.time()
     info = method_summary(get_method(cfg.method.name), model, E.method_params(cfg))
     say(f"{cfg.method.name}: {info['trainable_params']:,} of {info['total_params']:,} parameters trainable "
         f"({info['trainable_pct']:.2f}%)")
@@ -48,9 +50,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps = E.total_steps(cfg, len(train_loader))
     eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
     engine = E.build_engine(model, cfg, steps, steps_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
+    marks["engine_ready"] = time.time()
     unfreezing = _unfreeze_hook(engine, cfg, say)
 
     state = _restore(engine, cfg)
+    resumed_from_step = state["step"]  # 0 on a fresh start; > 0 after a restart (lost worker, resumed sweep)
     if state["step"]:
         say(f"resumed at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
     window = _new_window()
@@ -83,7 +87,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 state["progress"] = state["epoch"] + state["batch"] / len(train_loader)
                 final = step >= steps
                 metrics = _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world)
-                metrics.update(startup_s=first_step_s, first_step_at=first_step_at)
+                metrics.update(startup_s=first_step_s, first_step_at=first_step_at,
+                               resumed_from_step=resumed_from_step,
+                               **_startup_phases(marks, first_step_at, config))
                 state["history"].append({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
                 keep = final or state["evals"] % (cfg.train.checkpoint_every or 1) == 0
                 _report(engine, cfg, data, metrics, state, rank, checkpoint=keep)
@@ -93,6 +99,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 break
         if state["batch"] >= len(train_loader):
             state["epoch"], state["batch"] = state["epoch"] + 1, 0
+
+
+def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[str, Any]) -> dict[str, float]:
+    """Where the time before the first step went, in seconds (``startup_*`` metrics).
+
+    ``startup_launch_s``: from the Tune trial function's start to this worker's entry point (the Ray
+    Train controller, the worker group, the torch process group); ``startup_import_s``: importing the
+    training stack; then getting the data, building the model, the DeepSpeed engine and the first step.
+    """
+    phases = {"startup_data_s": marks["data_ready"] - marks["loop_start"],
+              "startup_model_s": marks["model_ready"] - marks["data_ready"],
+              "startup_engine_s": marks["engine_ready"] - marks["model_ready"],
+              "startup_first_step_s": first_step_at - marks["engine_ready"]}
+    # Without the lean entry point the training stack was imported while unpickling, before the loop.
+    entered_at, trial_started_at = config.get("entered_at") or marks["loop_start"], config.get("trial_started_at")
+    phases["startup_import_s"] = marks["loop_start"] - entered_at
+    if trial_started_at:
+        phases["startup_launch_s"] = entered_at - trial_started_at
+        phases["trial_startup_s"] = first_step_at - trial_started_at
+    return {k: round(v, 3) for k, v in phases.items()}
 
 
 def _new_window() -> dict[str, float]:
@@ -121,7 +147,10 @@ def _restore(engine, cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world) -> dict[str, Any]:
     """Evaluate on validation (and on test at the end) and assemble the report."""
+    timer = time.perf_counter()
     metrics: dict[str, Any] = {f"eval_{k}": v for k, v in E.evaluate(engine, cfg, eval_loader).items()}
+    # Measured inference latency: milliseconds per validation example (batched forward passes, this rank).
+    metrics["latency_ms"] = 1000 * (time.perf_counter() - timer) / max(1, len(eval_loader.sampler))
     if final and data.size("test"):
         test_loader = E.make_loader(data.splits["test"], cfg, data.pad_id, rank, world, train=False)
         metrics.update({f"test_{k}": v for k, v in E.evaluate(engine, cfg, test_loader).items()})

@@ -1,0 +1,146 @@
+"""Sweep efficiency: Optuna TPE + ASHA versus random search with no early stopping, in one run.
+
+Same model (minilm-l6 + LoRA), same data (rotten_tomatoes), same search space, same number of trials
+and the same maximum epochs per trial. For each sweep it replays every evaluation in time order and
+reports the trial-epochs (epochs trained by all trials so far) and the wall time each needed to reach
+the best held-out (validation) accuracy the random search found; goal: TPE + ASHA needs <= 1/3.
+
+It also measures the per-trial start-up (trial start → first training step) with the lean start-up
+(``RAYFT_LEAN_START=1``, the default) against the previous behaviour (``RAYFT_LEAN_START=0``) on the
+same short trials, and where the time goes (``startup_*`` phases); goal: <= 10 s.
+
+Full size (about 2 h on 2 cores):
+    python benchmarks/sweep_efficiency.py --trials 12 --epochs 3 --train-size 2000
+Quick check:
+    python benchmarks/sweep_efficiency.py --trials 4 --epochs 1 --train-size 400 --val-size 200 --startup-trials 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rayft.config import build_config  # noqa: E402
+
+PHASES = ("startup_launch_s", "startup_import_s", "startup_data_s", "startup_model_s", "startup_engine_s",
+          "startup_first_step_s")
+
+
+def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, scheduler: str,
+               trials: int, epochs: float) -> dict[str, Any]:
+    evals_per_epoch = 2
+    steps_per_epoch = -(-args.train_size // 16)
+    return {
+        "name": name, "output_dir": out,
+        "model": {"name": "minilm-l6", "max_length": 64},
+        "data": {"source": "rotten_tomatoes", "train_size": args.train_size, "validation_size": args.val_size,
+                 "test_size": 0},
+        "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]},
+        "train": {"epochs": epochs, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.06, "log_every": 1000,
+                  "eval_every": max(1, steps_per_epoch // evals_per_epoch), "eval_batch_size": 128},
+        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
+        "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": "eval_accuracy",
+                  "mode": "max", "grace_period": 1, "reduction_factor": 3, "seed": args.seed, "export_best": False,
+                  "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
+                            "train.scheduler": {"choice": ["linear", "cosine"]},
+                            "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
+        "tracking": {"wandb": False},
+    }
+
+
+def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
+    """Walk every evaluation of every trial in time order; cost until the best-so-far reaches ``target``."""
+    events = []
+    for t in outcome.trials:
+        for point in t.curve:
+            if "eval_accuracy" in point and "timestamp" in point:
+                events.append((point["timestamp"], t.trial_id, point.get("epoch", 0.0), point["eval_accuracy"]))
+    events.sort()
+    epochs: dict[str, float] = {}
+    best = -1.0
+    reached = None
+    for stamp, tid, epoch, acc in events:
+        epochs[tid] = max(epochs.get(tid, 0.0), epoch)
+        best = max(best, acc)
+        if reached is None and acc >= target - 1e-9:
+            reached = {"trial_epochs": round(sum(epochs.values()), 3), "wall_s": round(stamp - started_at, 1)}
+    total_epochs = round(sum(max((p.get("epoch", 0.0) for p in t.curve), default=0.0) for t in outcome.trials), 3)
+    return {"best_eval_accuracy": round(best, 4), "to_target": reached, "total_trial_epochs": total_epochs,
+            "sweep_wall_s": round(outcome.seconds, 1),
+            "stopped_early": sum(t.status == "STOPPED" for t in outcome.trials), "trials": len(outcome.trials)}
+
+
+def startup(outcome: Any) -> dict[str, Any]:
+    rows = [t.metrics for t in outcome.trials if "trial_startup_s" in t.metrics]
+    out = {"trial_startup_s_median": round(statistics.median(r["trial_startup_s"] for r in rows), 2),
+           "trial_startup_s": [round(r["trial_startup_s"], 2) for r in rows]}
+    out.update({p: round(statistics.median(r[p] for r in rows if p in r), 2) for p in PHASES
+                if any(p in r for r in rows)})
+    return out
+
+
+def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
+    import contextlib
+
+    from rayft.sweep import run_sweep
+
+    os.environ["RAYFT_LEAN_START"] = "1" if lean else "0"  # read by run_sweep, passed to every trial
+    started_at = time.time()  # wall time to a target counts from the sweep's start (data, Ray, every trial)
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
+        return run_sweep(build_config(cfg_raw), verbose=0), started_at
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=float, default=3)
+    parser.add_argument("--train-size", type=int, default=2000)
+    parser.add_argument("--val-size", type=int, default=500)
+    parser.add_argument("--startup-trials", type=int, default=4, help="short trials per start-up measurement")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cpus", type=int, default=2)
+    args = parser.parse_args()
+    from rayft.cluster import init_ray
+
+    with tempfile.TemporaryDirectory(prefix="rayft-bench-sweep-") as tmp:
+        init_ray(num_cpus=args.cpus, quiet=True)
+        t0 = time.perf_counter()
+        short = dict(trials=args.startup_trials, epochs=0.05)
+        before = startup(run(experiment(args, tmp, "startup-before", "random", "none", **short), lean=False)[0])
+        after = startup(run(experiment(args, tmp, "startup-after", "random", "none", **short), lean=True)[0])
+        print(f"# start-up measured in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        rand, rand_t0 = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
+        target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
+        tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs), lean=True)
+    r, a = replay(rand, target, rand_t0), replay(tpe, target, tpe_t0)
+    report = {
+        "benchmark": "sweep_efficiency",
+        "setup": {"model": "minilm-l6", "method": "lora",
+                  "data": f"rotten_tomatoes {args.train_size} train / {args.val_size} val",
+                  "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seed": args.seed,
+                  "space": "lr, lora r, schedule, warmup"},
+        "target_eval_accuracy": round(target, 4),
+        "random_no_stopping": r, "tpe_asha": a,
+        "trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
+                               if a["to_target"] and r["to_target"] else None),
+        "wall_ratio": (round(a["to_target"]["wall_s"] / r["to_target"]["wall_s"], 3)
+                       if a["to_target"] and r["to_target"] and r["to_target"]["wall_s"] > 0 else None),
+        "goal_ratio": 0.333,
+        "startup_before": before, "startup_after": after,
+        "startup_ratio_after_over_before": round(after["trial_startup_s_median"] / before["trial_startup_s_median"], 3),
+        "goal_startup_s": 10,
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
