@@ -87,7 +87,8 @@ class LoadedModel:
         self.labels = list(manifest.labels or []) if manifest and manifest.labels else None
         self.max_length = manifest.max_length if manifest else 128
         self.system_prompt = _system_prompt(manifest)
-        self.closed = False
+        self.closed = self.evicting = False
+        self.users = 0
 
     def run(self, fn: Callable[["LoadedModel", Any], Any]) -> Any:
         """``fn(self, model)`` with this model's adapter active, or :data:`EVICTED` if it was evicted."""
@@ -107,8 +108,31 @@ class LoadedModel:
             with ctx, torch.no_grad():
                 return fn(self, model)
 
+    def acquire(self) -> bool:
+        """Pin the model for one request (an LRU eviction then waits for :meth:`release`); False if closed."""
+        with self.pool.pins:
+            if self.closed or self.evicting:
+                return False
+            self.users += 1
+            return True
+
+    def release(self) -> None:
+        """Unpin; runs an eviction that came while the model was in use."""
+        with self.pool.pins:
+            self.users -= 1
+            due = self.users == 0 and self.evicting
+        if due:
+            self._close()
+
     def close(self) -> None:
-        """Release the model (``delete_adapter`` for an adapter). Safe to call twice."""
+        """Release the model (``delete_adapter`` for an adapter), once no request uses it. Safe to call twice."""
+        with self.pool.pins:
+            self.evicting = True
+            due = self.users == 0
+        if due:
+            self._close()
+
+    def _close(self) -> None:
         with self.pool.lock:
             if self.closed:
                 return
@@ -136,7 +160,8 @@ class ModelPool:
 
     def __init__(self, store: AdapterStore) -> None:
         self.store = store
-        self.lock = threading.RLock()
+        self.lock = threading.RLock()  # held while a model loads, runs or unloads
+        self.pins = threading.Lock()  # guards LoadedModel.users / evicting (never held for long)
         self.bases: dict[tuple[str, str, int], BaseEntry] = {}
         self._count = 0
 
@@ -252,7 +277,8 @@ def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int
     return tok(text, add_special_tokens=True)["input_ids"]
 
 
-def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any]) -> dict[str, Any]:
+def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
+             generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate one continuation; ``params``: max_tokens, temperature, top_p, stop, seed.
 
     Raises:
@@ -264,7 +290,7 @@ def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dic
         raise ServeError(400, f"the prompt has {len(prompt_ids)} tokens; model {loaded.model_id!r} takes at most "
                               f"{limit}", "invalid_request_error", "context_length_exceeded")
     new, finish = generate(model, loaded.tokenizer, prompt_ids, min(params["max_tokens"], room),
-                           params["temperature"], params["top_p"], params.get("seed"))
+                           params["temperature"], params["top_p"], params.get("seed"), generate_kwargs)
     text = loaded.tokenizer.decode(new, skip_special_tokens=True)
     for stop in params.get("stop") or []:
         if stop in text:

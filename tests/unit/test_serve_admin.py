@@ -1,0 +1,184 @@
+"""Serving internals without Ray: mixed-adapter batches, pinning against eviction, streaming text, alias and
+registration records, compatibility checks, admin tokens, sweep export, and the eval/promote CLI's errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import cls_config
+from serve_helpers import LABELS, cls_adapter, config, manifest, merged_model
+
+from rayft.serve.api import ServeError
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, tiny_bert, sentiment_csv):
+    from rayft.store import AdapterStore
+
+    tmp = tmp_path_factory.mktemp("admin")
+    st = AdapterStore(tmp / "store")
+    cfg = config(cls_config(tiny_bert, sentiment_csv, tmp))
+    for i, name in enumerate(["a", "b"]):
+        st.put(cls_adapter(tiny_bert, tmp / name, seed=i), manifest(name, tiny_bert, "sequence_classification",
+                                                                   cfg, LABELS))
+    st.put(merged_model(tiny_bert, tmp / "a", tmp / "merged"),
+           manifest("merged", tiny_bert, "sequence_classification", cfg, LABELS, kind="full", method="full"))
+    return st
+
+
+def test_mixed_adapter_batch_matches_one_request_at_a_time(store):
+    from rayft.serve import infer, runtime
+
+    pool = runtime.ModelPool(store)
+    a, b, f = pool.load("a@1"), pool.load("b@1"), pool.load("merged@1")
+    texts = [["great fun", "dull and boring plot"], ["a charming film"], ["tedious", "superb cast", "awful"]]
+    items = [(a, texts[0]), (b, texts[1]), (a, texts[2]), (f, texts[0]), (b, texts[2])]
+    assert all(lm.acquire() for lm, _ in items)
+    model, names = infer._prepare([i for i in items if i[0].entry is not None])
+    assert names == [a.adapter] * 2 + [b.adapter] + [a.adapter] * 3 + [b.adapter] * 3  # one mixed forward pass
+    batched = infer.classify_many(items)
+    for (lm, inputs), rows in zip(items, batched):
+        alone = lm.run(lambda m_, m: runtime.classify(m_, m, inputs))
+        assert [r["label"] for r in rows] == [r["label"] for r in alone]
+        for got, want in zip(rows, alone):
+            assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
+    merged_rows = batched[3]  # the merged full model answers like its adapter
+    assert [r["probabilities"] for r in merged_rows] == [pytest.approx(r["probabilities"], abs=1e-4)
+                                                          for r in batched[0]]
+    for lm, _ in items:
+        lm.release()
+
+
+def test_an_evicted_model_stays_until_its_requests_finish(store):
+    from rayft.serve import runtime
+
+    pool = runtime.ModelPool(store)
+    a = pool.load("a@1")
+    assert a.acquire()
+    a.close()  # Serve's LRU evicts it while a request holds it
+    assert not a.closed and not a.acquire() and a.run(lambda lm, m: "ran") == "ran"
+    a.release()
+    assert a.closed and a.run(lambda lm, m: "ran") is runtime.EVICTED
+
+
+def test_stream_holds_back_partial_stop_strings(tiny_llama):
+    from transformers import AutoTokenizer
+
+    from rayft.serve.infer import _TextStream
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    pieces: list[str] = []
+    stream = _TextStream(tok, ["paris ."], pieces.append)
+    stream.put(torch.tensor([tok.convert_tokens_to_ids("hello")]))  # the prompt: not emitted
+    for word in ["the", "capital", "paris", ".", "hello"]:
+        stream.put(torch.tensor([tok.convert_tokens_to_ids(word)]))
+    assert stream.stopped and stream(None, None) is True
+    assert "".join(pieces) == "the capital " and "paris" not in "".join(pieces)
+
+
+def test_alias_and_registration_records(store):
+    from rayft.errors import StoreError
+    from rayft.store.records import (alias_record, aliases, remove_alias, set_alias, set_registered,
+                                     unregistered)
+
+    assert aliases(store) == {}
+    assert set_alias(store, "production", "a")["previous"] is None
+    assert set_alias(store, "production", "b")["previous"] == "a"
+    assert aliases(store) == {"production": "b"} and alias_record(store, "production")["target"] == "b"
+    for bad in [("../x", "a"), ("prod", "../../etc"), ("a", "b"), ("/abs", "a")]:
+        with pytest.raises(StoreError):
+            set_alias(store, *bad)
+    assert not list((store.root / ".serving" / "aliases").glob(".*"))  # no temporary files left behind
+    assert remove_alias(store, "production") and not remove_alias(store, "production")
+    set_registered(store, "b", False)
+    assert unregistered(store) == {"b"} and "b" in {m.adapter_id for m in store.list()}
+    set_registered(store, "b", True)
+    assert unregistered(store) == set()
+
+
+def test_compatibility_checks_name_what_differs(store, tiny_bert):
+    from rayft.store.compat import BaseInfo, IncompatibleError, check_compatible
+
+    base = BaseInfo.of(str(tiny_bert))
+    assert base.model_type == "bert"
+    bases = {base.name: base}
+    check_compatible(store, store.manifest("a"), bases)
+    check_compatible(store, store.manifest("merged"), bases)
+    cases = [
+        (dict(base_fingerprint="ffff"), "base_mismatch", "ffff"),
+        (dict(base_model="other-base"), "base_not_served", "other-base"),
+        (dict(task="sft"), "task_mismatch", "SEQ_CLS"),
+        (dict(task="token_classification"), "unsupported_task", "token_classification"),
+        (dict(kind="lora-ish"), "unsupported_kind", "lora-ish"),
+    ]
+    for change, reason, named in cases:
+        m = store.manifest("a")
+        for k, v in change.items():
+            setattr(m, k, v)
+        with pytest.raises(IncompatibleError) as info:
+            check_compatible(store, m, bases)
+        assert info.value.reason == reason and named in str(info.value)
+    llama = BaseInfo(base.name, base.fingerprint, "llama")
+    with pytest.raises(IncompatibleError) as info:
+        check_compatible(store, store.manifest("merged"), {base.name: llama})
+    assert info.value.reason == "architecture_mismatch" and "'bert'" in str(info.value)
+
+
+def test_admin_bearer_token():
+    from rayft.serve.admin import check_bearer, token_digest
+
+    digest = token_digest("s3cret-token-0123456789")
+    check_bearer("Bearer s3cret-token-0123456789", digest)
+    check_bearer("bearer  s3cret-token-0123456789 ", digest)
+    for header, status in [(None, 401), ("", 401), ("Basic abc", 401), ("Bearer ", 401), ("Bearer nope", 403)]:
+        with pytest.raises(ServeError) as info:
+            check_bearer(header, digest)
+        assert info.value.status == status
+    with pytest.raises(ServeError) as info:
+        check_bearer("Bearer s3cret-token-0123456789", None)  # no token configured: admin disabled
+    assert info.value.status == 403 and "disabled" in info.value.message
+
+
+def test_export_sweep_exports_each_finished_trial_once(tmp_path, store, tiny_bert, sentiment_csv):
+    import shutil
+
+    from rayft.store import AdapterStore, export_sweep
+
+    cfg = config(cls_config(tiny_bert, sentiment_csv, tmp_path, name="sw"))
+    trials = []
+    for i, status in enumerate(["TERMINATED", "TERMINATED", "ERROR", "TERMINATED"]):
+        ckpt = tmp_path / f"ckpt{i}"
+        if i != 3:  # the last trial left no checkpoint
+            shutil.copytree(store.path("a"), ckpt / "model")
+            (ckpt / "model" / "rayft.json").unlink()
+            (ckpt / "rayft_state.json").write_text(json.dumps({"config": cfg, "labels": LABELS}))
+        trials.append({"trial_id": f"t{i}", "status": status, "params": {}, "metrics": {"eval_accuracy": 0.5 + i / 10},
+                       "checkpoint_path": str(ckpt) if i != 3 else None, "evaluations": 1})
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "rayft_sweep.json").write_text(json.dumps({"name": "sw-1", "trials": trials, "config": cfg}))
+    out = AdapterStore(tmp_path / "served")
+    assert export_sweep(str(sweep), out) == [("sw-t0", True), ("sw-t1", True)]
+    assert export_sweep(str(sweep), out) == [("sw-t0", False), ("sw-t1", False)]
+    m = out.manifest("sw-t1")
+    assert (m.sweep_id, m.trial_id, m.metrics["eval_accuracy"], m.kind) == ("sw-1", "t1", 0.6, "adapter")
+
+
+def test_eval_and_promote_cli_errors(tmp_path, capsys, monkeypatch):
+    from rayft.cli import main
+
+    monkeypatch.delenv("RAYFT_ADMIN_TOKEN", raising=False)
+    data = tmp_path / "d.csv"
+    data.write_text("review,sentiment\ngreat,pos\n")
+    assert main(["eval", "--endpoint", "http://127.0.0.1:9", "--data", str(data)]) == 2
+    assert "no column 'text', 'label'; columns: review, sentiment" in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path / "missing.csv")]) == 2
+    assert main(["promote", "--endpoint", "http://127.0.0.1:9", "m"]) == 2
+    assert "admin token" in capsys.readouterr().err
+    (tmp_path / "r.json").write_text(json.dumps({"winner": None, "ranking": []}))
+    assert main(["promote", "--ranking", str(tmp_path / "r.json"), "--token", "x"]) == 2
+    assert main(["serve", "--sweep", str(tmp_path)]) == 2
+    assert "rayft_sweep.json" in capsys.readouterr().err
