@@ -70,6 +70,50 @@ api.add_exception_handler(StarletteHTTPException, _http_error)
 api.add_exception_handler(Exception, _unexpected)
 
 
+# Helpers the Gateway uses are defined above it: Serve ships the ingress class with the globals it sees then.
+
+
+def _valid_alias(alias: str) -> str:
+    from rayft.store import validate_id
+
+    try:
+        return validate_id(alias)
+    except StoreError as exc:
+        raise ServeError(422, str(exc).replace("adapter id", "alias"), "invalid_request_error",
+                         "invalid_alias") from None
+
+
+async def _events(first: dict[str, Any], gen: Any, shape: StreamShape, usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI stream chunks from the model server's pieces, then ``[DONE]``."""
+    opening = shape.opening()
+    if opening:
+        yield sse(opening)
+    outs: list[dict[str, Any]] = []
+
+    async def pieces() -> AsyncIterator[dict[str, Any]]:
+        yield first
+        async for piece in gen:
+            yield piece
+
+    try:
+        async for piece in pieces():
+            if "error" in piece:
+                yield sse(ServeError(**piece["error"]).body())
+                return
+            if "done" in piece:
+                outs.append(piece["done"])
+                yield sse(shape.text(piece["index"], "", piece["done"]["finish_reason"]))
+            elif piece["text"]:
+                yield sse(shape.text(piece["index"], piece["text"]))
+    except Exception as exc:  # noqa: BLE001 - the replica went away mid-stream
+        logger.error("stream broke: %r", exc)
+        yield sse(internal_error("the model server stopped while streaming; retry").body())
+        return
+    if usage:
+        yield sse(shape.usage(outs))
+    yield sse("[DONE]")
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Gateway:
@@ -226,47 +270,6 @@ class Gateway:
         return {"alias": alias, "deleted": True}
 
 
-def _valid_alias(alias: str) -> str:
-    from rayft.store import validate_id
-
-    try:
-        return validate_id(alias)
-    except StoreError as exc:
-        raise ServeError(422, str(exc).replace("adapter id", "alias"), "invalid_request_error",
-                         "invalid_alias") from None
-
-
-async def _events(first: dict[str, Any], gen: Any, shape: StreamShape, usage: bool) -> AsyncIterator[bytes]:
-    """OpenAI stream chunks from the model server's pieces, then ``[DONE]``."""
-    opening = shape.opening()
-    if opening:
-        yield sse(opening)
-    outs: list[dict[str, Any]] = []
-
-    async def pieces() -> AsyncIterator[dict[str, Any]]:
-        yield first
-        async for piece in gen:
-            yield piece
-
-    try:
-        async for piece in pieces():
-            if "error" in piece:
-                yield sse(ServeError(**piece["error"]).body())
-                return
-            if "done" in piece:
-                outs.append(piece["done"])
-                yield sse(shape.text(piece["index"], "", piece["done"]["finish_reason"]))
-            elif piece["text"]:
-                yield sse(shape.text(piece["index"], piece["text"]))
-    except Exception as exc:  # noqa: BLE001 - the replica went away mid-stream
-        logger.error("stream broke: %r", exc)
-        yield sse(internal_error("the model server stopped while streaming; retry").body())
-        return
-    if usage:
-        yield sse(shape.usage(outs))
-    yield sse("[DONE]")
-
-
 class BaseArgs(BaseModel):
     """Per-base-model deployment settings (``bases:`` in a Serve config); unset fields take the app's defaults."""
 
@@ -342,15 +345,14 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None, ma
     servers = {}
     for base, own in _bases(root, {k: BaseArgs.model_validate(v) for k, v in bases.items()}
                             if isinstance(bases, dict) else bases).items():
-        scaling = own.autoscaling_config or autoscaling_config
-        replicas = own.num_replicas or ("auto" if scaling and num_replicas == 1 else num_replicas)
         options: dict[str, Any] = {"name": deployment_name(name, base),
                                    "ray_actor_options": {"num_cpus": own.num_cpus or num_cpus},
                                    "max_ongoing_requests": max(64, 4 * max_batch_size)}
-        if scaling:
-            options.update(autoscaling_config=scaling, num_replicas=None if replicas == "auto" else replicas)
+        scaling = own.autoscaling_config or (None if own.num_replicas else autoscaling_config)
+        if scaling:  # replicas between min_replicas and max_replicas, on queue length
+            options["autoscaling_config"] = scaling
         else:
-            options["num_replicas"] = replicas
+            options["num_replicas"] = own.num_replicas or num_replicas
         servers[base] = ModelServer.options(**options).bind(str(root), own.max_adapters or max_adapters,
                                                             max_batch_size, batch_wait_ms / 1000)
     gateway = Gateway.options(name=f"{name}-gateway")

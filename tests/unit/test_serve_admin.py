@@ -182,3 +182,31 @@ def test_eval_and_promote_cli_errors(tmp_path, capsys, monkeypatch):
     assert main(["promote", "--ranking", str(tmp_path / "r.json"), "--token", "x"]) == 2
     assert main(["serve", "--sweep", str(tmp_path)]) == 2
     assert "rayft_sweep.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config_file", ["app.yaml", "autoscaling.yaml"])
+def test_shipped_configs_build_one_deployment_per_base(tmp_path, config_file):
+    pytest.importorskip("ray.serve")
+    from pathlib import Path
+
+    import yaml
+    from ray.serve._private.build_app import build_app as serve_build
+    from ray.serve.schema import ServeDeploySchema
+
+    from rayft.serve.app import app_builder
+
+    path = Path(__file__).parents[2] / "serving" / config_file
+    (app,) = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text())).applications
+    args = {**app.args, "store": str(tmp_path), "bases": app.args.get("bases") or ["minilm-l6", "smollm2-135m"]}
+    built = serve_build(app_builder(args), name="rayft")
+    models = {d.name: d for d in built.deployments if "-models-" in d.name}
+    assert built.ingress_deployment_name == "rayft-gateway" and len(models) == 2
+    small = next(d for n, d in models.items() if "minilm" in n)
+    if config_file == "autoscaling.yaml":
+        scaling = {n: d._deployment_config.autoscaling_config for n, d in models.items()}
+        assert {s.max_replicas for s in scaling.values()} == {4, 2}
+        assert small.ray_actor_options["num_cpus"] == 2
+    else:
+        assert small.num_replicas == 1 and small._deployment_config.autoscaling_config is None
+    with pytest.raises(ValueError, match="max_adapters"):
+        app_builder({**args, "max_adapters": 0})
