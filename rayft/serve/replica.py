@@ -34,7 +34,7 @@ class ModelServer:
         import torch
 
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
-        self.pool = runtime.ModelPool(AdapterStore(store))
+        self.pool = runtime.ModelPool(AdapterStore(store), spare_slots=max_adapters)
 
         async def _load_model(key: str) -> runtime.LoadedModel:
             return await asyncio.to_thread(self.pool.load, key)

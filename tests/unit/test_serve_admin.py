@@ -210,3 +210,26 @@ def test_shipped_configs_build_one_deployment_per_base(tmp_path, config_file):
         assert small.num_replicas == 1 and small._deployment_config.autoscaling_config is None
     with pytest.raises(ValueError, match="max_adapters"):
         app_builder({**args, "max_adapters": 0})
+
+
+def test_evicted_adapters_become_slots_for_the_next_ones(store):
+    from rayft.serve import runtime
+
+    def probs(loaded):
+        rows = loaded.run(lambda lm, m: runtime.classify(lm, m, ["great fun", "dull"]))
+        return torch.tensor([[r["probabilities"][k] for k in LABELS] for r in rows])
+
+    want = {k: probs(runtime.ModelPool(store).load(f"{k}@1")) for k in ("a", "b")}
+    pool = runtime.ModelPool(store, spare_slots=1)
+    a = pool.load("a@1")
+    slot = a.adapter
+    a.close()  # evicted: its modules stay as a free slot
+    b = pool.load("b@1")
+    assert b.adapter == slot and list(b.entry.peft.peft_config) == [slot]
+    assert torch.allclose(probs(b), want["b"], atol=1e-6)
+    a2 = pool.load("a@2")  # no free slot: loaded the usual way next to b
+    assert a2.adapter != slot and torch.allclose(probs(a2), want["a"], atol=1e-6)
+    b.close()
+    a2.close()  # one spare slot only: this one is deleted
+    assert sorted(b.entry.peft.peft_config) == [slot]
+    assert torch.allclose(probs(pool.load("a@3")), want["a"], atol=1e-6)
