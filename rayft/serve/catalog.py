@@ -12,9 +12,9 @@ import time
 
 from rayft.errors import StoreError
 from rayft.serve.api import ModelEntry, ServeError, build_catalog, not_found, resolve
-from rayft.store import AdapterStore, Manifest
+from rayft.store import AdapterStore, Manifest, validate_id
 from rayft.store.compat import BaseInfo, IncompatibleError, check_compatible
-from rayft.store.records import aliases, unregistered
+from rayft.store.records import alias_record, aliases, unregistered
 
 logger = logging.getLogger("ray.serve")
 
@@ -70,13 +70,21 @@ class Catalog:
             ServeError: 404 for an invalid, unknown or withdrawn id; 409/422 for a stored but unservable one.
         """
         self.refresh()
-        if model not in self.entries:
+        if model not in self.entries and self._may_exist(model):
             self.refresh(force=True)
         if model in self.refused:
             raise self.refused[model]
         if model in self.withdrawn:
             raise not_found(model, "it was unregistered from this server")
         return resolve(self.entries, model)
+
+    def _may_exist(self, model: str) -> bool:
+        """Whether a re-read could find ``model`` (one stat, so floods of bad ids never re-read the store)."""
+        try:
+            validate_id(model)
+        except StoreError:
+            return model in self.bases
+        return self.store.exists(model) or alias_record(self.store, model) is not None
 
     def check(self, model_id: str) -> tuple[Manifest, ModelEntry | None]:
         """A stored result's manifest and, if it is servable now, its entry (for the admin routes).

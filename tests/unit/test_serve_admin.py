@@ -233,3 +233,49 @@ def test_evicted_adapters_become_slots_for_the_next_ones(store):
     a2.close()  # one spare slot only: this one is deleted
     assert sorted(b.entry.peft.peft_config) == [slot]
     assert torch.allclose(probs(pool.load("a@3")), want["a"], atol=1e-6)
+
+
+def test_catalog_serves_aliases_refuses_misfits_and_ignores_bad_ids(store, tiny_bert, monkeypatch):
+    from rayft.serve.catalog import Catalog
+    from rayft.store.compat import BaseInfo
+    from rayft.store.records import remove_alias, set_alias, set_registered
+
+    base = BaseInfo.of(str(tiny_bert))
+    wrong = store.manifest("b")
+    wrong.adapter_id, wrong.base_fingerprint = "b-elsewhere", "0000"
+    store.put(store.path("b"), wrong)
+    set_alias(store, "production", "a")
+    set_registered(store, "merged", False)
+    try:
+        cat = Catalog(store, {base.name: base}, ttl=60)
+        assert cat.resolve("production").alias_of == "a" and cat.resolve("production").key == cat.resolve("a").key
+        for model, status in [("b-elsewhere", 409), ("merged", 404), ("nope", 404), ("../a", 404)]:
+            with pytest.raises(ServeError) as info:
+                cat.resolve(model)
+            assert info.value.status == status, model
+        reads = []
+        monkeypatch.setattr(store, "list", lambda real=store.list: reads.append(1) or real())
+        for bad in ["../etc/passwd", "/abs", "%2e%2e", "nope-never-stored"]:
+            with pytest.raises(ServeError):
+                cat.resolve(bad)
+        assert reads == []  # misses that cannot exist never re-read the store
+    finally:
+        remove_alias(store, "production")
+        set_registered(store, "merged", True)
+        import shutil
+
+        shutil.rmtree(store.path("b-elsewhere"))
+
+
+def test_overwriting_a_result_leaves_no_partial_or_stale_folder(store, tmp_path):
+    from rayft.store import AdapterStore
+
+    st = AdapterStore(tmp_path / "st")
+    m = store.manifest("a")
+    st.put(store.path("a"), m)
+    m.metrics = {"eval_accuracy": 0.9}
+    st.put(store.path("b"), m, overwrite=True)
+    assert st.manifest("a").metrics == {"eval_accuracy": 0.9}
+    assert (st.path("a") / "adapter_model.safetensors").read_bytes() == \
+        (store.path("b") / "adapter_model.safetensors").read_bytes()
+    assert [p.name for p in st.root.iterdir()] == ["a"]
