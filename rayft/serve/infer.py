@@ -12,7 +12,7 @@ from typing import Any, Callable
 import torch
 
 from rayft.serve.api import ServeError
-from rayft.serve.runtime import LoadedModel, complete, short_error
+from rayft.serve.runtime import LoadedModel, activate, complete, short_error
 
 ROWS_PER_FORWARD = 64
 
@@ -90,7 +90,7 @@ def _prepare(items: list[tuple[LoadedModel, list[str]]]) -> tuple[Any, list[str]
     peft = first.entry.peft
     adapters = {lm.adapter for lm, _ in items}
     if len(adapters) == 1:
-        peft.set_adapter(first.adapter)
+        activate(peft, first.adapter)
         return peft, None
     if not _mixable(peft, adapters):
         raise _Sequential()

@@ -162,7 +162,7 @@ class LoadedModel:
                 model = self.model
             elif self.adapter is not None:
                 model = self.entry.peft
-                model.set_adapter(self.adapter)
+                activate(model, self.adapter)
             else:  # the plain base model of an sft adapter
                 model = self.entry.model if self.entry.peft is None else self.entry.peft
                 if self.entry.peft is not None:
@@ -209,6 +209,12 @@ class LoadedModel:
             self.close()
         except Exception:  # noqa: BLE001 - never raise from a finalizer
             pass
+
+
+def activate(peft_model: Any, name: str) -> None:
+    """``set_adapter`` unless ``name`` is already the active adapter (it walks every module: not free)."""
+    if peft_model.active_adapter != name:
+        peft_model.set_adapter(name)
 
 
 def _system_prompt(manifest: Manifest | None) -> str | None:
