@@ -144,21 +144,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rayft.serve.evaluate import evaluate_endpoint, load_heldout, ranking_table, write_ranking
     from rayft.track import print_table
 
-    data = load_heldout(args.data, args.text_column, args.label_column, args.limit)
+    if args.prompt_column or args.response_column:
+        data = load_heldout(args.data, args.prompt_column or "prompt", args.response_column or "response",
+                            args.limit, task="sft")
+    else:
+        data = load_heldout(args.data, args.text_column, args.label_column, args.limit)
     client = Client(args.endpoint, timeout=120)
     models = [m for part in args.models or [] for m in part.split(",") if m]
 
     def progress(score: Any) -> None:
-        shown = f"accuracy {score.accuracy:.4f}" if score.accuracy is not None else f"skipped: {score.error}"
+        shown = (", ".join(f"{k} {v:.4f}" for k, v in score.metrics.items()) if score.main is not None
+                 else f"skipped: {score.error}")
         print(f"  {score.model}: {shown}", file=sys.stderr, flush=True)
 
     print(f"scoring on {len(data.texts)} held-out rows of {args.data} via {args.endpoint}", file=sys.stderr)
-    scores = evaluate_endpoint(client, data, models or None, args.batch_size, progress)
+    scores = evaluate_endpoint(client, data, models or None, args.batch_size, progress, args.max_tokens)
     print_table(ranking_table(scores, data))
     if args.output:
         write_ranking(args.output, scores, data, args.endpoint)
         print(f"ranking written to {args.output}")
-    return 0 if any(s.accuracy is not None for s in scores) else 1
+    return 0 if any(s.main is not None for s in scores) else 1
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -260,11 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=16, help="classification requests batched per forward")
     p.set_defaults(fn=cmd_serve)
 
-    p = sub.add_parser("eval", help="score every served classification model on held-out data and rank them")
+    p = sub.add_parser("eval", help="score every served model on held-out data over HTTP and rank them")
     p.add_argument("--endpoint", default="http://127.0.0.1:8000", help="URL of a running rayft serve")
     p.add_argument("--data", required=True, help="held-out csv / jsonl / parquet file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
+    p.add_argument("--prompt-column", help="score sft models: prompts in this column (default: prompt)")
+    p.add_argument("--response-column", help="score sft models: reference answers in this column (default: response)")
+    p.add_argument("--max-tokens", type=int, default=64, help="answer length for sft models")
     p.add_argument("--models", action="append", help="only these model ids (comma-separated, repeatable)")
     p.add_argument("--limit", type=int, help="score only the first N rows")
     p.add_argument("--batch-size", type=int, default=32, help="texts per request")

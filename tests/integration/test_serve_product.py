@@ -229,7 +229,8 @@ def test_bad_inputs_are_422_with_a_message(url):
         assert resp.status_code == 422, resp.text
 
 
-def test_eval_ranks_served_models_and_promote_moves_production_under_traffic(url, store, tmp_path, capsys):
+def test_eval_ranks_served_models_and_promote_moves_production_under_traffic(url, store, tmp_path, capsys,
+                                                                            tiny_llama):
     import tiny
 
     from rayft.cli import main
@@ -250,10 +251,18 @@ def test_eval_ranks_served_models_and_promote_moves_production_under_traffic(url
     gold = [r["sentiment"] for r in rows]
     for model in ("cls-a", "cls-b"):
         preds = [LABELS[i] for i in expected_probs(store, model, [r["review"] for r in rows]).argmax(-1)]
-        assert scored[model]["accuracy"] == pytest.approx(sum(p == g for p, g in zip(preds, gold)) / len(gold))
-    accs = [s["accuracy"] for s in out["ranking"] if s["accuracy"] is not None]
+        want = sum(p == g for p, g in zip(preds, gold)) / len(gold)
+        assert scored[model]["metrics"]["accuracy"] == pytest.approx(want)
+    accs = [s["metrics"]["accuracy"] for s in out["ranking"] if s["metrics"]]
     assert accs == sorted(accs, reverse=True) and out["winner"] == out["ranking"][0]["model"]
     assert "held-out ranking" in capsys.readouterr().out
+    chats = tmp_path / "chat.jsonl"
+    chats.write_text("".join(json.dumps(r) + "\n" for r in tiny.chat_rows(4)))
+    assert main(["eval", "--endpoint", url, "--data", str(chats), "--prompt-column", "prompt",
+                 "--response-column", "response", "--max-tokens", "4", "--output", str(tmp_path / "chat.json")]) == 0
+    chat_scores = {s["model"]: s for s in json.loads((tmp_path / "chat.json").read_text())["ranking"]}
+    assert set(chat_scores) == {"chat-a", str(tiny_llama)}
+    assert all(set(s["metrics"]) == {"exact_match", "token_f1"} and s["n"] == 4 for s in chat_scores.values())
 
     failures, answers, stop = [], [], threading.Event()
 

@@ -279,3 +279,11 @@ def test_overwriting_a_result_leaves_no_partial_or_stale_folder(store, tmp_path)
     assert (st.path("a") / "adapter_model.safetensors").read_bytes() == \
         (store.path("b") / "adapter_model.safetensors").read_bytes()
     assert [p.name for p in st.root.iterdir()] == ["a"]
+
+
+def test_generation_scores():
+    from rayft.serve.evaluate import _token_f1, _words
+
+    assert _words("Paris .") == _words("paris") == ["paris"]
+    assert _token_f1("the capital is Paris", "Paris") == pytest.approx(2 * 0.25 * 1 / 1.25)
+    assert _token_f1("", "") == 1.0 and _token_f1("rome", "paris") == 0.0
