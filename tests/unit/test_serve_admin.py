@@ -287,3 +287,22 @@ def test_generation_scores():
     assert _words("Paris .") == _words("paris") == ["paris"]
     assert _token_f1("the capital is Paris", "Paris") == pytest.approx(2 * 0.25 * 1 / 1.25)
     assert _token_f1("", "") == 1.0 and _token_f1("rome", "paris") == 0.0
+
+
+def test_a_symlink_out_of_the_store_is_never_served(store, tmp_path, tiny_bert):
+    import shutil
+
+    from rayft.serve.catalog import Catalog
+    from rayft.store.compat import BaseInfo
+
+    outside = tmp_path / "outside"
+    shutil.copytree(store.path("a"), outside)
+    (store.root / "evil").symlink_to(outside, target_is_directory=True)
+    try:
+        base = BaseInfo.of(str(tiny_bert))
+        cat = Catalog(store, {base.name: base})
+        with pytest.raises(ServeError) as info:
+            cat.resolve("evil")
+        assert info.value.status == 404 and "evil" not in {m.adapter_id for m in store.list()}
+    finally:
+        (store.root / "evil").unlink()
