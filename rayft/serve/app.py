@@ -42,7 +42,8 @@ api = FastAPI(title="rayft", description="OpenAI-compatible serving of rayft ada
 
 
 async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    headers = {"WWW-Authenticate": 'Bearer realm="rayft admin"'} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
