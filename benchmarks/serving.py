@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -214,6 +214,7 @@ def main() -> None:
     from rayft.paths import quiet_libraries
 
     quiet_libraries()
+    os.environ.setdefault("RAY_ADDRESS", "local")  # a Ray of its own, even where `ray start` runs on this machine
     with tempfile.TemporaryDirectory(prefix="rayft-bench-serve-") as tmp:
         t0 = time.perf_counter()
         store, base_path = build_store(Path(tmp), args.adapters, args.rank)
