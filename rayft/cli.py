@@ -131,8 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    if args.sweep:
+        _export_sweeps(args.sweep, args.store)
     url = serve.start(args.store, host=args.host, port=args.port, max_adapters=args.max_adapters,
-                      num_replicas=args.replicas, address=args.address)
+                      num_replicas=args.replicas, address=args.address, admin_token=args.admin_token,
+                      max_batch_size=args.max_batch_size)
     print(f"serving {Path(args.store).resolve()} at {url} (Ctrl-C or SIGTERM to stop)", flush=True)
     try:
         while True:
@@ -141,6 +144,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("shutting down", flush=True)
     finally:
         serve.shutdown()
+    return 0
+
+
+def _export_sweeps(sweeps: list[str], store_dir: str) -> None:
+    from rayft.store import AdapterStore, export_sweep
+
+    store = AdapterStore(store_dir)
+    for sweep in sweeps:
+        done = export_sweep(sweep, store)
+        if not done:
+            raise RayftError(f"--sweep {sweep}: no finished trial left a checkpoint to serve")
+        fresh = sum(new for _, new in done)
+        print(f"{sweep}: serving {len(done)} trials ({fresh} newly exported to {store.root}): "
+              f"{', '.join(i for i, _ in done)}", flush=True)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rayft.serve import Client
+    from rayft.serve.evaluate import evaluate_endpoint, load_heldout, ranking_table, write_ranking
+    from rayft.track import print_table
+
+    if args.prompt_column or args.response_column:
+        data = load_heldout(args.data, args.prompt_column or "prompt", args.response_column or "response",
+                            args.limit, task="sft")
+    else:
+        data = load_heldout(args.data, args.text_column, args.label_column, args.limit)
+    client = Client(args.endpoint, timeout=120)
+    models = [m for part in args.models or [] for m in part.split(",") if m]
+
+    def progress(score: Any) -> None:
+        shown = (", ".join(f"{k} {v:.4f}" for k, v in score.metrics.items()) if score.main is not None
+                 else f"skipped: {score.error}")
+        print(f"  {score.model}: {shown}", file=sys.stderr, flush=True)
+
+    print(f"scoring on {len(data.texts)} held-out rows of {args.data} via {args.endpoint}", file=sys.stderr)
+    scores = evaluate_endpoint(client, data, models or None, args.batch_size, progress, args.max_tokens)
+    print_table(ranking_table(scores, data))
+    if args.output:
+        write_ranking(args.output, scores, data, args.endpoint)
+        print(f"ranking written to {args.output}")
+    return 0 if any(s.main is not None for s in scores) else 1
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    import os
+
+    from rayft.serve import Client
+
+    model = args.model
+    if args.ranking:
+        model = json.loads(Path(args.ranking).read_text()).get("winner")
+        if not model:
+            raise RayftError(f"--ranking {args.ranking}: no model was scored, nothing to promote")
+    if not model:
+        raise RayftError("name the model to promote, or pass --ranking from `rayft eval --output`")
+    token = args.token or os.environ.get("RAYFT_ADMIN_TOKEN")
+    if not token:
+        raise RayftError("promote needs the server's admin token: --token or $RAYFT_ADMIN_TOKEN")
+    out = Client(args.endpoint, admin_token=token).set_alias(args.alias, model)
+    print(f"{args.alias} -> {out['model']} (was {out['previous'] or 'unset'})")
     return 0
 
 
@@ -226,7 +289,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-adapters", type=int, default=8, help="adapters resident per replica (LRU)")
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
+    p.add_argument("--sweep", action="append", metavar="SWEEP_DIR",
+                   help="export every finished trial of this sweep to --store and serve it (repeatable)")
+    p.add_argument("--admin-token", help="bearer token of the admin routes (default: $RAYFT_ADMIN_TOKEN; "
+                                         "none: admin routes disabled)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="classification requests batched per forward")
     p.set_defaults(fn=cmd_serve)
+
+    p = sub.add_parser("eval", help="score every served model on held-out data over HTTP and rank them")
+    p.add_argument("--endpoint", default="http://127.0.0.1:8000", help="URL of a running rayft serve")
+    p.add_argument("--data", required=True, help="held-out csv / jsonl / parquet file")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--prompt-column", help="score sft models: prompts in this column (default: prompt)")
+    p.add_argument("--response-column", help="score sft models: reference answers in this column (default: response)")
+    p.add_argument("--max-tokens", type=int, default=64, help="answer length for sft models")
+    p.add_argument("--models", action="append", help="only these model ids (comma-separated, repeatable)")
+    p.add_argument("--limit", type=int, help="score only the first N rows")
+    p.add_argument("--batch-size", type=int, default=32, help="texts per request")
+    p.add_argument("--output", help="write the ranking as JSON (input of `rayft promote --ranking`)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("promote", help="point an alias (default: production) at a model on a running server")
+    p.add_argument("model", nargs="?", help="model id to promote")
+    p.add_argument("--endpoint", default="http://127.0.0.1:8000")
+    p.add_argument("--alias", default="production")
+    p.add_argument("--ranking", help="promote the winner of a `rayft eval --output` ranking")
+    p.add_argument("--token", help="admin token (default: $RAYFT_ADMIN_TOKEN)")
+    p.set_defaults(fn=cmd_promote)
 
     p = sub.add_parser("query", help="send inputs to a running server")
     p.add_argument("inputs", nargs="+", help="texts to classify or prompts to complete")

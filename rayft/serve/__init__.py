@@ -36,7 +36,7 @@ def build_app(store: str, **kwargs: Any) -> Any:
 
 def start(store: str, *, host: str = "127.0.0.1", port: int = 8000, max_adapters: int = 8, num_replicas: int = 1,
           blocking: bool = False, name: str = DEFAULT_APP_NAME, address: str | None = None,
-          num_cpus: float = 1.0, timeout: float = 120.0) -> str:
+          num_cpus: float = 1.0, timeout: float = 120.0, **app_args: Any) -> str:
     """Serve the adapters in ``store`` over HTTP and return the base URL once ``/healthz`` answers.
 
     Starts a local Ray (or connects to ``address``) if Ray is not initialized yet. HTTP options are
@@ -53,6 +53,8 @@ def start(store: str, *, host: str = "127.0.0.1", port: int = 8000, max_adapters
         address: Ray cluster address (``auto``, ``HOST:PORT``); None starts a local Ray.
         num_cpus: CPUs each model replica reserves.
         timeout: seconds to wait for the app to answer.
+        **app_args: further :func:`rayft.serve.app.build_app` arguments (``bases``, ``admin_token``,
+            ``autoscaling_config``, ``max_batch_size``, ``batch_wait_ms``, ``catalog_ttl``).
 
     Raises:
         StoreError: if ``store`` is not a directory.
@@ -65,7 +67,8 @@ def start(store: str, *, host: str = "127.0.0.1", port: int = 8000, max_adapters
     from rayft.cluster import init_ray
     from rayft.serve.app import build_app as _build
 
-    app = _build(store, max_adapters=max_adapters, num_replicas=num_replicas, name=name, num_cpus=num_cpus)
+    app = _build(store, max_adapters=max_adapters, num_replicas=num_replicas, name=name, num_cpus=num_cpus,
+                 **app_args)
     if not ray.is_initialized():
         init_ray(address, quiet=True)
     serve.start(http_options={"host": host, "port": port})

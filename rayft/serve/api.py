@@ -10,7 +10,7 @@ import calendar
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -20,6 +20,8 @@ from rayft.store.store import Manifest, validate_id
 CLASSIFY_TASK = "sequence_classification"
 SFT_TASK = "sft"
 BASE_PREFIX = "base:"  # multiplexed keys of plain base models; adapter ids cannot contain ':'
+MAX_TEXT_CHARS = 32_000  # one input text or prompt; longer ones are refused (422) before any tokenizing
+Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 
 
 class ServeError(Exception):
@@ -81,7 +83,7 @@ class _Request(BaseModel):
 class ClassifyRequest(_Request):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[str] = Field(min_length=1, max_length=512)
+    inputs: list[Text] = Field(min_length=1, max_length=512)
 
 
 class _Sampling(_Request):
@@ -91,6 +93,7 @@ class _Sampling(_Request):
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
+    stream_options: dict[str, Any] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -100,12 +103,9 @@ class _Sampling(_Request):
             raise ValueError("stop takes at most 4 non-empty strings")
         return stops or None
 
-    @field_validator("stream")
-    @classmethod
-    def _no_stream(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("streaming is not supported yet; send \"stream\": false")
-        return value
+    def include_usage(self) -> bool:
+        """Whether a streamed answer ends with a usage chunk (``stream_options.include_usage``)."""
+        return bool(self.stream and (self.stream_options or {}).get("include_usage"))
 
     def params(self, max_tokens: int) -> dict[str, Any]:
         return {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
@@ -113,7 +113,7 @@ class _Sampling(_Request):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str] = Field(min_length=1)
+    prompt: Text | list[Text] = Field(min_length=1)
     max_tokens: int = Field(16, ge=1, le=4096)
 
     @field_validator("prompt")
@@ -128,7 +128,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]]
+    content: Annotated[str, Field(max_length=MAX_TEXT_CHARS)] | list[dict[str, Any]]
 
     def text(self) -> str:
         """The message text (OpenAI content parts of type ``text`` are joined)."""
@@ -165,11 +165,15 @@ class ModelEntry:
     created: int = 0
     labels: list[str] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    alias_of: str | None = None
 
     def card(self) -> dict[str, Any]:
-        """The OpenAI model object plus rayft's fields."""
-        return {"id": self.id, "object": "model", "created": self.created, "owned_by": "rayft", "task": self.task,
+        """The OpenAI model object plus rayft's fields (``alias_of`` names an alias's target)."""
+        card = {"id": self.id, "object": "model", "created": self.created, "owned_by": "rayft", "task": self.task,
                 "kind": self.kind, "base_model": self.base_model, "labels": self.labels, "metrics": self.metrics}
+        if self.alias_of:
+            card["alias_of"] = self.alias_of
+        return card
 
 
 def _epoch(stamp: str) -> int:
@@ -253,3 +257,42 @@ def chat_response(model: str, out: dict[str, Any]) -> dict[str, Any]:
               "logprobs": None, "finish_reason": out["finish_reason"]}
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "choices": [choice], "usage": _usage([out])}
+
+
+# ---------------------------------------------------------------- streamed (server-sent events) responses
+
+
+class StreamShape:
+    """Builds the OpenAI chunks of one streamed answer (``chat.completion.chunk`` or ``text_completion``)."""
+
+    def __init__(self, model: str, chat: bool) -> None:
+        self.model, self.chat = model, chat
+        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+
+    def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "choices": choices, **extra}
+
+    def opening(self) -> dict[str, Any] | None:
+        """Chat streams open with the assistant role and no text."""
+        if not self.chat:
+            return None
+        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None}])
+
+    def text(self, index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
+        if self.chat:
+            delta = {"content": text} if text else {}
+            return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+        return self._chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}])
+
+    def usage(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
+        return self._chunk([], usage=_usage(outs))
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One server-sent event (``data: <json>``)."""
+    import json
+
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n".encode()

@@ -9,27 +9,31 @@ with a short TTL, and at once on a miss, so newly exported adapters appear witho
 
 # No ``from __future__ import annotations`` here: Serve's class-based FastAPI views then see string
 # annotations and FastAPI takes the request bodies for query parameters.
-import asyncio
+import hashlib
 import logging
-import os
-import time
+import re
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayft.errors import StoreError
-from rayft.serve import runtime
+from rayft.serve.replica import ModelServer
+from rayft.serve.admin import AliasRequest, RegisterRequest, check_bearer, configured_digest
 from rayft.serve.api import (CLASSIFY_TASK, SFT_TASK, ChatRequest, ClassifyRequest, CompletionRequest, ModelEntry,
-                             ServeError, build_catalog, chat_response, classification_response, completion_response,
-                             internal_error, models_response, require_task, resolve, validation_error)
+                             ServeError, StreamShape, chat_response, classification_response, completion_response,
+                             internal_error, models_response, not_found, require_task, sse,
+                             validation_error)
+from rayft.serve.catalog import Catalog
 from rayft.store import AdapterStore
+from rayft.store.compat import BaseInfo
+from rayft.store.records import remove_alias, set_alias, set_registered
 
 logger = logging.getLogger("ray.serve")  # inside replicas, Serve writes it to the replica log files
 CATALOG_TTL_S = 2.0
@@ -38,7 +42,8 @@ api = FastAPI(title="rayft", description="OpenAI-compatible serving of rayft ada
 
 
 async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    headers = {"WWW-Authenticate": 'Bearer realm="rayft admin"'} if exc.status == 401 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -66,90 +71,81 @@ api.add_exception_handler(StarletteHTTPException, _http_error)
 api.add_exception_handler(Exception, _unexpected)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
-class ModelServer:
-    """Per replica: bases loaded once per ``base_key``, adapters multiplexed on them (LRU, ``max_adapters``)."""
-
-    def __init__(self, store: str, max_adapters: int = 8) -> None:
-        from rayft.paths import quiet_libraries, setup_env
-
-        setup_env()
-        quiet_libraries()
-        import torch
-
-        torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
-        self.pool = runtime.ModelPool(AdapterStore(store))
-
-        async def _load_model(key: str) -> runtime.LoadedModel:
-            return await asyncio.to_thread(self.pool.load, key)
-
-        # Wired per instance so the LRU size is an argument (Serve detects instance-level multiplexing).
-        self.get_model = serve.multiplexed(max_num_models_per_replica=max_adapters)(_load_model)
-
-    async def classify(self, inputs: list[str]) -> dict[str, Any]:
-        """``{"result": [{"label", "probabilities"}, ...]}`` or ``{"error": ...}``."""
-        return await self._run(CLASSIFY_TASK, lambda lm, m: runtime.classify(lm, m, inputs))
-
-    async def completions(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:
-        """``{"result": [{"text", "finish_reason", "prompt_tokens", "completion_tokens"}, ...]}``."""
-        return await self._run(SFT_TASK, lambda lm, m: runtime.complete_text(lm, m, prompts, params))
-
-    async def chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
-        """``{"result": {"text", "finish_reason", "prompt_tokens", "completion_tokens"}}``."""
-        return await self._run(SFT_TASK, lambda lm, m: runtime.complete_chat(lm, m, messages, params))
-
-    async def _run(self, task: str, fn: Callable[[runtime.LoadedModel, Any], Any]) -> dict[str, Any]:
-        key = serve.get_multiplexed_model_id()
-        try:
-            if not key:
-                raise ServeError(400, "no model given", "invalid_request_error", "model_required")
-            for _ in range(3):  # an adapter can be evicted between loading and getting the lock: load again
-                loaded = await self.get_model(key)
-                if loaded.task != task:
-                    raise ServeError(400, f"model {loaded.model_id!r} is a {loaded.task!r} model, not {task!r}",
-                                     "invalid_request_error", "wrong_task")
-                out = await asyncio.to_thread(loaded.run, fn)
-                if out is not runtime.EVICTED:
-                    return {"result": out}
-            raise ServeError(503, "the model was evicted while waiting; retry or raise max_adapters",
-                             "server_error", "overloaded")
-        except ServeError as exc:
-            return {"error": exc.to_dict()}
-        except Exception as exc:  # noqa: BLE001 - a replica answers, it does not crash on one request
-            logger.exception("request for %s failed", key)
-            return {"error": internal_error(f"inference failed: {runtime.short_error(exc)}").to_dict()}
+# Helpers the Gateway uses are defined above it: Serve ships the ingress class with the globals it sees then.
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+def _valid_alias(alias: str) -> str:
+    from rayft.store import validate_id
+
+    try:
+        return validate_id(alias)
+    except StoreError as exc:
+        raise ServeError(422, str(exc).replace("adapter id", "alias"), "invalid_request_error",
+                         "invalid_alias") from None
+
+
+async def _events(first: dict[str, Any], gen: Any, shape: StreamShape, usage: bool) -> AsyncIterator[bytes]:
+    """OpenAI stream chunks from the model server's pieces, then ``[DONE]``."""
+    opening = shape.opening()
+    if opening:
+        yield sse(opening)
+    outs: list[dict[str, Any]] = []
+
+    async def pieces() -> AsyncIterator[dict[str, Any]]:
+        yield first
+        async for piece in gen:
+            yield piece
+
+    try:
+        async for piece in pieces():
+            if "error" in piece:
+                yield sse(ServeError(**piece["error"]).body())
+                return
+            if "done" in piece:
+                outs.append(piece["done"])
+                yield sse(shape.text(piece["index"], "", piece["done"]["finish_reason"]))
+            elif piece["text"]:
+                yield sse(shape.text(piece["index"], piece["text"]))
+    except Exception as exc:  # noqa: BLE001 - the replica went away mid-stream
+        logger.error("stream broke: %r", exc)
+        yield sse(internal_error("the model server stopped while streaming; retry").body())
+        return
+    if usage:
+        yield sse(shape.usage(outs))
+    yield sse("[DONE]")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 @serve.ingress(api)
 class Gateway:
-    """HTTP ingress: validation, model resolution against the store, errors as JSON."""
+    """HTTP ingress: validation, model resolution against the store, one model deployment per base, admin routes."""
 
-    def __init__(self, server: DeploymentHandle, store: str, catalog_ttl: float = CATALOG_TTL_S) -> None:
-        self.server, self.store, self.ttl = server, AdapterStore(store), catalog_ttl
-        self._catalog: dict[str, ModelEntry] = {}
-        self._read_at = float("-inf")
-
-    def catalog(self, force: bool = False) -> dict[str, ModelEntry]:
-        """Servable models, re-read from the store when older than the TTL (or when forced)."""
-        if force or time.monotonic() - self._read_at > self.ttl:
-            self._catalog, self._read_at = build_catalog(self.store.list()), time.monotonic()
-        return self._catalog
+    def __init__(self, servers: dict, store: str, catalog_ttl: float = CATALOG_TTL_S,
+                 admin_digest: str | None = None) -> None:
+        self.servers: dict[str, DeploymentHandle] = servers
+        self.store = AdapterStore(store)
+        self.catalog = Catalog(self.store, {name: BaseInfo.of(name) for name in servers}, catalog_ttl)
+        self.admin_digest = admin_digest
 
     def entry(self, model: str, task: str, route: str) -> ModelEntry:
-        """The entry for ``model``, checked against the route's task (re-reads the store on a miss)."""
-        try:
-            entry = resolve(self.catalog(), model)
-        except ServeError:
-            entry = resolve(self.catalog(force=True), model)
+        """The served entry for ``model``, checked against the route's task."""
+        entry = self.catalog.resolve(model)
         require_task(entry, task, route)
         return entry
 
+    def handle(self, entry: ModelEntry, method: str, stream: bool = False) -> Any:
+        server = self.servers.get(entry.base_model)
+        if server is None:
+            raise ServeError(409, f"model {entry.id!r} needs base {entry.base_model!r}, which is not served here",
+                             "invalid_request_error", "base_not_served")
+        return server.options(multiplexed_model_id=entry.key, method_name=method, stream=stream)
+
     async def call(self, entry: ModelEntry, method: str, *args: Any) -> Any:
         """Call ``ModelServer.<method>`` on the replica multiplexing ``entry``; raise its error, if any."""
-        handle = self.server.options(multiplexed_model_id=entry.key, method_name=method)
         try:
-            out = await handle.remote(*args)
+            out = await self.handle(entry, method).remote(*args)
+        except ServeError:
+            raise
         except Exception as exc:  # noqa: BLE001 - replica died, deployment unavailable, ...
             logger.error("model server call %s(%s) failed: %r", method, entry.id, exc)
             raise ServeError(503, f"the model server could not answer for {entry.id!r}; retry later",
@@ -158,17 +154,33 @@ class Gateway:
             raise ServeError(**out["error"])
         return out["result"]
 
+    async def stream(self, entry: ModelEntry, method: str, shape: StreamShape, usage: bool,
+                     *args: Any) -> StreamingResponse:
+        """Server-sent events of a streamed answer; an error before the first piece is a plain JSON error."""
+        gen = self.handle(entry, method, stream=True).remote(*args)
+        try:
+            first = await gen.__anext__()
+        except Exception as exc:  # noqa: BLE001
+            logger.error("model server stream %s(%s) failed: %r", method, entry.id, exc)
+            raise ServeError(503, f"the model server could not answer for {entry.id!r}; retry later",
+                             "server_error", "unavailable") from None
+        if "error" in first:
+            raise ServeError(**first["error"])
+        return StreamingResponse(_events(first, gen, shape, usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
-        return {"status": "ok"}
+        return {"status": "ok", "bases": sorted(self.servers)}
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
-        return models_response(self.catalog(force=True))
+        self.catalog.refresh(force=True)
+        return models_response(self.catalog.entries)
 
     @api.get("/v1/models/{model_id:path}")
     async def retrieve_model(self, model_id: str) -> dict[str, Any]:
-        return resolve(self.catalog(force=True), model_id).card()
+        return self.catalog.resolve(model_id).card()
 
     @api.post("/v1/classify")
     async def classify(self, body: ClassifyRequest) -> dict[str, Any]:
@@ -176,17 +188,98 @@ class Gateway:
         return classification_response(entry.id, await self.call(entry, "classify", body.inputs))
 
     @api.post("/v1/completions")
-    async def completions(self, body: CompletionRequest) -> dict[str, Any]:
+    async def completions(self, body: CompletionRequest) -> Any:
         entry = self.entry(body.model, SFT_TASK, "/v1/completions")
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        outs = await self.call(entry, "completions", prompts, body.params(body.max_tokens))
-        return completion_response(entry.id, outs)
+        params = body.params(body.max_tokens)
+        if body.stream:
+            return await self.stream(entry, "stream_completions", StreamShape(entry.id, chat=False),
+                                     body.include_usage(), prompts, params)
+        return completion_response(entry.id, await self.call(entry, "completions", prompts, params))
 
     @api.post("/v1/chat/completions")
-    async def chat_completions(self, body: ChatRequest) -> dict[str, Any]:
+    async def chat_completions(self, body: ChatRequest) -> Any:
         entry = self.entry(body.model, SFT_TASK, "/v1/chat/completions")
-        out = await self.call(entry, "chat", body.plain_messages(), body.params(body.limit()))
-        return chat_response(entry.id, out)
+        params = body.params(body.limit())
+        if body.stream:
+            return await self.stream(entry, "stream_chat", StreamShape(entry.id, chat=True), body.include_usage(),
+                                     body.plain_messages(), params)
+        return chat_response(entry.id, await self.call(entry, "chat", body.plain_messages(), params))
+
+    # ------------------------------------------------------------ admin (bearer token)
+
+    @api.get("/admin/models")
+    async def admin_models(self, request: Request) -> dict[str, Any]:
+        check_bearer(request.headers.get("authorization"), self.admin_digest)
+        cat = self.catalog
+        cat.refresh(force=True)
+        return {"object": "list", "data": [e.card() for e in cat.entries.values()], "aliases": cat.aliases,
+                "unregistered": sorted(cat.withdrawn), "refused": {k: e.message for k, e in cat.refused.items()}}
+
+    @api.post("/admin/adapters")
+    async def register(self, body: RegisterRequest, request: Request) -> dict[str, Any]:
+        check_bearer(request.headers.get("authorization"), self.admin_digest)
+        self.catalog.check(body.model)  # 404 / 409 / 422 before anything changes
+        set_registered(self.store, body.model, True)
+        entry = self.catalog.resolve(body.model)
+        if body.warm:
+            await self.call(entry, "warm")
+        return {**entry.card(), "registered": True, "warm": body.warm}
+
+    @api.delete("/admin/adapters/{model_id:path}")
+    async def unregister(self, model_id: str, request: Request) -> dict[str, Any]:
+        check_bearer(request.headers.get("authorization"), self.admin_digest)
+        if not self.store.exists(model_id):
+            raise not_found(model_id)
+        self.catalog.refresh(force=True)
+        users = sorted(a for a, t in self.catalog.aliases.items() if t == model_id)
+        if users:
+            raise ServeError(409, f"model {model_id!r} is the target of alias {', '.join(users)}; point the alias "
+                                  "elsewhere first", "invalid_request_error", "alias_in_use")
+        set_registered(self.store, model_id, False)
+        self.catalog.refresh(force=True)
+        return {"id": model_id, "object": "model", "registered": False}
+
+    @api.get("/admin/aliases")
+    async def list_aliases(self, request: Request) -> dict[str, Any]:
+        check_bearer(request.headers.get("authorization"), self.admin_digest)
+        self.catalog.refresh(force=True)
+        return {"object": "list", "data": [{"alias": a, "model": t} for a, t in self.catalog.aliases.items()]}
+
+    @api.put("/admin/aliases/{alias:path}")
+    async def put_alias(self, alias: str, body: AliasRequest, request: Request) -> dict[str, Any]:
+        check_bearer(request.headers.get("authorization"), self.admin_digest)
+        _valid_alias(alias)
+        target = self.catalog.resolve(body.model)
+        if target.alias_of:
+            raise ServeError(422, f"{body.model!r} is itself an alias (of {target.alias_of!r}); name a model",
+                             "invalid_request_error", "alias_of_alias")
+        try:
+            record = set_alias(self.store, alias, target.id)
+        except StoreError as exc:
+            raise ServeError(409, str(exc), "invalid_request_error", "alias_conflict") from None
+        self.catalog.refresh(force=True)
+        logger.info("alias %s -> %s (was %s)", alias, target.id, record["previous"])
+        return {"alias": alias, "model": target.id, "previous": record["previous"], "updated": record["updated"]}
+
+    @api.delete("/admin/aliases/{alias:path}")
+    async def delete_alias(self, alias: str, request: Request) -> dict[str, Any]:
+        check_bearer(request.headers.get("authorization"), self.admin_digest)
+        if not remove_alias(self.store, _valid_alias(alias)):
+            raise ServeError(404, f"alias {alias!r} not found", "invalid_request_error", "alias_not_found")
+        self.catalog.refresh(force=True)
+        return {"alias": alias, "deleted": True}
+
+
+class BaseArgs(BaseModel):
+    """Per-base-model deployment settings (``bases:`` in a Serve config); unset fields take the app's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int | Literal["auto"] | None = None
+    autoscaling_config: dict[str, Any] | None = None
+    max_adapters: int | None = Field(None, ge=1, le=1024)
+    num_cpus: float | None = Field(None, gt=0)
 
 
 class AppArgs(BaseModel):
@@ -195,35 +288,76 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     store: str = Field(min_length=1)
+    bases: dict[str, BaseArgs] | list[str] | None = None
     max_adapters: int = Field(8, ge=1, le=1024)
-    num_replicas: int = Field(1, ge=1, le=1024)
+    num_replicas: int | Literal["auto"] = 1
+    autoscaling_config: dict[str, Any] | None = None
     name: str = Field("rayft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     num_cpus: float = Field(1.0, gt=0)
     catalog_ttl: float = Field(CATALOG_TTL_S, ge=0)
+    max_batch_size: int = Field(16, ge=1, le=256)
+    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    admin_token: str | None = Field(None, min_length=16)
 
 
-def build_app(store: str, *, max_adapters: int = 8, num_replicas: int = 1, name: str = "rayft",
-              num_cpus: float = 1.0, catalog_ttl: float = CATALOG_TTL_S) -> serve.Application:
-    """The bound Serve application: ``<name>-gateway`` (ingress) in front of ``<name>-models``.
+def deployment_name(app: str, base: str) -> str:
+    """``<app>-models-<base folder name>-<hash>``: a readable, unique Serve deployment name per base model."""
+    tail = re.sub(r"[^A-Za-z0-9]+", "-", Path(base).name or base).strip("-")[-40:] or "base"
+    return f"{app}-models-{tail}-{hashlib.sha1(base.encode()).hexdigest()[:6]}"
+
+
+def _bases(root: Path, bases: dict[str, BaseArgs] | list[str] | None) -> dict[str, BaseArgs]:
+    if bases:
+        return dict(bases) if isinstance(bases, dict) else {b: BaseArgs() for b in bases}
+    found = sorted({m.base_model for m in AdapterStore(root).list()})
+    if not found:
+        raise StoreError(f"adapter store {root} holds no models yet: export one first, or name the base models "
+                         "to serve (bases)")
+    return {b: BaseArgs() for b in found}
+
+
+def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None, max_adapters: int = 8,
+              num_replicas: int | str = 1, autoscaling_config: dict[str, Any] | None = None, name: str = "rayft",
+              num_cpus: float = 1.0, catalog_ttl: float = CATALOG_TTL_S, max_batch_size: int = 16,
+              batch_wait_ms: float = 5.0, admin_token: str | None = None) -> serve.Application:
+    """The bound Serve application: ``<name>-gateway`` (ingress) in front of one model deployment per base.
 
     Args:
         store: the adapter store directory (resolved to an absolute path here).
-        max_adapters: adapters each model replica keeps loaded (LRU beyond that).
-        num_replicas: model replicas.
+        bases: base models to serve (names as manifests spell them), optionally with per-base settings
+            (``num_replicas``, ``autoscaling_config``, ``max_adapters``, ``num_cpus``); default: every base
+            model of the store's results.
+        max_adapters: models each replica keeps loaded (LRU beyond that).
+        num_replicas: replicas per base model (``"auto"`` with ``autoscaling_config``).
+        autoscaling_config: Ray Serve autoscaling settings for every base (``min_replicas``, ...).
         name: prefix of the deployment names.
         num_cpus: CPUs each model replica reserves (torch uses that many threads).
         catalog_ttl: seconds the gateway caches the store listing.
+        max_batch_size: classification requests gathered into one forward pass.
+        batch_wait_ms: how long a replica waits to fill a batch.
+        admin_token: bearer token of the admin routes (default ``$RAYFT_ADMIN_TOKEN``; none: admin disabled).
 
     Raises:
-        StoreError: if ``store`` is not a directory.
+        StoreError: if ``store`` is not a directory, or holds nothing and no bases are named.
     """
     root = Path(store).expanduser().resolve()
     if not root.is_dir():
         raise StoreError(f"adapter store {root} does not exist (export an adapter first, or create the folder)")
-    server = ModelServer.options(name=f"{name}-models", num_replicas=num_replicas,
-                                 ray_actor_options={"num_cpus": num_cpus})
+    servers = {}
+    for base, own in _bases(root, {k: BaseArgs.model_validate(v) for k, v in bases.items()}
+                            if isinstance(bases, dict) else bases).items():
+        options: dict[str, Any] = {"name": deployment_name(name, base),
+                                   "ray_actor_options": {"num_cpus": own.num_cpus or num_cpus},
+                                   "max_ongoing_requests": max(64, 4 * max_batch_size)}
+        scaling = own.autoscaling_config or (None if own.num_replicas else autoscaling_config)
+        if scaling:  # replicas between min_replicas and max_replicas, on queue length
+            options["autoscaling_config"] = scaling
+        else:
+            options["num_replicas"] = own.num_replicas or num_replicas
+        servers[base] = ModelServer.options(**options).bind(str(root), own.max_adapters or max_adapters,
+                                                            max_batch_size, batch_wait_ms / 1000)
     gateway = Gateway.options(name=f"{name}-gateway")
-    return gateway.bind(server.bind(str(root), max_adapters), str(root), catalog_ttl)
+    return gateway.bind(servers, str(root), catalog_ttl, configured_digest(admin_token))
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:
@@ -236,4 +370,4 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         parsed = AppArgs.model_validate(dict(args or {}))
     except ValidationError as exc:
         raise ValueError(f"invalid rayft serve arguments: {validation_error(exc.errors()).message}") from None
-    return build_app(**parsed.model_dump())
+    return build_app(**{k: v for k, v in parsed.model_dump().items()})

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from urllib.parse import quote
+
 import requests
 
 from rayft.errors import RayftError
@@ -25,9 +27,11 @@ class Client:
         timeout: seconds to wait for each response.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 30.0) -> None:
+    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 30.0,
+                 admin_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.admin_token = admin_token
         self._session = requests.Session()
 
     def health(self) -> dict[str, Any]:
@@ -55,7 +59,25 @@ class Client:
                 **extra}
         return self._request("POST", "/v1/chat/completions", body)
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    # ---------------------------------------------------------------- admin routes (need ``admin_token``)
+
+    def register(self, model: str, warm: bool = False) -> dict[str, Any]:
+        """Serve a stored result (again); ``warm`` loads it on a replica now."""
+        return self._request("POST", "/admin/adapters", {"model": model, "warm": warm}, admin=True)
+
+    def unregister(self, model: str) -> dict[str, Any]:
+        """Stop serving a stored result (its folder stays in the store)."""
+        return self._request("DELETE", f"/admin/adapters/{quote(model, safe='')}", admin=True)
+
+    def set_alias(self, alias: str, model: str) -> dict[str, Any]:
+        """Point ``alias`` at ``model``; ``{"alias", "model", "previous", "updated"}``."""
+        return self._request("PUT", f"/admin/aliases/{quote(alias, safe='')}", {"model": model}, admin=True)
+
+    def aliases(self) -> dict[str, str]:
+        """Every alias and its target."""
+        return {a["alias"]: a["model"] for a in self._request("GET", "/admin/aliases", admin=True)["data"]}
+
+    def _request(self, method: str, path: str, body: dict[str, Any] | None = None, admin: bool = False) -> Any:
         """Send one request.
 
         Raises:
@@ -63,7 +85,8 @@ class Client:
         """
         url = self.base_url + path
         try:
-            resp = self._session.request(method, url, json=body, timeout=self.timeout)
+            headers = {"Authorization": f"Bearer {self.admin_token}"} if admin and self.admin_token else None
+            resp = self._session.request(method, url, json=body, timeout=self.timeout, headers=headers)
         except requests.RequestException as exc:
             raise ServeClientError(None, f"cannot reach {url}: {type(exc).__name__}") from None
         try:

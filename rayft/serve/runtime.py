@@ -1,14 +1,15 @@
 """Models inside one serving replica, free of Ray: shared bases with hot-swapped peft adapters.
 
 A base model is loaded once per :func:`rayft.store.base_key` and wrapped as one ``PeftModel``; each stored
-adapter is ``load_adapter``-ed into it under its own name and removed with ``delete_adapter`` when it is
-evicted. Full-weight results load as models of their own. One re-entrant lock serializes everything that
+adapter is ``load_adapter``-ed into it under its own name and, when evicted, either kept as a free slot that the
+next adapter of the same config is copied into, or removed with ``delete_adapter``. Full-weight results load as models of their own. One re-entrant lock serializes everything that
 touches a model (loading, ``set_adapter`` + forward, deleting), so requests never see another's adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -30,22 +31,42 @@ CLASSIFY_BATCH = 32
 
 
 class BaseEntry:
-    """One loaded base model and the ``PeftModel`` that hot-swaps adapters on it."""
+    """One loaded base model and the ``PeftModel`` that hot-swaps adapters on it.
 
-    def __init__(self, manifest: Manifest) -> None:
-        self.manifest = manifest
+    With ``spare_slots`` > 0, an evicted adapter's modules stay in the model as a free slot: the next adapter
+    with the same peft config is copied into that slot's tensors (a few ms) instead of being injected anew
+    by ``load_adapter`` (tens of ms) and deleted again later.
+    """
+
+    def __init__(self, manifest: Manifest, spare_slots: int = 0) -> None:
+        self.manifest, self.spare_slots = manifest, spare_slots
         self.model, self.tokenizer, self.fingerprint = load_base(manifest)
         self.peft: Any = None
         self.retired: set[str] = set()  # evicted but kept: peft cannot delete its last adapter
+        self.signature: dict[str, str] = {}  # adapter name -> its peft config, for slot reuse
+        self.free: dict[str, list[str]] = {}  # peft config -> free slots (evicted adapter names)
 
-    def attach(self, folder: Path, name: str) -> None:
-        """Load an adapter under ``name``; on failure leave the base as it was.
+    def attach(self, folder: Path, name: str) -> str:
+        """Load an adapter (into a free slot of the same config, else under ``name``); returns its name.
+
+        On failure the base is left as it was.
 
         Raises:
             Exception: whatever peft raised for an unreadable adapter.
         """
         from peft import PeftModel
 
+        sig = _signature(folder) if self.spare_slots else None
+        if sig and self.free.get(sig):
+            slot = self.free[sig].pop()
+            try:
+                filled = self._fill(slot, folder)
+            except Exception:
+                self._drop(slot)  # half-copied: never reuse it
+                raise
+            if filled:
+                return slot
+            self._drop(slot)  # the weights did not fit the slot: load them the usual way
         fresh = self.peft is None
         try:
             if fresh:
@@ -62,19 +83,60 @@ class BaseEntry:
         for old in self.retired - {name}:
             self._delete(old)
         self.retired.clear()
+        if sig:
+            self.signature[name] = sig
+        return name
+
+    def _fill(self, slot: str, folder: Path) -> bool:
+        """Copy an adapter's saved weights into a free slot's tensors; False if they do not match."""
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        weights = folder / "adapter_model.safetensors"
+        if not weights.is_file():
+            return False
+        saved = load_file(str(weights))
+        target = get_peft_model_state_dict(self.peft, adapter_name=slot)  # views of the slot's parameters
+        if saved.keys() != target.keys() or any(saved[k].shape != target[k].shape for k in saved):
+            return False
+        with torch.no_grad():
+            for key, value in saved.items():
+                target[key].copy_(value)
+        return True
 
     def detach(self, name: str) -> None:
         if self.peft is None or name not in self.peft.peft_config:
             return
+        sig = self.signature.get(name)
+        if sig and sum(map(len, self.free.values())) < self.spare_slots:
+            self.free.setdefault(sig, []).append(name)
+        else:
+            self._drop(name)
+
+    def _drop(self, name: str) -> None:
         if len(self.peft.peft_config) > 1:
             self._delete(name)
         else:
             self.retired.add(name)
 
     def _delete(self, name: str) -> None:
+        self.signature.pop(name, None)
         with warnings.catch_warnings():  # "adapter X was active which is now deleted": set per request anyway
             warnings.simplefilter("ignore", UserWarning)
             self.peft.delete_adapter(name)
+
+
+def _signature(folder: Path) -> str | None:
+    """An adapter's peft config as a key: adapters with equal keys have tensors of equal names and shapes."""
+    try:
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if cfg.get("peft_type") != "LORA":
+        return None
+    for key in ("base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version"):
+        cfg.pop(key, None)
+    return json.dumps(cfg, sort_keys=True, default=str)
 
 
 class LoadedModel:
@@ -89,7 +151,8 @@ class LoadedModel:
         self.labels = list(manifest.labels or []) if manifest and manifest.labels else None
         self.max_length = manifest.max_length if manifest else 128
         self.system_prompt = _system_prompt(manifest)
-        self.closed = False
+        self.closed = self.evicting = False
+        self.users = 0
 
     def run(self, fn: Callable[["LoadedModel", Any], Any]) -> Any:
         """``fn(self, model)`` with this model's adapter active, or :data:`EVICTED` if it was evicted."""
@@ -101,7 +164,7 @@ class LoadedModel:
                 model = self.model
             elif self.adapter is not None:
                 model = self.entry.peft
-                model.set_adapter(self.adapter)
+                activate(model, self.adapter)
             else:  # the plain base model of an sft adapter
                 model = self.entry.model if self.entry.peft is None else self.entry.peft
                 if self.entry.peft is not None:
@@ -109,8 +172,31 @@ class LoadedModel:
             with ctx, torch.no_grad():
                 return fn(self, model)
 
+    def acquire(self) -> bool:
+        """Pin the model for one request (an LRU eviction then waits for :meth:`release`); False if closed."""
+        with self.pool.pins:
+            if self.closed or self.evicting:
+                return False
+            self.users += 1
+            return True
+
+    def release(self) -> None:
+        """Unpin; runs an eviction that came while the model was in use."""
+        with self.pool.pins:
+            self.users -= 1
+            due = self.users == 0 and self.evicting
+        if due:
+            self._close()
+
     def close(self) -> None:
-        """Release the model (``delete_adapter`` for an adapter). Safe to call twice."""
+        """Release the model (``delete_adapter`` for an adapter), once no request uses it. Safe to call twice."""
+        with self.pool.pins:
+            self.evicting = True
+            due = self.users == 0
+        if due:
+            self._close()
+
+    def _close(self) -> None:
         with self.pool.lock:
             if self.closed:
                 return
@@ -127,6 +213,12 @@ class LoadedModel:
             pass
 
 
+def activate(peft_model: Any, name: str) -> None:
+    """``set_adapter`` unless ``name`` is already the active adapter (it walks every module: not free)."""
+    if peft_model.active_adapter != name:
+        peft_model.set_adapter(name)
+
+
 def _system_prompt(manifest: Manifest | None) -> str | None:
     if manifest is None:
         return None
@@ -136,9 +228,10 @@ def _system_prompt(manifest: Manifest | None) -> str | None:
 class ModelPool:
     """Loads models for one replica by multiplexed key: ``<adapter_id>@<created>`` or ``base:<name>``."""
 
-    def __init__(self, store: AdapterStore) -> None:
-        self.store = store
-        self.lock = threading.RLock()
+    def __init__(self, store: AdapterStore, spare_slots: int = 0) -> None:
+        self.store, self.spare_slots = store, spare_slots
+        self.lock = threading.RLock()  # held while a model loads, runs or unloads
+        self.pins = threading.Lock()  # guards LoadedModel.users / evicting (never held for long)
         self.bases: dict[tuple[str, str, int], BaseEntry] = {}
         self._count = 0
 
@@ -170,7 +263,7 @@ class ModelPool:
     def _base(self, manifest: Manifest) -> BaseEntry:
         key = base_key(manifest)
         if key not in self.bases:
-            self.bases[key] = BaseEntry(manifest)
+            self.bases[key] = BaseEntry(manifest, self.spare_slots)
         entry = self.bases[key]
         if manifest.base_fingerprint and manifest.base_fingerprint != entry.fingerprint:
             raise load_error(manifest.adapter_id, f"it was trained on base weights {manifest.base_fingerprint}, "
@@ -183,7 +276,7 @@ class ModelPool:
         entry = self._base(manifest)
         self._count += 1
         name = f"a{self._count}_" + re.sub(r"[^A-Za-z0-9_]", "_", manifest.adapter_id)  # module keys: no dots
-        entry.attach(folder, name)
+        name = entry.attach(folder, name)
         logger.info("loaded adapter %s on %s", manifest.adapter_id, manifest.base_model)
         return LoadedModel(self, manifest.adapter_id, manifest.task, entry.tokenizer, entry=entry, adapter=name,
                            manifest=manifest)
@@ -253,7 +346,8 @@ def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int
     return tok(text, add_special_tokens=True)["input_ids"]
 
 
-def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any]) -> dict[str, Any]:
+def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
+             generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Generate one continuation; ``params``: max_tokens, temperature, top_p, stop, seed.
 
     Raises:
@@ -265,7 +359,7 @@ def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dic
         raise ServeError(400, f"the prompt has {len(prompt_ids)} tokens; model {loaded.model_id!r} takes at most "
                               f"{limit}", "invalid_request_error", "context_length_exceeded")
     new, finish = generate(model, loaded.tokenizer, prompt_ids, min(params["max_tokens"], room),
-                           params["temperature"], params["top_p"], params.get("seed"))
+                           params["temperature"], params["top_p"], params.get("seed"), generate_kwargs)
     text = loaded.tokenizer.decode(new, skip_special_tokens=True)
     for stop in params.get("stop") or []:
         if stop in text:

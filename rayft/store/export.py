@@ -62,3 +62,32 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def export_sweep(sweep_dir: str, store: AdapterStore) -> list[tuple[str, bool]]:
+    """Export every finished trial of a sweep that left a checkpoint; already exported trials are kept.
+
+    Returns:
+        ``(adapter_id, newly_exported)`` per trial, in the sweep's order.
+
+    Raises:
+        StoreError: if ``sweep_dir`` holds no ``rayft_sweep.json``.
+    """
+    summary = Path(sweep_dir) / "rayft_sweep.json"
+    if not summary.is_file():
+        raise StoreError(f"{sweep_dir} is not a sweep folder (no rayft_sweep.json); run `rayft sweep` first")
+    data = json.loads(summary.read_text())
+    cfg = ExperimentConfig.model_validate(data["config"])
+    out = []
+    for trial in data.get("trials", []):
+        ckpt = trial.get("checkpoint_path")
+        if str(trial.get("status", "")).upper() == "ERROR" or not ckpt or not (Path(ckpt) / MODEL_DIR).is_dir():
+            continue
+        adapter_id = default_adapter_id(cfg, trial["trial_id"])
+        if store.exists(adapter_id):
+            out.append((adapter_id, False))
+            continue
+        m = export_checkpoint(ckpt, None, store, adapter_id=adapter_id, sweep_id=data.get("name"),
+                              trial_id=trial["trial_id"], metrics=trial.get("metrics"))
+        out.append((m.adapter_id, True))
+    return out

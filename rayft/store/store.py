@@ -128,9 +128,13 @@ class AdapterStore:
         try:
             shutil.copytree(src, tmp, dirs_exist_ok=True)
             (tmp / MANIFEST).write_text(json.dumps(asdict(manifest), indent=2, default=float))
-            if target.exists():
-                shutil.rmtree(target)
+            old = None
+            if target.exists():  # move the old version aside in one rename: never a half-deleted folder
+                old = Path(tempfile.mkdtemp(prefix=f".{manifest.adapter_id}.old.", dir=self.root))
+                os.replace(target, old / "v")
             os.replace(tmp, target)  # readers never see a half-written adapter
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target

@@ -128,8 +128,12 @@ class InstructionTuning:
 
 
 def generate(model: torch.nn.Module, tokenizer: Any, prompt_ids: list[int], max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None) -> tuple[list[int], str]:
-    """Generate a continuation; returns (new token ids, finish reason)."""
+             temperature: float = 0.0, top_p: float = 1.0, seed: int | None = None,
+             extra: dict[str, Any] | None = None) -> tuple[list[int], str]:
+    """Generate a continuation; returns (new token ids, finish reason).
+
+    ``extra`` goes to ``model.generate`` as is (e.g. a ``streamer`` and ``stopping_criteria``).
+    """
     if seed is not None:
         torch.manual_seed(seed)
     ids = torch.tensor([prompt_ids])
@@ -139,6 +143,7 @@ def generate(model: torch.nn.Module, tokenizer: Any, prompt_ids: list[int], max_
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         kwargs.update(do_sample=False)
+    kwargs.update(extra or {})
     with torch.no_grad():
         out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
     new = out[0, len(prompt_ids):].tolist()

@@ -43,7 +43,8 @@ def test_completion_request_defaults_and_limits():
     assert (req.max_tokens, req.temperature, req.stop) == (16, 1.0, None)
     assert CompletionRequest.model_validate({"model": "m", "prompt": "hi", "stop": "\n"}).stop == ["\n"]
     for bad in [{"max_tokens": -1}, {"max_tokens": 0}, {"max_tokens": "many"}, {"temperature": 3}, {"n": 2},
-                {"stream": True}, {"prompt": ""}, {"prompt": []}, {"stop": [""]}]:
+                {"stream": "sometimes"}, {"prompt": ""}, {"prompt": []}, {"stop": [""]}, {"prompt": "x" * 40_000},
+                {"prompt": ["ok", "x" * 40_000]}]:
         assert _errors(CompletionRequest, {"model": "m", "prompt": "hi", **bad}), bad
 
 
