@@ -99,7 +99,8 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
                                 mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
 
 
-def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str, worker_cpus: float) -> None:
+def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str, worker_cpus: float,
+                storage_filesystem: Any = None) -> None:
     """One trial: apply the sampled values and run a Ray Train job that reports into Tune."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -109,7 +110,8 @@ def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, An
     cfg = apply_sample(base, sample)
     trial_id = tune.get_context().get_trial_id()
     trainer = make_trainer(cfg, data["ref"], run_name=trial_id, storage_path=storage,
-                           callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus)
+                           callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus,
+                           storage_filesystem=storage_filesystem)
     trainer.fit()
 
 
@@ -124,11 +126,13 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
 
     from rayft.cluster import init_ray
     from rayft.data import prepare_data
-    from rayft.train.run import storage_root
+    from rayft.train.run import storage_location
 
     start = time.perf_counter()
     metric, mode = metric_and_mode(cfg)
-    root = storage_root(cfg)
+    loc = storage_location(cfg)  # local folder, NFS path or s3://... (pyarrow filesystem)
+    fs = None if loc.local else loc.fs
+    root = Path(loc.path) if loc.local else _local_side(cfg)
     sweep_name = time.strftime("sweep-%Y%m%d-%H%M%S")
     data = prepare_data(cfg)  # tokenized once for every trial
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
@@ -140,7 +144,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     callbacks = _callbacks(cfg, sweep_name, root / sweep_name)
     trainable = tune.with_resources(
         tune.with_parameters(rayft_trial, base=dump_config(cfg), data={"ref": ray.put(data)},
-                             storage=str(root / sweep_name / "trials"), worker_cpus=worker_cpus),
+                             storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
+                             storage_filesystem=fs),
         {"CPU": TRIAL_CPU},
     )
     tuner = tune.Tuner(
@@ -149,26 +154,36 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
         tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=_searcher(cfg, metric, mode),
                                     scheduler=_scheduler(cfg, max_t), num_samples=cfg.sweep.num_trials,
                                     max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=str(root), verbose=verbose, callbacks=callbacks),
+        run_config=tune.RunConfig(name=sweep_name, storage_path=loc.path, storage_filesystem=fs, verbose=verbose,
+                                  callbacks=callbacks),
     )
     grid = tuner.fit()
     del tuner
     callbacks.clear()
     gc.collect()  # finish W&B logging actors while Ray is still up
-    rows = [_row(r) for r in grid]
+    rows = [_row(r, loc) for r in grid]
     best = _best(rows, metric, mode)
-    outcome = SweepOutcome(sweep_name, str(root / sweep_name), metric, mode, rows, best, time.perf_counter() - start)
-    _write_summary(outcome, cfg)
+    outcome = SweepOutcome(sweep_name, loc.child(sweep_name).uri(), metric, mode, rows, best,
+                           time.perf_counter() - start)
+    _write_summary(outcome, cfg, loc.child(sweep_name))
     return outcome
 
 
-def _row(result: Any) -> TrialRow:
+def _local_side(cfg: ExperimentConfig) -> Path:
+    """Local folder for driver-side files (W&B offline runs) when the runs themselves live on remote storage."""
+    from rayft.paths import cache_dir
+
+    return cache_dir("runs", cfg.name)
+
+
+def _row(result: Any, loc: Any = None) -> TrialRow:
     metrics = dict(result.metrics or {})
     config = metrics.pop("config", None) or result.config or {}
     status = "ERROR" if result.error else ("DONE" if metrics.get("final") else "STOPPED")
     return TrialRow(trial_id=str(metrics.get("trial_id") or Path(result.path).name), status=status,
                     params=flat_params(config), metrics={k: v for k, v in metrics.items() if _plain(v)},
-                    checkpoint_path=metrics.get("checkpoint_path"),
+                    checkpoint_path=loc.uri(metrics["checkpoint_path"]) if loc and metrics.get("checkpoint_path")
+                    else metrics.get("checkpoint_path"),
                     evaluations=int(metrics.get("training_iteration") or 0))
 
 
@@ -185,10 +200,12 @@ def _best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
                                          -r.metrics[metric] if mode == "max" else r.metrics[metric]))[0]
 
 
-def _write_summary(outcome: SweepOutcome, cfg: ExperimentConfig) -> None:
-    path = Path(outcome.path) / "rayft_sweep.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _write_summary(outcome: SweepOutcome, cfg: ExperimentConfig, where: Any = None) -> None:
+    """Write ``rayft_sweep.json`` (atomically) into the sweep folder, local or remote."""
+    from rayft.storage import resolve
+
+    where = where or resolve(outcome.path)
     payload = {"name": outcome.name, "metric": outcome.metric, "mode": outcome.mode, "seconds": outcome.seconds,
                "best": outcome.best.trial_id if outcome.best else None, "config": dump_config(cfg),
                "trials": [vars(t) for t in outcome.trials]}
-    path.write_text(json.dumps(payload, indent=2, default=str))
+    where.write_text("rayft_sweep.json", json.dumps(payload, indent=2, default=str))
