@@ -98,7 +98,9 @@ class Location:
         """Copy a local folder to ``name`` inside this folder (files only; the caller publishes)."""
         target = self.child(name).path
         self.fs.create_dir(target, recursive=True)
-        pafs.copy_files(str(local_dir), target, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
+        # Threaded uploads are unsafe with pyarrow's S3 (apache/arrow#32372); Ray uploads single-threaded too.
+        pafs.copy_files(str(local_dir), target, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs, use_threads=self.local)
 
     def download(self, local_dir: str | os.PathLike[str]) -> Path:
         """Copy this folder to ``local_dir`` (replacing it, atomically); returns the local folder."""
