@@ -95,10 +95,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _latest_checkpoint(run_dir: Path) -> Path:
-    found = sorted(p for p in run_dir.glob("checkpoint_*") if (p / "model").is_dir())
+    from rayft.train.checkpoints import latest_checkpoint
+
+    found = latest_checkpoint(str(run_dir))  # the newest one Ray published, never a half-copied folder
     if not found:
         raise RayftError(f"{run_dir}: not a sweep folder (no rayft_sweep.json), a run folder or a checkpoint")
-    return found[-1]
+    return Path(found)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
