@@ -104,4 +104,27 @@ def test_node_lost_mid_trial_restarts_from_checkpoint_elsewhere(cluster, tiny_be
     for trial_dir in (p for p in (root / summary["name"]).iterdir() if (p / "result.json").is_file()):
         steps = _steps(trial_dir)
         assert steps[-1] == 24 and steps == sorted(steps) and steps.count(4) == 1, (trial_dir.name, steps)
-    cluster.add_node(num_cpus=2, resources={"trainer": 1})  # back to two worker nodes for the next test
+
+
+def test_driver_killed_mid_sweep_then_resubmitted_job_finishes(cluster, tiny_bert, sentiment_csv, tmp_path):
+    from rayft import jobs
+    from rayft.train.checkpoints import is_complete, latest_checkpoint
+
+    config = _experiment(tmp_path, tiny_bert, sentiment_csv, "driver-kill")
+    root = tmp_path / "runs" / "driver-kill"  # shared storage: every node and both drivers see it
+    sub = jobs.build_submission(config, working_dir=tmp_path, extra_args=["--no-export"], python=sys.executable)
+    first = jobs.submit(cluster.dashboard_url, sub)
+    client = jobs.job_client(cluster.dashboard_url)
+    _wait_for(lambda: _checkpoints(root), 300, "the first checkpoint of the submitted sweep")
+    pid = _wait_for(lambda: (client.get_job_info(first).driver_info or None), 60, "the driver's pid").pid
+    os.kill(int(pid), signal.SIGKILL)  # the head-side driver dies mid-sweep
+    assert jobs.wait(cluster.dashboard_url, first, timeout_s=120) in ("FAILED", "STOPPED")
+    # What the killed sweep checkpointed is intact and readable.
+    runs = sorted({p.parent for p in _checkpoints(root)})
+    assert runs and all(latest_checkpoint(str(r)) and is_complete(latest_checkpoint(str(r))) for r in runs)
+
+    second = jobs.submit(cluster.dashboard_url, sub)  # resubmission (add --arg=--resume to continue the sweep)
+    assert jobs.wait(cluster.dashboard_url, second, timeout_s=600) == "SUCCEEDED", client.get_job_logs(second)[-4000:]
+    summary = _summary(root)
+    assert len(summary["trials"]) == 2 and all(t["status"] == "DONE" for t in summary["trials"])
+    assert {j["id"] for j in jobs.jobs(cluster.dashboard_url)} >= {first, second}
