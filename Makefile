@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # Debian packages the tests need: headless Chromium renders the sweep report (skipped with a reason if absent).
 SYSTEM_PACKAGES := chromium chromium-driver
 
-.PHONY: install install-system demo test test-slow test-all bench clean
+.PHONY: install install-system demo test test-slow test-all bench clean s3-test-server
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing rayft (torch pinned to 2.13.0)"
@@ -40,10 +40,10 @@ install-system:
 demo: install
 	@bash scripts/demo.sh
 
-test: install
+test: install s3-test-server
 	$(PY) -m pytest -q
 
-test-slow: install
+test-slow: install s3-test-server
 	$(PY) -m pytest -q -m slow
 
 test-all: install
@@ -51,6 +51,16 @@ test-all: install
 
 bench: install
 	$(PY) benchmarks/train_overhead.py
+
+# A local S3-compatible server for the storage tests (moto, in its own venv: its boto pins clash with ours;
+# 5.2.x answers pyarrow's CompleteMultipartUpload with a tag pyarrow rejects, so stay on 5.1).
+MOTO_VENV ?= $(HOME)/.cache/rayft/moto-venv
+s3-test-server:
+	@test -x $(MOTO_VENV)/bin/moto_server || ($(PYTHON) -m venv $(MOTO_VENV) && \
+		$(MOTO_VENV)/bin/pip install -q --disable-pip-version-check "moto[server]==5.1.22")
+
+bench-scaling: install
+	$(PY) benchmarks/scaling.py
 
 clean:
 	rm -rf runs store .pytest_cache

@@ -63,6 +63,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     if ray.is_initialized():
         return ray.cluster_resources()
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    # Inside a Ray Job (``rayft submit`` / ``ray job submit -- rayft sweep ...``) Ray sets RAY_ADDRESS:
+    # join that cluster instead of starting a private one on the head node.
+    address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
                               "configure_logging": True, "logging_level": "WARNING"}
     if address:
@@ -90,3 +93,49 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
                  **port_kwargs, **kwargs)
         lower_bookkeeping_priority(int(os.environ.get("RAYFT_RAY_NICE", "5")))
     return ray.cluster_resources()
+
+
+class LocalCluster:
+    """Several Ray nodes on this machine (``ray.cluster_utils.Cluster``) for tests, demos and benchmarks.
+
+    Every port is picked free (dashboard, dashboard agents), so it runs beside other local Ray instances, and
+    the dashboard (Jobs API, state API) is pinned on 127.0.0.1 so that Ray's state clients, Ray Train's
+    placement-group cleaner among them, talk to this cluster and no other.
+    """
+
+    def __init__(self, head_cpus: float = 1, head_resources: dict[str, float] | None = None) -> None:
+        from ray.cluster_utils import Cluster
+
+        setup_env()
+        port = free_port()
+        self.dashboard_url = f"http://127.0.0.1:{port}"
+        os.environ["RAY_API_SERVER_ADDRESS"] = self.dashboard_url  # this process's state clients, and children
+        self._cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": head_cpus, "resources": head_resources or {}, "include_dashboard": True,
+            "dashboard_host": "127.0.0.1", "dashboard_port": port, "dashboard_agent_listen_port": free_port(),
+            "object_store_memory": 200 * 1024 * 1024,
+        })
+        self.address = self._cluster.address
+
+    @property
+    def head(self):
+        return self._cluster.head_node
+
+    @property
+    def workers(self) -> list[Any]:
+        return list(self._cluster.worker_nodes)
+
+    def add_node(self, num_cpus: float = 1, resources: dict[str, float] | None = None):
+        """Start one more node (its own raylet and object store) and wait until it joined."""
+        return self._cluster.add_node(num_cpus=num_cpus, resources=resources or {},
+                                      object_store_memory=150 * 1024 * 1024, dashboard_agent_listen_port=free_port())
+
+    def remove_node(self, node: Any, graceful: bool = False) -> None:
+        """Kill every process of a node, as when a machine is lost."""
+        self._cluster.remove_node(node, allow_graceful=graceful)
+
+    def node_of(self, node_id: str) -> Any:
+        return next((n for n in [self.head, *self.workers] if n is not None and n.node_id == node_id), None)
+
+    def shutdown(self) -> None:
+        self._cluster.shutdown()

@@ -91,6 +91,22 @@ class ScalingConfig(_Section):
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False
     torch_threads: int | None = Field(None, ge=1, description="default: the worker's CPU allotment")
+    # Placement on a cluster (Ray Train's ScalingConfig): how workers spread over nodes and what they reserve.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=dict, description="extra Ray resources per worker, e.g. {node_type_cpu: 1}; CPU/GPU above")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl with GPUs, else gloo")
+    max_failures: int = Field(1, ge=-1, description="worker-group restarts from the last checkpoint (-1: no limit)")
+
+    @model_validator(mode="after")
+    def _placement(self) -> "ScalingConfig":
+        reserved = sorted({"CPU", "GPU", "cpu", "gpu"} & set(self.resources_per_worker))
+        if reserved:
+            raise ValueError(f"resources_per_worker must not set {', '.join(reserved)}: use cpus_per_worker and "
+                             "gpus_per_worker")
+        if self.backend == "nccl" and self.gpus_per_worker <= 0:
+            raise ValueError("backend nccl needs GPUs: set gpus_per_worker > 0 or use backend gloo/auto")
+        return self
 
 
 _Int = int  # the field named ``int`` below would shadow the builtin inside the class body

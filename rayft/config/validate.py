@@ -206,6 +206,18 @@ def _check_values(path: str, model: type[BaseModel], field: str, dist: Any) -> l
     return errors
 
 
+def check_storage(raw: dict[str, Any]) -> list[FieldError]:
+    """``output_dir`` and ``store.path`` are local paths or pyarrow filesystem URIs (nothing is contacted)."""
+    from rayft.storage import check_location
+
+    errors = []
+    for path, value in (("output_dir", raw.get("output_dir")), ("store.path", _section(raw, "store").get("path"))):
+        problem = check_location(value) if isinstance(value, str) else None
+        if problem:
+            errors.append(FieldError(path, value, problem))
+    return errors
+
+
 def semantic_checks(cfg: schema.ExperimentConfig) -> list[FieldError]:
     """All semantic checks on a schema-valid config."""
     return partial_checks(cfg.model_dump(mode="json", exclude_none=True), set())
@@ -213,7 +225,7 @@ def semantic_checks(cfg: schema.ExperimentConfig) -> list[FieldError]:
 
 def partial_checks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]:
     """Semantic checks on raw data, skipping fields the schema already rejected."""
-    errors = check_names(raw) + check_sweep(raw)
+    errors = check_names(raw) + check_sweep(raw) + check_storage(raw)
     if not any(p.startswith(("data.source", "task.name")) for p in bad_paths):
         errors += check_data(raw)
     return [e for e in errors if e.path not in bad_paths]

@@ -33,7 +33,7 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
     from rayft.methods import get_method
     from rayft.models import fingerprint, resolve_model
 
-    ckpt = Path(checkpoint_dir)
+    ckpt = _local_checkpoint(checkpoint_dir)
     model_dir = ckpt / MODEL_DIR
     if not model_dir.is_dir():
         raise StoreError(f"{ckpt} is not a rayft checkpoint (no {MODEL_DIR}/ folder)")
@@ -58,6 +58,17 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
     )
     store.put(model_dir, manifest, overwrite=overwrite)
     return manifest
+
+
+def _local_checkpoint(checkpoint_dir: str) -> Path:
+    """The checkpoint as a local folder: itself, or a download of a remote (``s3://...``) checkpoint."""
+    from rayft.storage import is_uri, local_copy
+
+    if not is_uri(checkpoint_dir):
+        return Path(checkpoint_dir)
+    import hashlib
+
+    return local_copy(checkpoint_dir, "checkpoints/" + hashlib.sha256(checkpoint_dir.encode()).hexdigest()[:16])
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

@@ -69,13 +69,22 @@ def validate_id(adapter_id: str) -> str:
 
 
 class AdapterStore:
-    """A directory of exported adapters and full models, each with a manifest."""
+    """A directory of exported adapters and full models, each with a manifest.
+
+    ``root`` is a local path or any pyarrow filesystem URI (``s3://bucket/store``, see :mod:`rayft.storage`).
+    A remote store is read through a local cache: :meth:`path` downloads an adapter on first use.
+    """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        self.root = Path(root).expanduser().resolve()
+        from rayft.storage import is_uri, resolve
+
+        self.remote = resolve(root) if is_uri(root) else None
+        self.root: Any = str(root) if self.remote else Path(root).expanduser().resolve()
 
     def path(self, adapter_id: str) -> Path:
-        """Folder of ``adapter_id`` (validated; never outside the store)."""
+        """Folder of ``adapter_id`` (validated; never outside the store); for a remote store, its local copy."""
+        if self.remote:
+            return self._remote_copy(adapter_id)
         path = (self.root / validate_id(adapter_id)).resolve()
         if path.parent != self.root:
             raise StoreError(f"adapter id {adapter_id!r} resolves outside the store")
@@ -83,6 +92,8 @@ class AdapterStore:
 
     def exists(self, adapter_id: str) -> bool:
         try:
+            if self.remote:
+                return self.remote.is_file(f"{validate_id(adapter_id)}/{MANIFEST}")
             return (self.path(adapter_id) / MANIFEST).is_file()
         except StoreError:
             return False
@@ -93,6 +104,8 @@ class AdapterStore:
         Raises:
             StoreError: if the id is invalid, unknown, or its manifest is unreadable.
         """
+        if self.remote:
+            return self._remote_manifest(adapter_id)
         path = self.path(adapter_id) / MANIFEST
         if not path.is_file():
             raise StoreError(f"adapter {adapter_id!r} not found in store {self.root}")
@@ -104,9 +117,13 @@ class AdapterStore:
     def list(self) -> list[Manifest]:
         """Every readable manifest, oldest first (unreadable entries are skipped)."""
         out = []
-        for child in sorted(self.root.glob(f"*/{MANIFEST}")) if self.root.is_dir() else []:
+        if self.remote:
+            names = self.remote.subdirs()
+        else:
+            names = [c.parent.name for c in sorted(self.root.glob(f"*/{MANIFEST}"))] if self.root.is_dir() else []
+        for name in names:
             try:
-                out.append(self.manifest(child.parent.name))
+                out.append(self.manifest(name))
             except StoreError:
                 continue
         return sorted(out, key=lambda m: (m.created, m.adapter_id))
@@ -117,10 +134,12 @@ class AdapterStore:
         Raises:
             StoreError: if the id exists (and ``overwrite`` is false) or the source holds no model files.
         """
-        target = self.path(manifest.adapter_id)
         src = Path(source_dir)
         if not any(src.glob("*.safetensors")) and not any(src.glob("*.bin")):
             raise StoreError(f"{src} holds no model weights to export")
+        if self.remote:
+            return self._remote_put(src, manifest, overwrite)
+        target = self.path(manifest.adapter_id)
         if target.exists() and not overwrite:
             raise StoreError(f"adapter {manifest.adapter_id!r} already exists in {self.root}; pass --overwrite")
         self.root.mkdir(parents=True, exist_ok=True)
@@ -138,3 +157,37 @@ class AdapterStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return target
+
+    # -- remote stores (object stores have no rename: the manifest, written last, publishes an adapter) --
+
+    def _remote_manifest(self, adapter_id: str) -> Manifest:
+        name = f"{validate_id(adapter_id)}/{MANIFEST}"
+        if not self.remote.is_file(name):
+            raise StoreError(f"adapter {adapter_id!r} not found in store {self.root}")
+        try:
+            return Manifest.from_dict(json.loads(self.remote.read_text(name)))
+        except (ValueError, TypeError, OSError) as exc:
+            raise StoreError(f"adapter {adapter_id!r}: unreadable manifest in {self.root}: {exc}") from None
+
+    def _remote_put(self, src: Path, manifest: Manifest, overwrite: bool) -> Path:
+        adapter_id = validate_id(manifest.adapter_id)
+        if self.exists(adapter_id) and not overwrite:
+            raise StoreError(f"adapter {adapter_id!r} already exists in {self.root}; pass --overwrite")
+        self.remote.delete(f"{adapter_id}/{MANIFEST}")  # unpublish first: readers never mix old and new files
+        self.remote.delete(adapter_id)
+        self.remote.upload(src, adapter_id)
+        self.remote.write_text(f"{adapter_id}/{MANIFEST}", json.dumps(asdict(manifest), indent=2, default=float))
+        return Path(self.remote.child(adapter_id).path)
+
+    def _remote_copy(self, adapter_id: str) -> Path:
+        """A local copy of one published adapter, downloaded once per published version."""
+        import hashlib
+
+        from rayft.paths import cache_dir
+
+        manifest = self._remote_manifest(adapter_id)
+        key = hashlib.sha256(f"{self.root}|{json.dumps(asdict(manifest), default=float)}".encode()).hexdigest()[:16]
+        local = cache_dir("stores") / f"{adapter_id}-{key}"
+        if not (local / MANIFEST).is_file():
+            self.remote.child(adapter_id).download(local)
+        return local

@@ -28,8 +28,10 @@ def _curve(result: Any) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if _plain(v) and v == v} for r in rows]  # drop NaN gaps
 
 
-def result_rows(grid: Any, row_type: type) -> list[Any]:
-    """A row per trial of a Tune ``ResultGrid``: status, flat params, last metrics, curve."""
+def result_rows(grid: Any, row_type: type, loc: Any = None) -> list[Any]:
+    """A row per trial of a Tune ``ResultGrid``: status, flat params, last metrics, curve.
+
+    ``loc`` is the runs' storage location: checkpoint paths on remote storage become full URIs."""
     rows = []
     for result in grid:
         metrics = dict(result.metrics or {})
@@ -37,7 +39,8 @@ def result_rows(grid: Any, row_type: type) -> list[Any]:
         status = "ERROR" if result.error else ("DONE" if metrics.get("final") else "STOPPED")
         rows.append(row_type(trial_id=str(metrics.get("trial_id") or Path(result.path).name), status=status,
                              params=flat_params(config), metrics={k: v for k, v in metrics.items() if _plain(v)},
-                             checkpoint_path=metrics.get("checkpoint_path"),
+                             checkpoint_path=loc.uri(metrics["checkpoint_path"])
+                             if loc is not None and metrics.get("checkpoint_path") else metrics.get("checkpoint_path"),
                              evaluations=int(metrics.get("training_iteration") or 0), curve=_curve(result)))
     return rows
 
@@ -58,19 +61,17 @@ def ranked(trials: list[dict[str, Any]], metric: str, mode: str) -> list[dict[st
                                          -t["metrics"][metric] if mode == "max" else t["metrics"][metric]))
 
 
-def write_summary(outcome: Any, config: dict[str, Any]) -> Path:
-    """Write ``rayft_sweep.json`` atomically (a reader never sees half a file)."""
-    path = Path(outcome.path) / SUMMARY_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_summary(outcome: Any, config: dict[str, Any]) -> str:
+    """Write ``rayft_sweep.json`` atomically (a reader never sees half a file), locally or on remote storage."""
+    from rayft.storage import resolve
+
     payload = {"name": outcome.name, "metric": outcome.metric, "mode": outcome.mode, "seconds": outcome.seconds,
                "best": outcome.best.trial_id if outcome.best else None, "config": config,
                "objectives": [list(p) for p in outcome.objectives], "pareto": outcome.pareto,
                "storage": outcome.storage, "trials": [vars(t) for t in outcome.trials]}
-    fd, tmp = tempfile.mkstemp(prefix=".rayft_sweep.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
-    return path
+    where = resolve(outcome.path)
+    where.write_text(SUMMARY_FILE, json.dumps(payload, indent=2, default=str))
+    return where.uri(where.child(SUMMARY_FILE).path)
 
 
 def read_summary(sweep_dir: str | Path) -> dict[str, Any]:
@@ -80,7 +81,13 @@ def read_summary(sweep_dir: str | Path) -> dict[str, Any]:
         RayftError: if the folder holds no finished sweep.
     """
     from rayft.errors import RayftError
+    from rayft.storage import is_uri, resolve
 
+    if is_uri(str(sweep_dir)):
+        where = resolve(str(sweep_dir))
+        if not where.is_file(SUMMARY_FILE):
+            raise RayftError(f"{sweep_dir}: not a finished sweep folder (no {SUMMARY_FILE})")
+        return json.loads(where.read_text(SUMMARY_FILE))
     path = Path(sweep_dir) / SUMMARY_FILE
     if not path.is_file():
         raise RayftError(f"{sweep_dir}: not a finished sweep folder (no {SUMMARY_FILE}); "

@@ -86,7 +86,7 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
 
 
 def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
-                worker_cpus: float, lean_start: bool = True) -> None:
+                worker_cpus: float, lean_start: bool = True, storage_filesystem: Any = None) -> None:
     """One trial: apply the sampled values and run a Ray Train job that reports into Tune.
 
     The Train run is named after the trial, so a restarted trial (driver resumed, or retried after a
@@ -102,7 +102,8 @@ def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, An
     trial_id = tune.get_context().get_trial_id()
     trainer = make_trainer(cfg, data["ref"], run_name=trial_id, storage_path=storage,
                            callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus,
-                           extra={"trial_started_at": started_at}, lean_start=lean_start)
+                           extra={"trial_started_at": started_at}, lean_start=lean_start,
+                           storage_filesystem=storage_filesystem)
     trainer.fit()
 
 
@@ -125,10 +126,15 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     from rayft.cluster import init_ray
     from rayft.data import prepare_data
     from rayft.errors import RayftError
-    from rayft.train.run import storage_root
+    from rayft.train.run import storage_location
 
     start = time.perf_counter()
-    root = storage_root(cfg)
+    loc = storage_location(cfg)  # local folder, NFS path or s3://... (pyarrow filesystem)
+    fs = None if loc.local else loc.fs
+    if resume and not loc.local:
+        raise RayftError(f"--resume: sweeps on remote storage ({loc.uri()}) are resumed by resubmitting the job; "
+                         "--resume continues sweeps kept on a local or NFS path")
+    root = Path(loc.path) if loc.local else _local_side(cfg)  # driver-side files (study, W&B) stay local
     previous = latest_sweep(root) if resume else None
     if resume and previous is None:
         raise RayftError(f"--resume: no earlier sweep of {cfg.name!r} under {root}")
@@ -140,8 +146,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
     trainable = tune.with_resources(
         tune.with_parameters(rayft_trial, base=dump_config(cfg), data={"ref": ray.put(data)},
-                             storage=str(sweep_dir / "trials"), worker_cpus=worker_cpus,
-                             lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0"),
+                             storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
+                             lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0", storage_filesystem=fs),
         {"CPU": TRIAL_CPU},
     )
     pairs = objectives(cfg)
@@ -151,12 +157,13 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
         tuner = tune.Tuner.restore(str(previous), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
     else:
-        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose)
+        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose, loc)
     grid = tuner.fit()
     del tuner
     gc.collect()  # finish W&B logging actors while Ray is still up
-    rows = result_rows(grid, TrialRow)
-    outcome = SweepOutcome(sweep_name, str(sweep_dir), pairs[0][0], pairs[0][1], rows,
+    rows = result_rows(grid, TrialRow, loc)
+    where = str(sweep_dir) if loc.local else loc.child(sweep_name).uri()
+    outcome = SweepOutcome(sweep_name, where, pairs[0][0], pairs[0][1], rows,
                            best_trial(rows, *pairs[0]), time.perf_counter() - start, objectives=pairs,
                            storage=None if cfg.sweep.searcher == "grid" else storage_url(cfg, sweep_dir))
     outcome.pareto = pareto_front(rows, pairs) if len(pairs) > 1 else []
@@ -164,8 +171,15 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     return outcome
 
 
+def _local_side(cfg: ExperimentConfig) -> Path:
+    """Local folder for driver-side files (Optuna study, W&B offline runs) when the runs live on remote storage."""
+    from rayft.paths import cache_dir
+
+    return cache_dir("runs", cfg.name)
+
+
 def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir: Path, train_rows: int,
-               concurrent: int, verbose: int) -> Any:
+               concurrent: int, verbose: int, loc: Any) -> Any:
     from ray import tune
 
     pairs = objectives(cfg)
@@ -179,7 +193,8 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
         trainable, param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg, *pairs[0], max_t),
                                     num_samples=num_trials, max_concurrent_trials=concurrent),
-        run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent), verbose=verbose,
+        run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent) if loc.local else loc.path,
+                                  storage_filesystem=None if loc.local else loc.fs, verbose=verbose,
                                   callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures)),
     )

@@ -24,16 +24,41 @@ def storage_root(cfg: ExperimentConfig) -> Path:
     return (Path(cfg.output_dir).expanduser() / cfg.name).resolve()
 
 
+def storage_location(cfg: ExperimentConfig):
+    """This experiment's runs folder (``output_dir/name``) on its filesystem: local, NFS or ``s3://...``."""
+    from rayft.storage import is_uri, resolve
+
+    if not is_uri(cfg.output_dir):
+        return resolve(storage_root(cfg))
+    return resolve(cfg.output_dir).child(cfg.name)
+
+
+def placement(cfg: ExperimentConfig, worker_cpus: float | None = None) -> dict[str, Any]:
+    """Ray Train scaling for this config: resources per worker, placement strategy, collective backend.
+
+    GPUs (``scaling.gpus_per_worker > 0``) train over nccl; CPU-only workers over gloo.
+    """
+    resources = {**cfg.scaling.resources_per_worker, "CPU": worker_cpus or cfg.scaling.cpus_per_worker}
+    use_gpu = cfg.scaling.gpus_per_worker > 0
+    if use_gpu:
+        resources["GPU"] = cfg.scaling.gpus_per_worker
+    backend = cfg.scaling.backend if cfg.scaling.backend != "auto" else ("nccl" if use_gpu else "gloo")
+    return {"num_workers": cfg.scaling.num_workers, "use_gpu": use_gpu, "resources_per_worker": resources,
+            "placement_strategy": cfg.scaling.placement_strategy, "backend": backend}
+
+
 def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
-                 worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True):
+                 worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True,
+                 storage_filesystem: Any = None):
     """A ``TorchTrainer`` running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
     the worker's thread count still follows ``scaling.cpus_per_worker``. ``extra`` adds entries to the
     workers' loop config (e.g. when the enclosing trial started, for start-up timing). ``lean_start=False``
     ships the training function itself, so the Ray Train controller imports the whole training stack too
-    (the previous behaviour, kept to measure the start-up cost against).
+    (the previous behaviour, kept to measure the start-up cost against). ``storage_filesystem`` is the
+    pyarrow filesystem of ``storage_path`` (None: local).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -43,26 +68,27 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
     else:
         from rayft.train.worker import train_loop_per_worker
 
-    resources = {"CPU": worker_cpus or cfg.scaling.cpus_per_worker}
-    use_gpu = cfg.scaling.gpus_per_worker > 0
-    if use_gpu:
-        resources["GPU"] = cfg.scaling.gpus_per_worker
+    scaling = placement(cfg, worker_cpus)
+    backend = scaling.pop("backend")
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label,
                            **(extra or {})},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.scaling.num_workers, use_gpu=use_gpu,
-                                     resources_per_worker=resources),
+        torch_config=TorchConfig(backend=backend),
+        scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
-            name=run_name, storage_path=storage_path, callbacks=callbacks or [],
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=1),
+            name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
+            callbacks=callbacks or [], checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
     )
 
 
-def latest_run(root: Path, prefix: str = "train-") -> str | None:
+def latest_run(root: Any, prefix: str = "train-") -> str | None:
+    """Name of the newest run folder under ``root`` (a local Path or a :class:`rayft.storage.Location`)."""
+    if not isinstance(root, Path):
+        runs = [name for name in root.subdirs() if name.startswith(prefix)]
+        return runs[-1] if runs else None
     runs = sorted(p.name for p in root.glob(prefix + "*") if p.is_dir()) if root.is_dir() else []
     return runs[-1] if runs else None
 
@@ -81,7 +107,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     from rayft.errors import RayftError
 
     start = time.perf_counter()
-    root = storage_root(cfg)
+    loc = storage_location(cfg)
+    root = Path(loc.path) if loc.local else loc
     run_name = latest_run(root) if resume else None
     if resume and run_name is None:
         raise RayftError(f"--resume: no earlier run of {cfg.name!r} under {root}")
@@ -90,7 +117,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     if verbose:
         print(f"data: {data.raw_sizes} labels={data.labels} tokenized in {data.seconds:.1f}s", flush=True)
     init_ray(address)
-    trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=str(root), verbose=verbose)
+    trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
+                           storage_filesystem=None if loc.local else loc.fs)
     result = trainer.fit()
-    return TrainOutcome(dict(result.metrics or {}), result.checkpoint.path if result.checkpoint else None,
-                        str(root / run_name), time.perf_counter() - start)
+    return TrainOutcome(dict(result.metrics or {}), loc.uri(result.checkpoint.path) if result.checkpoint else None,
+                        loc.child(run_name).uri(), time.perf_counter() - start)

@@ -114,3 +114,14 @@ def test_installs_rayft_from_synced_tree(path: Path):
     commands = " ".join(config.get("setup_commands") or [])
     assert f"-c {remote}/constraints.txt" in commands, "pip install must use constraints.txt"
     assert f"{remote}[serve]" in commands, "setup_commands must install rayft[serve]"
+
+
+def test_dockerfile_pins_everything():
+    text = (CLUSTER_DIR / "Dockerfile").read_text()
+    base = re.search(r"^FROM\s+(\S+)", text, re.M).group(1)
+    name, _, tag = base.rpartition(":")
+    pin = _ray_pin()
+    assert name == "rayproject/ray" and (pin is None or tag.split("-")[0] == pin), base
+    installs = [line for line in text.splitlines() if "pip install" in line]
+    assert installs and all("-c constraints.txt" in line for line in installs), installs
+    assert "torch==2.13.0" in text
