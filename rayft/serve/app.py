@@ -1,10 +1,11 @@
-"""The Ray Serve application behind ``rayft serve``: an HTTP gateway and a multiplexed model deployment.
+"""The Ray Serve application behind ``rayft serve``: an HTTP gateway and one model deployment per base model.
 
-``Gateway`` (FastAPI ingress) validates requests, resolves the model id against the adapter store (re-read
-with a short TTL, and at once on a miss, so newly exported adapters appear without a restart) and routes to
-``ModelServer`` with ``multiplexed_model_id``. ``ModelServer`` replicas load adapters on demand with
-``@serve.multiplexed`` and evict them LRU. Run it with :func:`rayft.serve.start`, or ``serve run`` on
-``serving/app.yaml`` (which calls :func:`app_builder`).
+``Gateway`` (FastAPI ingress) validates requests, resolves model ids and aliases against the adapter store
+(:class:`rayft.serve.catalog.Catalog`: re-read with a short TTL, and at once on a miss, so newly exported,
+registered or re-aliased models are served without a restart), refuses results that do not fit the served bases,
+serves the bearer-token admin routes, and routes each request with ``multiplexed_model_id`` to the
+:class:`rayft.serve.replica.ModelServer` deployment of the model's base. Run it with :func:`rayft.serve.start`,
+or ``serve run`` / ``serve deploy`` on ``serving/*.yaml`` (which call :func:`app_builder`).
 """
 
 # No ``from __future__ import annotations`` here: Serve's class-based FastAPI views then see string

@@ -306,3 +306,19 @@ def test_a_symlink_out_of_the_store_is_never_served(store, tmp_path, tiny_bert):
         assert info.value.status == 404 and "evil" not in {m.adapter_id for m in store.list()}
     finally:
         (store.root / "evil").unlink()
+
+
+def test_models_command_shows_aliases_and_unregistered(store, capsys):
+    from rayft.cli import main
+    from rayft.store.records import remove_alias, set_alias, set_registered
+
+    set_alias(store, "production", "a")
+    set_registered(store, "b", False)
+    try:
+        assert main(["models", "--store", str(store.root)]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert "production\talias -> a" in lines
+        assert any(line.startswith("b\t") and line.endswith("unregistered") for line in lines)
+    finally:
+        remove_alias(store, "production")
+        set_registered(store, "b", True)
