@@ -155,3 +155,14 @@ def save_model(engine, cfg: ExperimentConfig, data: PreparedData, out_dir: str, 
                 from rayft.models import load_tokenizer
 
                 load_tokenizer(data.model_path).save_pretrained(out_dir)
+        elif cfg.scaling.zero_stage == 3 and getattr(module, "_is_prompt_learning", False):
+            _mirror_prompt_save(module)
+
+
+def _mirror_prompt_save(module: torch.nn.Module) -> None:
+    """What rank 0's ``save_pretrained`` computes for prompt-learning adapters, on the other ranks: it runs the
+    prompt encoder, a forward pass whose parameter fetches are collective under ZeRO-3."""
+    from peft import get_peft_model_state_dict
+
+    for name in module.peft_config:
+        get_peft_model_state_dict(module, adapter_name=name)
