@@ -111,7 +111,6 @@ def gate_schedule(sched, model: torch.nn.Module, cfg: ExperimentConfig, steps_pe
     if None in depths:
         raise RuntimeError("the optimizer's parameter groups lost their 'depth'; cannot gate unfreezing")
     sched.lr_lambdas = [lambda step, f=f, d=d: f(step) * gate(d, step) for f, d in zip(sched.lr_lambdas, depths)]
-    sched.rayft_open_depths = lambda step: sorted({d for d in depths if gate(d, step) > 0})  # for the worker's log
     for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
         group["lr"] = base * fn(sched.last_epoch)  # the first step already runs gated
     return sched
