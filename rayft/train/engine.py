@@ -132,7 +132,6 @@ def gate_schedule(sched, model: torch.nn.Module, cfg: ExperimentConfig, steps_pe
     if None in depths:
         raise RuntimeError("the optimizer's parameter groups lost their 'depth'; cannot gate unfreezing")
     sched.lr_lambdas = [lambda step, f=f, d=d: f(step) * gate(d, step) for f, d in zip(sched.lr_lambdas, depths)]
-    sched.rayft_open_depths = lambda step: sorted({d for d in depths if gate(d, step) > 0})  # for the worker's log
     for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
         group["lr"] = base * fn(sched.last_epoch)  # the first step already runs gated
     return sched
@@ -177,3 +176,14 @@ def save_model(engine, cfg: ExperimentConfig, data: PreparedData, out_dir: str, 
                 from rayft.models import load_tokenizer
 
                 load_tokenizer(data.model_path).save_pretrained(out_dir)
+        elif cfg.scaling.zero_stage == 3 and getattr(module, "_is_prompt_learning", False):
+            _mirror_prompt_save(module)
+
+
+def _mirror_prompt_save(module: torch.nn.Module) -> None:
+    """What rank 0's ``save_pretrained`` computes for prompt-learning adapters, on the other ranks: it runs the
+    prompt encoder, a forward pass whose parameter fetches are collective under ZeRO-3."""
+    from peft import get_peft_model_state_dict
+
+    for name in module.peft_config:
+        get_peft_model_state_dict(module, adapter_name=name)

@@ -49,9 +49,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_loader = E.make_loader(data.splits["validation"], cfg, data.pad_id, rank, world, train=False)
     steps = E.total_steps(cfg, len(train_loader))
     eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
-    engine = E.build_engine(model, cfg, steps, steps_per_epoch=math.ceil(len(train_loader) / cfg.train.grad_accum))
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
+    engine = E.build_engine(model, cfg, steps, steps_per_epoch=steps_per_epoch)
     marks["engine_ready"] = time.time()
-    unfreezing = _unfreeze_hook(engine, cfg, say)
+    unfreezing = _unfreeze_hook(engine, cfg, steps_per_epoch, say)
 
     state = _restore(engine, cfg)
     resumed_from_step = state["step"]  # 0 on a fresh start; > 0 after a restart (lost worker, resumed sweep)
@@ -180,14 +181,19 @@ def _report(engine, cfg: ExperimentConfig, data, metrics: dict[str, Any], state:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _unfreeze_hook(engine, cfg: ExperimentConfig, say):
+def _unfreeze_hook(engine, cfg: ExperimentConfig, steps_per_epoch: int, say):
     """Gradual unfreezing: announce the training depths whenever they change (the gate lives in the schedule)."""
-    if not hasattr(get_method(cfg.method.name), "lr_gate"):
+    from rayft.methods.layers import num_blocks
+
+    method = get_method(cfg.method.name)
+    if not hasattr(method, "lr_gate"):
         return lambda step: None
+    gate = method.lr_gate(E.method_params(cfg), num_blocks(engine.module), steps_per_epoch)
+    depths = {g["depth"] for g in engine.optimizer.param_groups}
     seen: list[list[int]] = []
 
     def hook(step: int) -> None:
-        live = engine.lr_scheduler.rayft_open_depths(step)
+        live = sorted(d for d in depths if gate(d, step) > 0)
         if not seen or live != seen[-1]:
             say(f"step {step}: training depths {live} (0 = embeddings, {live[-1]} = head and top)")
             seen.append(live)

@@ -44,7 +44,7 @@ def train_case(cfg, data, rank: int, world: int, out_dir: str) -> dict[str, Any]
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     loader = E.make_loader(data.splits["train"], cfg, data.pad_id, rank, world, train=True)
     engine = E.build_engine(model, cfg, cfg.train.max_steps, steps_per_epoch=len(loader))
-    hook = _unfreeze_hook(engine, cfg, lambda message: None)
+    hook = _unfreeze_hook(engine, cfg, len(loader), lambda message: None)
     losses: list[float] = []
     while engine.global_steps < cfg.train.max_steps:
         for batch in loader:

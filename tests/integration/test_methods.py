@@ -53,7 +53,8 @@ def test_every_method_is_in_the_table():
     assert set(CASES) == set(METHODS.names())
 
 
-@pytest.fixture(scope="module", params=[2, pytest.param(3, marks=pytest.mark.slow)], ids=["zero2", "zero3"])
+@pytest.fixture(scope="module", ids=["zero2", "zero3"],
+                params=[2, pytest.param(3, marks=[pytest.mark.slow, pytest.mark.timeout(3600)])])
 def method_table(request, ray_local, tiny_bert, sentiment_csv, tmp_path_factory):
     """Train every method once at this ZeRO stage (one Ray Train run, 2 workers); the driver-side view of each."""
     import ray.cloudpickle

@@ -127,6 +127,9 @@ def test_gradual_unfreezing_opens_one_block_at_a_time(tiny_bert, sentiment_csv, 
         optimizer.step()
         sched.step()
     assert open_depths[0] == open_depths[5] == [3] and open_depths[6] == [2, 3] and open_depths[12] == [1, 2, 3]
+    import pickle
+
+    pickle.dumps(sched.state_dict())  # DeepSpeed checkpoints the scheduler's state with torch.save
 
 
 def test_bottleneck_adapters_start_at_the_base_and_reload(tiny_bert, tmp_path):
