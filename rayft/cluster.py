@@ -51,5 +51,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             env["RAY_API_SERVER_ADDRESS"] = os.environ["RAY_API_SERVER_ADDRESS"]
             port_kwargs["dashboard_port"] = port
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1", **port_kwargs, **kwargs)
+        # address="local": always a fresh instance, never a cluster someone started with `ray start` on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 **port_kwargs, **kwargs)
     return ray.cluster_resources()
