@@ -7,7 +7,8 @@ the best held-out (validation) accuracy the random search found; goal: TPE + ASH
 
 It also measures the per-trial start-up (trial start → first training step) with the lean start-up
 (``RAYFT_LEAN_START=1``, the default) against the previous behaviour (``RAYFT_LEAN_START=0``) on the
-same short trials, and where the time goes (``startup_*`` phases); goal: <= 10 s.
+same short trials (in the order before, after, after, before), and where the time goes (``startup_*``
+phases); goal: <= 10 s.
 
 Full size (about 2 h on 2 cores):
     python benchmarks/sweep_efficiency.py --trials 12 --epochs 3 --train-size 2000
@@ -79,8 +80,8 @@ def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
             "stopped_early": sum(t.status == "STOPPED" for t in outcome.trials), "trials": len(outcome.trials)}
 
 
-def startup(outcome: Any) -> dict[str, Any]:
-    rows = [t.metrics for t in outcome.trials if "trial_startup_s" in t.metrics]
+def startup(outcomes: list[Any]) -> dict[str, Any]:
+    rows = [t.metrics for o in outcomes for t in o.trials if "trial_startup_s" in t.metrics]
     out = {"trial_startup_s_median": round(statistics.median(r["trial_startup_s"] for r in rows), 2),
            "trial_startup_s": [round(r["trial_startup_s"], 2) for r in rows]}
     out.update({p: round(statistics.median(r[p] for r in rows if p in r), 2) for p in PHASES
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--startup-trials", type=int, default=4, help="short trials per start-up measurement")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--startup-only", action="store_true", help="measure only the per-trial start-up")
     args = parser.parse_args()
     from rayft.cluster import init_ray
 
@@ -115,9 +117,19 @@ def main() -> None:
         init_ray(num_cpus=args.cpus, quiet=True)
         t0 = time.perf_counter()
         short = dict(trials=args.startup_trials, epochs=0.05)
-        before = startup(run(experiment(args, tmp, "startup-before", "random", "none", **short), lean=False)[0])
-        after = startup(run(experiment(args, tmp, "startup-after", "random", "none", **short), lean=True)[0])
+        # Before, after, after, before: a machine that gets busier or quieter meanwhile favours neither.
+        runs = {False: [], True: []}
+        for i, lean in enumerate((False, True, True, False)):
+            name = f"startup-{'after' if lean else 'before'}-{i}"
+            runs[lean].append(run(experiment(args, tmp, name, "random", "none", **short), lean=lean)[0])
+        before, after = startup(runs[False]), startup(runs[True])
         print(f"# start-up measured in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        if args.startup_only:
+            print(json.dumps({"benchmark": "sweep_startup", "startup_before": before, "startup_after": after,
+                              "startup_ratio_after_over_before": round(
+                                  after["trial_startup_s_median"] / before["trial_startup_s_median"], 3),
+                              "goal_startup_s": 10}, indent=2))
+            return
         rand, rand_t0 = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
         target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
         tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs), lean=True)
