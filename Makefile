@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # Debian packages the tests need: headless Chromium renders the sweep report (skipped with a reason if absent).
 SYSTEM_PACKAGES := chromium chromium-driver
 
-.PHONY: install install-system demo test test-slow test-all bench clean s3-test-server
+.PHONY: install install-system demo test test-slow test-all bench bench-scaling clean s3-test-server
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing rayft (torch pinned to 2.13.0)"
@@ -46,7 +46,7 @@ test: install s3-test-server
 test-slow: install s3-test-server
 	$(PY) -m pytest -q -m slow
 
-test-all: install
+test-all: install s3-test-server
 	$(PY) -m pytest -q -m "slow or not slow"
 
 bench: install
