@@ -21,6 +21,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _job_env_vars() -> dict[str, str]:
+    """Environment variables the enclosing Ray Job's runtime env already sets (empty outside a job)."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return {}
+    return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.
 
@@ -35,6 +46,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     # Inside a Ray Job (``rayft submit`` / ``ray job submit -- rayft sweep ...``) Ray sets RAY_ADDRESS:
     # join that cluster instead of starting a private one on the head node.
     address = address or os.environ.get("RAY_ADDRESS") or None
+    env = {k: v for k, v in env.items() if k not in _job_env_vars()}  # Ray refuses to merge duplicate keys
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
                               "configure_logging": True, "logging_level": "WARNING"}
     if address:
