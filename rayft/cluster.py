@@ -49,6 +49,11 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}  # Ray refuses to merge duplicate keys
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
                               "configure_logging": True, "logging_level": "WARNING"}
+    if address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and "runtime_resources" in os.getcwd():
+        # A driver inside a Ray Job runs in the job's unpacked working_dir. Jobs with identical files share
+        # that folder, and Ray deletes it when one of them ends (a killed job then takes the resubmitted job's
+        # folder with it). Everything relative was read by now: leave it for a folder nobody deletes.
+        os.chdir(Path.home())
     if address:
         if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters enable token auth when a token exists
