@@ -141,9 +141,10 @@ def submit(address: str, submission: Submission, *, token: str | None = None) ->
 def _own_package(runtime_env: dict[str, Any], tmp: Path) -> dict[str, Any]:
     """Ship the working dir as a zip of its own for this submission.
 
-    Ray names a working_dir package by its content, so two jobs with the same files share one package, and
-    when one of them ends (e.g. a killed sweep) Ray deletes the package the other still needs. A marker file
-    with the submission's own id makes every package distinct.
+    Ray names a package by its content, so two jobs with the same files share one package, and when one of
+    them ends (e.g. a killed sweep) Ray may delete the package the other still needs. A marker file with the
+    submission's own id makes every package distinct; local ``py_modules`` (rayft itself) go into the same
+    package, at its root, which is on the job's ``sys.path`` on every node.
     """
     workdir = runtime_env.get("working_dir")
     if not workdir or not Path(workdir).is_dir():
@@ -152,9 +153,18 @@ def _own_package(runtime_env: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
     package = tmp / f"working_dir_{uuid.uuid4().hex[:12]}.zip"
     create_package(str(workdir), package, include_gitignore=True, excludes=list(runtime_env.get("excludes") or []))
+    modules = [Path(m) for m in runtime_env.get("py_modules") or [] if Path(m).is_dir()]
     with zipfile.ZipFile(package, "a") as zf:
         zf.writestr(".rayft_submission", package.stem)
-    return {**{k: v for k, v in runtime_env.items() if k != "excludes"}, "working_dir": str(package)}
+        names = set(zf.namelist())
+        for module in modules:  # local packages travel inside the same package (on sys.path in the job)
+            for path in sorted(module.rglob("*")):
+                arc = (Path(module.name) / path.relative_to(module)).as_posix()
+                if path.is_file() and "__pycache__" not in path.parts and arc not in names:
+                    zf.write(path, arc)
+    rest = [m for m in runtime_env.get("py_modules") or [] if Path(m) not in modules]
+    env = {k: v for k, v in runtime_env.items() if k not in ("excludes", "py_modules")}
+    return {**env, "working_dir": str(package), **({"py_modules": rest} if rest else {})}
 
 
 def jobs(address: str, *, token: str | None = None) -> list[dict[str, Any]]:
