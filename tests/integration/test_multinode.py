@@ -17,6 +17,9 @@ import pytest
 import yaml
 from conftest import cls_config
 
+# Ray 2.60's default for new clusters, set before any Ray code runs in this process (Ray reads the mode once).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -25,7 +28,6 @@ def cluster():
     from rayft.cluster import LocalCluster
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_API_SERVER_ADDRESS")}
-    os.environ["RAY_AUTH_MODE"] = "token"
     local = LocalCluster(head_cpus=1)
     for _ in range(2):
         local.add_node(num_cpus=2, resources={"trainer": 1})
