@@ -52,6 +52,17 @@ def lower_bookkeeping_priority(niceness: int) -> list[int]:
     return reniced
 
 
+def _job_env_vars() -> dict[str, str]:
+    """Environment variables the enclosing Ray Job's runtime env already sets (empty outside a job)."""
+    import json
+
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return {}
+    return dict((job.get("runtime_env") or {}).get("env_vars") or {})
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False) -> dict[str, Any]:
     """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.
 
@@ -66,8 +77,15 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     # Inside a Ray Job (``rayft submit`` / ``ray job submit -- rayft sweep ...``) Ray sets RAY_ADDRESS:
     # join that cluster instead of starting a private one on the head node.
     address = address or os.environ.get("RAY_ADDRESS") or None
+    address = None if address == "local" else address
+    env = {k: v for k, v in env.items() if k not in _job_env_vars()}  # Ray refuses to merge duplicate keys
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
                               "configure_logging": True, "logging_level": "WARNING"}
+    if address and os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") and "runtime_resources" in os.getcwd():
+        # A driver inside a Ray Job runs in the job's unpacked working_dir. Jobs with identical files share
+        # that folder, and Ray deletes it when one of them ends (a killed job then takes the resubmitted job's
+        # folder with it). Everything relative was read by now: leave it for a folder nobody deletes.
+        os.chdir(Path.home())
     if address:
         if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters enable token auth when a token exists
@@ -78,9 +96,6 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         # the placement groups of trials that ASHA stops (and logs a warning every second): keep it for sweeps.
         dashboard = os.environ.get("RAYFT_DASHBOARD", "1") != "0"
         port_kwargs: dict[str, Any] = {}
-        # Ray starts worker processes at niceness 15 by default, below its own bookkeeping processes: training
-        # workers then lose the CPU to every wake-up of the raylet, GCS and dashboard. Workers run user compute.
-        os.environ.setdefault("RAY_worker_niceness", "0")
         if dashboard:
             # Pin the state API's address for this instance: without it, Ray's state clients (the cleaner
             # included) auto-detect "the" local cluster and fail when several run on one machine.

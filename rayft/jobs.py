@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import tempfile
 import time
+import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -123,14 +126,45 @@ def submit(address: str, submission: Submission, *, token: str | None = None) ->
     """Send the job; returns its submission id."""
     client = job_client(address, token)
     deadline = time.monotonic() + 90
-    while True:
-        try:
-            return client.submit_job(entrypoint=submission.entrypoint, runtime_env=submission.runtime_env,
-                                     submission_id=submission.submission_id, metadata=submission.metadata)
-        except RuntimeError as exc:  # a head that just started has no job agent yet: retry a while
-            if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(2.0)
+    with tempfile.TemporaryDirectory(prefix="rayft-submit-") as tmp:
+        runtime_env = _own_package(submission.runtime_env, Path(tmp))
+        while True:
+            try:
+                return client.submit_job(entrypoint=submission.entrypoint, runtime_env=runtime_env,
+                                         submission_id=submission.submission_id, metadata=submission.metadata)
+            except RuntimeError as exc:  # a head that just started has no job agent yet: retry a while
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2.0)
+
+
+def _own_package(runtime_env: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    """Ship the working dir as a zip of its own for this submission.
+
+    Ray names a package by its content, so two jobs with the same files share one package, and when one of
+    them ends (e.g. a killed sweep) Ray may delete the package the other still needs. A marker file with the
+    submission's own id makes every package distinct; local ``py_modules`` (rayft itself) go into the same
+    package, at its root, which is on the job's ``sys.path`` on every node.
+    """
+    workdir = runtime_env.get("working_dir")
+    if not workdir or not Path(workdir).is_dir():
+        return runtime_env
+    from ray._private.runtime_env.packaging import create_package
+
+    package = tmp / f"working_dir_{uuid.uuid4().hex[:12]}.zip"
+    create_package(str(workdir), package, include_gitignore=True, excludes=list(runtime_env.get("excludes") or []))
+    modules = [Path(m) for m in runtime_env.get("py_modules") or [] if Path(m).is_dir()]
+    with zipfile.ZipFile(package, "a") as zf:
+        zf.writestr(".rayft_submission", package.stem)
+        names = set(zf.namelist())
+        for module in modules:  # local packages travel inside the same package (on sys.path in the job)
+            for path in sorted(module.rglob("*")):
+                arc = (Path(module.name) / path.relative_to(module)).as_posix()
+                if path.is_file() and "__pycache__" not in path.parts and arc not in names:
+                    zf.write(path, arc)
+    rest = [m for m in runtime_env.get("py_modules") or [] if Path(m) not in modules]
+    env = {k: v for k, v in runtime_env.items() if k not in ("excludes", "py_modules")}
+    return {**env, "working_dir": str(package), **({"py_modules": rest} if rest else {})}
 
 
 def jobs(address: str, *, token: str | None = None) -> list[dict[str, Any]]:

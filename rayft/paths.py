@@ -28,6 +28,9 @@ def setup_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # cloud-only; noisy on local clusters
     os.environ.setdefault("WANDB_SILENT", "true")
+    # Ray starts worker processes at niceness 15, below its own bookkeeping processes (raylet, GCS, dashboard):
+    # training workers then lose the CPU to each of their wake-ups. Read by the raylets that rayft starts.
+    os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 def quiet_libraries() -> None:

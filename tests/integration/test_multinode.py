@@ -17,6 +17,9 @@ import pytest
 import yaml
 from conftest import cls_config
 
+# Ray 2.60's default for new clusters, set before any Ray code runs in this process (Ray reads the mode once).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
@@ -25,7 +28,6 @@ def cluster():
     from rayft.cluster import LocalCluster
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_API_SERVER_ADDRESS")}
-    os.environ["RAY_AUTH_MODE"] = "token"
     local = LocalCluster(head_cpus=1)
     for _ in range(2):
         local.add_node(num_cpus=2, resources={"trainer": 1})
@@ -115,7 +117,12 @@ def test_driver_killed_mid_sweep_then_resubmitted_job_finishes(cluster, tiny_ber
     sub = jobs.build_submission(config, working_dir=tmp_path, extra_args=["--no-export"], python=sys.executable)
     first = jobs.submit(cluster.dashboard_url, sub)
     client = jobs.job_client(cluster.dashboard_url)
-    _wait_for(lambda: _checkpoints(root), 300, "the first checkpoint of the submitted sweep")
+    def checkpointed():
+        status = str(client.get_job_status(first).value)
+        assert status not in jobs.TERMINAL, f"job {status}:\n{client.get_job_logs(first)[-4000:]}"
+        return _checkpoints(root)
+
+    _wait_for(checkpointed, 480, "the first checkpoint of the submitted sweep")
     pid = _wait_for(lambda: (client.get_job_info(first).driver_info or None), 60, "the driver's pid").pid
     os.kill(int(pid), signal.SIGKILL)  # the head-side driver dies mid-sweep
     assert jobs.wait(cluster.dashboard_url, first, timeout_s=120) in ("FAILED", "STOPPED")
