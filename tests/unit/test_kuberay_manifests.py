@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -12,7 +13,7 @@ jsonschema = pytest.importorskip("jsonschema")
 
 REPO = Path(__file__).resolve().parents[2]
 MANIFESTS = sorted((REPO / "cluster" / "kuberay").glob("*.yaml"))
-CRDS = Path(os.environ.get("RAYFT_KUBERAY_CRDS") or REPO.parent / "shared" / "kuberay-crds")
+CRDS = Path(os.environ.get("RAYFT_KUBERAY_CRDS") or REPO / "tests" / "fixtures" / "kuberay-crds")
 KINDS = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
          "RayService": "ray.io_rayservices.yaml"}
 
@@ -37,9 +38,9 @@ def _load(text: str):
 
 def _schema(kind: str, version: str) -> dict:
     path = CRDS / KINDS[kind]
-    if not path.is_file():
-        pytest.skip(f"KubeRay CRDs not found in {CRDS} (set RAYFT_KUBERAY_CRDS)")
-    crd = _load(path.read_text())
+    packed = path.with_name(path.name + ".gz")
+    assert path.is_file() or packed.is_file(), f"KubeRay CRD {path.name} not found in {CRDS} (RAYFT_KUBERAY_CRDS)"
+    crd = _load(path.read_text() if path.is_file() else gzip.decompress(packed.read_bytes()).decode())
     served = {v["name"]: v for v in crd["spec"]["versions"] if v.get("served")}
     assert version in served, f"{kind} {version} is not served by the CRD; served: {sorted(served)}"
     schema = served[version]["schema"]["openAPIV3Schema"]
