@@ -22,7 +22,6 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
 def check_names(raw: dict[str, Any]) -> list[FieldError]:
     """Model, task and method names; the method's own parameters; model/task compatibility."""
-    from rayft.methods import METHODS
     from rayft.models.catalog import MODELS, describe_valid_models, model_kind
     from rayft.tasks import TASKS
 
@@ -194,16 +193,12 @@ def _task_schema(raw: dict[str, Any]) -> type[BaseModel] | None:
 
 
 def _check_values(path: str, model: type[BaseModel], field: str, dist: Any) -> list[FieldError]:
+    from rayft.sweep.checks import _check_values as check_each
+
     if not isinstance(dist, dict):
         return []
     values = [v for k in ("loguniform", "uniform", "int") for v in (dist.get(k) or [])] + list(dist.get("choice") or [])
-    errors = []
-    for value in values:
-        try:
-            model.__pydantic_validator__.validate_assignment(model.model_construct(), field, value)
-        except ValidationError as exc:
-            errors.append(FieldError(path, value, f"values valid for {field}: {exc.errors()[0]['msg']}"))
-    return errors
+    return check_each(path, model, field, values)
 
 
 def check_storage(raw: dict[str, Any]) -> list[FieldError]:
