@@ -74,7 +74,7 @@ def build_store(root: Path, n: int, rank: int) -> tuple[object, str]:
     for i in range(n):
         torch.manual_seed(i)
         folder = root / f"a{i:02d}"
-        get_peft_model(copy.deepcopy(base), lora).save_pretrained(folder)
+        get_peft_model(copy.deepcopy(base), copy.deepcopy(lora)).save_pretrained(folder)  # peft edits its config
         store.put(folder, Manifest(f"a{i:02d}", "adapter", "minilm-l6", fp, "lora", "sequence_classification",
                                    LABELS, {}, cfg, max_length=64))
     merged = PeftModel.from_pretrained(copy.deepcopy(base), str(root / "a00")).merge_and_unload()

@@ -2,8 +2,10 @@
 
 A base model is loaded once per :func:`rayft.store.base_key` and wrapped as one ``PeftModel``; each stored
 adapter is ``load_adapter``-ed into it under its own name and, when evicted, either kept as a free slot that the
-next adapter of the same config is copied into, or removed with ``delete_adapter``. Full-weight results load as models of their own. One re-entrant lock serializes everything that
-touches a model (loading, ``set_adapter`` + forward, deleting), so requests never see another's adapter.
+next adapter of the same config is copied into, or removed with ``delete_adapter``. Full-weight results load as
+models of their own. One re-entrant lock serializes whatever runs a model or changes its modules (``set_adapter``
++ forward, ``load_adapter``, ``delete_adapter``), so requests never see another's adapter; refilling a free slot
+needs no model lock, so adapter churn does not wait for forward passes.
 """
 
 from __future__ import annotations
@@ -34,17 +36,21 @@ class BaseEntry:
     """One loaded base model and the ``PeftModel`` that hot-swaps adapters on it.
 
     With ``spare_slots`` > 0, an evicted adapter's modules stay in the model as a free slot: the next adapter
-    with the same peft config is copied into that slot's tensors (a few ms) instead of being injected anew
-    by ``load_adapter`` (tens of ms) and deleted again later.
+    with the same peft config is copied into that slot's tensors (about a millisecond) instead of being injected
+    anew by ``load_adapter`` (tens of ms) and deleted again later. A free slot belongs to no request, so filling
+    it needs only ``slots`` and runs while other adapters' forward passes hold the pool's ``lock``; anything that
+    changes the model's modules (``load_adapter``, ``delete_adapter``) takes ``lock``.
     """
 
-    def __init__(self, manifest: Manifest, spare_slots: int = 0) -> None:
-        self.manifest, self.spare_slots = manifest, spare_slots
+    def __init__(self, manifest: Manifest, lock: threading.RLock, spare_slots: int = 0) -> None:
+        self.manifest, self.lock, self.spare_slots = manifest, lock, spare_slots
+        self.slots = threading.Lock()  # guards free / signature / views (never held for long)
         self.model, self.tokenizer, self.fingerprint = load_base(manifest)
         self.peft: Any = None
         self.retired: set[str] = set()  # evicted but kept: peft cannot delete its last adapter
         self.signature: dict[str, str] = {}  # adapter name -> its peft config, for slot reuse
         self.free: dict[str, list[str]] = {}  # peft config -> free slots (evicted adapter names)
+        self.views: dict[str, dict[str, torch.Tensor]] = {}  # slot -> its parameters by saved key
 
     def attach(self, folder: Path, name: str) -> str:
         """Load an adapter (into a free slot of the same config, else under ``name``); returns its name.
@@ -54,19 +60,37 @@ class BaseEntry:
         Raises:
             Exception: whatever peft raised for an unreadable adapter.
         """
-        from peft import PeftModel
-
         sig = _signature(folder) if self.spare_slots else None
-        if sig and self.free.get(sig):
-            slot = self.free[sig].pop()
+        slot = self._take_free(sig)
+        if slot is not None:
             try:
                 filled = self._fill(slot, folder)
             except Exception:
-                self._drop(slot)  # half-copied: never reuse it
+                with self.lock:
+                    self._drop(slot)  # half-copied: never reuse it
                 raise
             if filled:
                 return slot
-            self._drop(slot)  # the weights did not fit the slot: load them the usual way
+            with self.lock:
+                self._drop(slot)  # the weights did not fit the slot: load them the usual way
+        with self.lock:
+            self._load(folder, name)
+            if sig:  # views of its parameters by saved key, for refilling it later (walks the model once)
+                from peft import get_peft_model_state_dict
+
+                views = get_peft_model_state_dict(self.peft, adapter_name=name)
+                with self.slots:
+                    self.signature[name], self.views[name] = sig, views
+        return name
+
+    def _take_free(self, sig: str | None) -> str | None:
+        with self.slots:
+            return self.free[sig].pop() if sig and self.free.get(sig) else None
+
+    def _load(self, folder: Path, name: str) -> None:
+        """``load_adapter`` (or the first ``PeftModel``) under ``name``; lock held."""
+        from peft import PeftModel
+
         fresh = self.peft is None
         try:
             if fresh:
@@ -83,21 +107,17 @@ class BaseEntry:
         for old in self.retired - {name}:
             self._delete(old)
         self.retired.clear()
-        if sig:
-            self.signature[name] = sig
-        return name
 
     def _fill(self, slot: str, folder: Path) -> bool:
         """Copy an adapter's saved weights into a free slot's tensors; False if they do not match."""
-        from peft import get_peft_model_state_dict
         from safetensors.torch import load_file
 
         weights = folder / "adapter_model.safetensors"
         if not weights.is_file():
             return False
         saved = load_file(str(weights))
-        target = get_peft_model_state_dict(self.peft, adapter_name=slot)  # views of the slot's parameters
-        if saved.keys() != target.keys() or any(saved[k].shape != target[k].shape for k in saved):
+        target = self.views.get(slot)
+        if saved.keys() != (target or {}).keys() or any(saved[k].shape != target[k].shape for k in saved):
             return False
         with torch.no_grad():
             for key, value in saved.items():
@@ -105,12 +125,15 @@ class BaseEntry:
         return True
 
     def detach(self, name: str) -> None:
+        """Free an adapter no request uses any more: keep it as a slot, or delete it."""
         if self.peft is None or name not in self.peft.peft_config:
             return
-        sig = self.signature.get(name)
-        if sig and sum(map(len, self.free.values())) < self.spare_slots:
-            self.free.setdefault(sig, []).append(name)
-        else:
+        with self.slots:
+            sig = self.signature.get(name)
+            if sig and name in self.views and sum(map(len, self.free.values())) < self.spare_slots:
+                self.free.setdefault(sig, []).append(name)
+                return
+        with self.lock:
             self._drop(name)
 
     def _drop(self, name: str) -> None:
@@ -120,7 +143,9 @@ class BaseEntry:
             self.retired.add(name)
 
     def _delete(self, name: str) -> None:
-        self.signature.pop(name, None)
+        with self.slots:
+            self.signature.pop(name, None)
+            self.views.pop(name, None)
         with warnings.catch_warnings():  # "adapter X was active which is now deleted": set per request anyway
             warnings.simplefilter("ignore", UserWarning)
             self.peft.delete_adapter(name)
@@ -136,6 +161,9 @@ def _signature(folder: Path) -> str | None:
         return None
     for key in ("base_model_name_or_path", "revision", "inference_mode", "auto_mapping", "peft_version"):
         cfg.pop(key, None)
+    for key in ("target_modules", "modules_to_save"):  # sets in peft; saved lists may repeat or reorder names
+        if isinstance(cfg.get(key), list):
+            cfg[key] = sorted(set(cfg[key]))
     return json.dumps(cfg, sort_keys=True, default=str)
 
 
@@ -197,14 +225,14 @@ class LoadedModel:
             self._close()
 
     def _close(self) -> None:
-        with self.pool.lock:
+        with self.pool.pins:  # no request holds the model now, and none can pin it again
             if self.closed:
                 return
             self.closed = True
-            if self.entry is not None and self.adapter is not None:
-                self.entry.detach(self.adapter)
-            self.model = None
-            logger.info("unloaded %s", self.model_id)
+        if self.entry is not None and self.adapter is not None:
+            self.entry.detach(self.adapter)
+        self.model = None
+        logger.info("unloaded %s", self.model_id)
 
     def __del__(self) -> None:
         try:
@@ -238,32 +266,38 @@ class ModelPool:
     def load(self, key: str) -> LoadedModel:
         """Load the model a multiplexed key names.
 
+        Only what changes a model's modules holds :attr:`lock`: reading the store, and copying an adapter into
+        a free slot, run while other requests' forward passes do.
+
         Raises:
             ServeError: 404 for an unknown id, 500 ``model_load_error`` for an unloadable one.
         """
-        with self.lock:
-            if key.startswith(BASE_PREFIX):
+        if key.startswith(BASE_PREFIX):
+            with self.lock:
                 return self._load_base_model(key[len(BASE_PREFIX):])
-            model_id = key.split("@", 1)[0]
-            try:
-                manifest = self.store.manifest(model_id)
-            except StoreError as exc:
-                raise (not_found(model_id, str(exc)) if not self.store.exists(model_id)
-                       else load_error(model_id, str(exc))) from None
-            try:
-                if manifest.swappable:
-                    return self._load_adapter(manifest)
+        model_id = key.split("@", 1)[0]
+        try:
+            manifest = self.store.manifest(model_id)
+        except StoreError as exc:
+            raise (not_found(model_id, str(exc)) if not self.store.exists(model_id)
+                   else load_error(model_id, str(exc))) from None
+        try:
+            if manifest.swappable:
+                return self._load_adapter(manifest)
+            with self.lock:
                 return self._load_full(manifest)
-            except ServeError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure to load is this adapter's alone
-                logger.warning("could not load %s: %s", model_id, exc)
-                raise load_error(model_id, short_error(exc)) from None
+        except ServeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure to load is this adapter's alone
+            logger.warning("could not load %s: %s", model_id, exc)
+            raise load_error(model_id, short_error(exc)) from None
 
     def _base(self, manifest: Manifest) -> BaseEntry:
         key = base_key(manifest)
         if key not in self.bases:
-            self.bases[key] = BaseEntry(manifest, self.spare_slots)
+            with self.lock:
+                if key not in self.bases:
+                    self.bases[key] = BaseEntry(manifest, self.lock, self.spare_slots)
         entry = self.bases[key]
         if manifest.base_fingerprint and manifest.base_fingerprint != entry.fingerprint:
             raise load_error(manifest.adapter_id, f"it was trained on base weights {manifest.base_fingerprint}, "
@@ -274,8 +308,10 @@ class ModelPool:
         folder = self.store.path(manifest.adapter_id)
         _check_weights(folder)
         entry = self._base(manifest)
-        self._count += 1
-        name = f"a{self._count}_" + re.sub(r"[^A-Za-z0-9_]", "_", manifest.adapter_id)  # module keys: no dots
+        with self.pins:
+            self._count += 1
+            count = self._count
+        name = f"a{count}_" + re.sub(r"[^A-Za-z0-9_]", "_", manifest.adapter_id)  # module keys: no dots
         name = entry.attach(folder, name)
         logger.info("loaded adapter %s on %s", manifest.adapter_id, manifest.base_model)
         return LoadedModel(self, manifest.adapter_id, manifest.task, entry.tokenizer, entry=entry, adapter=name,

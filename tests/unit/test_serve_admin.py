@@ -235,6 +235,52 @@ def test_evicted_adapters_become_slots_for_the_next_ones(store):
     assert torch.allclose(probs(pool.load("a@3")), want["a"], atol=1e-6)
 
 
+def test_refilling_a_free_slot_does_not_wait_for_a_forward_pass(store):
+    """Churn: an adapter copied into a free slot loads while another adapter's forward pass holds the model."""
+    import threading
+
+    from rayft.serve import runtime
+
+    pool = runtime.ModelPool(store, spare_slots=2)
+    a = pool.load("a@1")
+    pool.load("b@1").close()  # b's modules become a free slot
+    busy, done = threading.Event(), threading.Event()
+
+    def forward_in_progress(lm, model):
+        busy.set()
+        done.wait(60)
+
+    runner = threading.Thread(target=a.run, args=(forward_in_progress,))
+    assert a.acquire()
+    runner.start()
+    try:
+        assert busy.wait(60)
+        loaded = []
+        loader = threading.Thread(target=lambda: loaded.append(pool.load("b@2")))
+        loader.start()
+        loader.join(30)
+        assert loaded and loaded[0].adapter != a.adapter  # loaded while the forward pass still ran
+        assert not done.is_set() and runner.is_alive()
+    finally:
+        done.set()
+        runner.join(60)
+        a.release()
+
+
+def test_slot_signature_ignores_repeated_and_reordered_module_names(tmp_path):
+    from rayft.serve.runtime import _signature
+
+    def write(name, **cfg):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, **cfg}))
+        return _signature(folder)
+
+    one = write("one", target_modules=["query", "value"], modules_to_save=["classifier", "score"])
+    two = write("two", target_modules=["value", "query"], modules_to_save=["classifier", "score"] * 2)
+    assert one == two and one != write("three", target_modules=["query"], modules_to_save=["classifier"])
+
+
 def test_catalog_serves_aliases_refuses_misfits_and_ignores_bad_ids(store, tiny_bert, monkeypatch):
     from rayft.serve.catalog import Catalog
     from rayft.store.compat import BaseInfo
