@@ -23,8 +23,9 @@ def free_port() -> int:
 
 # Ray's own processes on a local instance, by executable or script: none of them runs user code, so they can yield
 # the CPU to training. The raylet is left alone: workers are forked from it and would inherit its priority.
+# The dashboard's modules run as "ray-dashboard-<Module>-0" processes forked before the dashboard was reniced.
 BOOKKEEPING = ("gcs_server", "dashboard.py", "log_monitor.py", "monitor.py", "ray::DashboardAgent",
-               "ray::RuntimeEnvAgent")
+               "ray::RuntimeEnvAgent", "ray-dashboard-")
 
 
 def lower_bookkeeping_priority(niceness: int) -> list[int]:
