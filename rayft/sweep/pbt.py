@@ -1,0 +1,148 @@
+"""Population based training (``sweep.scheduler: pbt``) over a sweep's learning-rate and schedule parameters.
+
+PBT trains a population of trials side by side. Every ``perturbation_interval`` evaluations a trial in the bottom
+quantile clones the checkpoint of a trial in the top quantile (exploit) and continues with that trial's config,
+its mutable parameters perturbed (explore). Only parameters that can change mid-training without touching the
+model are mutable: the learning rate, the schedule and its warmup, weight decay, gradient clipping. The
+population is drawn by seeded random search over the (flat) space; the mutations are seeded too.
+
+The Tune side — the seeded scheduler, and trials that hand Tune real checkpoints and start a clone from one —
+are :mod:`rayft.sweep.pbt_scheduler` and :mod:`rayft.sweep.pbt_trial`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rayft.config.schema import ExperimentConfig, SearchParam
+from rayft.errors import FieldError
+
+# Parameters a trial can take over mid-training from a cloned checkpoint (the optimizer and schedule, not the model).
+MUTABLE = ("train.lr", "train.scheduler", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm")
+SEARCHER = "random"
+
+
+def mutable_keys(cfg: ExperimentConfig) -> list[str]:
+    """The space keys PBT mutates: ``sweep.pbt.mutate``, else every mutable key of the space."""
+    if cfg.sweep.pbt.mutate is not None:
+        return list(cfg.sweep.pbt.mutate)
+    return [k for k in cfg.sweep.space if k in MUTABLE]
+
+
+def hyperparam_mutations(cfg: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """Tune's ``hyperparam_mutations``, nested like the trials' configs (``{"train": {"lr": ...}}``).
+
+    A ``choice`` becomes a list (explore moves to a neighbouring value or resamples); a continuous or integer
+    dimension stays a Tune domain (explore multiplies by a perturbation factor or resamples).
+    """
+    from rayft.sweep.space import tune_space
+
+    out: dict[str, dict[str, Any]] = {}
+    for key in mutable_keys(cfg):
+        param = cfg.sweep.space[key]
+        section, field = key.split(".", 1)
+        out.setdefault(section, {})[field] = (list(param.choice) if param.kind == "choice"
+                                              else tune_space({key: param})[section][field])
+    return out
+
+
+class KeepInBounds:
+    """Tune's ``custom_explore_fn``: clip perturbed values into the declared range of their dimension.
+
+    PBT multiplies continuous values by its perturbation factors, which can leave the space (a warmup ratio
+    of 1.1 is not a config); a mutation is clipped to ``[low, high]`` instead. A plain class so that Tune can
+    pickle it with the scheduler.
+    """
+
+    def __init__(self, space: dict[str, SearchParam]) -> None:
+        self.bounds: dict[tuple[str, str], tuple[float, float, bool]] = {}
+        for key, param in space.items():
+            if param.kind != "choice":
+                low, high = getattr(param, param.kind)
+                self.bounds[tuple(key.split(".", 1))] = (low, high, param.kind == "int")
+
+    def __call__(self, config: dict[str, Any]) -> dict[str, Any]:
+        for (section, field), (low, high, whole) in self.bounds.items():
+            values = config.get(section)
+            if isinstance(values, dict) and isinstance(values.get(field), (int, float)):
+                value = min(max(values[field], low), high)
+                values[field] = int(round(value)) if whole else value
+        return config
+
+
+def make_pbt(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurrent: int | None = None) -> Any:
+    """The PBT scheduler for this sweep (seeded by ``sweep.seed``); ``concurrent``: trials the cluster runs at once
+    (when the whole population fits, running trials are never paused to share it).
+
+    Raises:
+        RayftError: if a trial makes too few evaluations for PBT ever to act (``perturbation_interval`` and
+            ``burn_in`` against the evaluations of a full trial, known once the data is).
+    """
+    from rayft.errors import RayftError
+
+    pbt = cfg.sweep.pbt
+    if pbt.burn_in + pbt.perturbation_interval >= max_t:
+        raise RayftError(f"sweep.pbt.perturbation_interval: a trial makes {max_t} evaluation(s), so PBT needs "
+                         f"burn_in + perturbation_interval < {max_t} to act (got {pbt.burn_in} + "
+                         f"{pbt.perturbation_interval}); lower them, or evaluate more often with train.eval_every")
+    from rayft.sweep.pbt_scheduler import SeededPBT
+
+    return SeededPBT(
+        seed=cfg.sweep.seed, time_share=concurrent is None or cfg.sweep.num_trials > concurrent, time_attr="training_iteration", metric=metric, mode=mode,
+        perturbation_interval=pbt.perturbation_interval, burn_in_period=pbt.burn_in,
+        hyperparam_mutations=hyperparam_mutations(cfg), quantile_fraction=pbt.quantile_fraction,
+        resample_probability=pbt.resample_probability, perturbation_factors=tuple(pbt.perturbation_factors),
+        custom_explore_fn=KeepInBounds({k: cfg.sweep.space[k] for k in mutable_keys(cfg)}), synch=pbt.synch)
+
+
+def check_pbt(raw: dict[str, Any]) -> list[FieldError]:
+    """``scheduler: pbt`` against the rest of the sweep: random population, a flat space with something
+    mutable, a checkpoint at every evaluation, a population of at least two."""
+    sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
+    if sweep.get("scheduler") != "pbt":
+        return []
+    space = sweep.get("space") if isinstance(sweep.get("space"), dict) else {}
+    errors: list[FieldError] = []
+    searcher = sweep.get("searcher", "optuna")
+    if searcher != SEARCHER:
+        errors.append(FieldError("sweep.searcher", searcher, "random with scheduler: pbt (PBT draws its population "
+                                 "at random and searches by mutating it; Tune cannot pair it with a model-based "
+                                 "or grid searcher)"))
+    if "method.name" in space:
+        errors.append(FieldError("sweep.space.method.name", space["method.name"], "no method search with scheduler: "
+                                 "pbt (trials clone each other's checkpoints, so they share one flat space; search "
+                                 "methods with scheduler asha, median or none)"))
+    if sweep.get("methods"):
+        errors.append(FieldError("sweep.methods", sweep["methods"], "no per-method spaces with scheduler: pbt "
+                                 "(put the method's parameters in sweep.space as method.<param>)"))
+    trials = sweep.get("num_trials", 6)
+    if isinstance(trials, int) and trials < 2:
+        errors.append(FieldError("sweep.num_trials", trials, "at least 2 with scheduler: pbt (a population whose "
+                                 "weaker trials clone the stronger ones)"))
+    every = (raw.get("train") or {}).get("checkpoint_every") if isinstance(raw.get("train"), dict) else None
+    if every not in (None, 1):
+        errors.append(FieldError("train.checkpoint_every", every, "1 (or unset) with scheduler: pbt (any evaluation "
+                                 "may be the one a weaker trial clones)"))
+    return errors + _check_mutations(sweep, space)
+
+
+def _check_mutations(sweep: dict[str, Any], space: dict[str, Any]) -> list[FieldError]:
+    pbt = sweep.get("pbt") if isinstance(sweep.get("pbt"), dict) else {}
+    mutate = pbt.get("mutate")
+    if isinstance(mutate, list):
+        errors = []
+        for i, key in enumerate(mutate):
+            if key not in MUTABLE:
+                errors.append(FieldError(f"sweep.pbt.mutate.{i}", key, f"a parameter PBT can change mid-training: "
+                                         f"one of {', '.join(MUTABLE)}"))
+            elif key not in space:
+                errors.append(FieldError(f"sweep.pbt.mutate.{i}", key, f"a key of sweep.space (PBT mutates within "
+                                         f"its range); the space has: {', '.join(space) or 'nothing'}"))
+        if not mutate:
+            errors.append(FieldError("sweep.pbt.mutate", mutate, "at least one parameter to mutate (or leave it "
+                                     "unset: every mutable key of sweep.space)"))
+        return errors
+    if not any(k in MUTABLE for k in space):
+        return [FieldError("sweep.space", sorted(space), "with scheduler: pbt, at least one parameter PBT can "
+                           f"change mid-training: one of {', '.join(MUTABLE)}")]
+    return []

@@ -1,0 +1,64 @@
+"""Population based training for real: two trials (Ray Train + DeepSpeed on the tiny BERT), a weaker one clones
+the stronger one's checkpoint and continues from its step under a mutated learning rate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import cls_config
+from rayft.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def _rows(sweep: Path, trial_id: str) -> list[dict]:
+    """The results of one trial's lineage as Tune keeps them (``result.json``, each with the config in force;
+    after a clone Tune rewinds it to the cloned iteration)."""
+    found = list(sweep.glob(f"*{trial_id}*/result.json"))
+    assert len(found) == 1, found
+    return [json.loads(line) for line in found[0].read_text().splitlines() if line.strip()]
+
+
+def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_bert, sentiment_csv, tmp_path, capsys):
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="pbt-sweep",
+                     train={"max_steps": 10, "eval_every": 2, "batch_size": 8, "scheduler": "constant"},
+                     sweep={"num_trials": 2, "searcher": "random", "scheduler": "pbt", "seed": 3,
+                            "space": {"train.lr": {"loguniform": [1e-3, 3e-2]}},
+                            "pbt": {"perturbation_interval": 1, "resample_probability": 0.0}})
+    config = tmp_path / "pbt.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(config), "--no-export"]) == 0
+    capsys.readouterr()
+
+    sweep = next((tmp_path / "runs" / "pbt-sweep").glob("sweep-*"))
+    summary = json.loads((sweep / "rayft_sweep.json").read_text())
+    ids = {t["trial_id"] for t in summary["trials"]}
+    assert len(ids) == 2 and all(t["status"] == "DONE" for t in summary["trials"])
+
+    # Tune's PBT log: at least one exploit, [target tag, donor tag, target iter, donor iter, donor cfg, new cfg].
+    exploits = [json.loads(line) for line in (sweep / "pbt_global.txt").read_text().splitlines()]
+    assert exploits
+    policies = {p.name[len("pbt_policy_"):-len(".txt")] for p in sweep.glob("pbt_policy_*.txt")}
+    assert policies and policies <= ids
+    target = sorted(policies)[0]
+    (donor,) = ids - {target}
+
+    rows, donor_rows = _rows(sweep, target), _rows(sweep, donor)
+    cloned = [r for r in rows if r.get("resumed_from_trial") == donor]
+    assert cloned, [(r["training_iteration"], r["resumed_from_trial"]) for r in rows]
+    first = cloned[0]
+    # It continued from the donor's checkpoint: the donor's step at the iteration it cloned, not from 0.
+    at_clone = next(r for r in donor_rows if r["training_iteration"] == first["training_iteration"] - 1)
+    assert first["resumed_from_step"] == at_clone["step"] > 0
+    assert first["step"] == first["resumed_from_step"] + 2  # one evaluation interval further
+    # Under its own, mutated learning rate (a constant schedule: the lr it trains with is the config's).
+    donor_lr, new_lr = at_clone["config"]["train"]["lr"], first["config"]["train"]["lr"]
+    assert new_lr != pytest.approx(donor_lr)
+    assert first["lr"] == pytest.approx(new_lr)
+    assert any(e[4]["train"]["lr"] == pytest.approx(donor_lr) and e[5]["train"]["lr"] == pytest.approx(new_lr)
+               for e in exploits)
+    assert all(r["step"] <= 10 for r in rows) and rows[-1]["final"] is True
