@@ -85,8 +85,12 @@ def make_pbt(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurre
         raise RayftError(f"sweep.pbt.perturbation_interval: a trial makes {max_t} evaluation(s), so PBT needs "
                          f"burn_in + perturbation_interval < {max_t} to act (got {pbt.burn_in} + "
                          f"{pbt.perturbation_interval}); lower them, or evaluate more often with train.eval_every")
+    import warnings
+
     from rayft.sweep.pbt_scheduler import SeededPBT
 
+    # Tune suggests reusing actors under PBT; rayft must not: a trial's actor takes its Train run down with it.
+    warnings.filterwarnings("ignore", message="Consider boosting PBT performance", category=UserWarning)
     return SeededPBT(
         seed=cfg.sweep.seed, time_share=concurrent is None or cfg.sweep.num_trials > concurrent, time_attr="training_iteration", metric=metric, mode=mode,
         perturbation_interval=pbt.perturbation_interval, burn_in_period=pbt.burn_in,
@@ -127,22 +131,28 @@ def check_pbt(raw: dict[str, Any]) -> list[FieldError]:
 
 
 def _check_mutations(sweep: dict[str, Any], space: dict[str, Any]) -> list[FieldError]:
+    """``sweep.pbt.mutate`` names mutable keys of the space (or the space has one); checkpoints outlive a step."""
     pbt = sweep.get("pbt") if isinstance(sweep.get("pbt"), dict) else {}
+    errors = []
+    keep, interval = pbt.get("keep_checkpoints"), pbt.get("perturbation_interval", 2)
+    if isinstance(keep, int) and isinstance(interval, int) and keep < interval + 2:
+        errors.append(FieldError("sweep.pbt.keep_checkpoints", keep, f"at least perturbation_interval + 2 = "
+                                 f"{interval + 2} (a donor's checkpoint must outlive the evaluations until a weaker "
+                                 "trial clones it)"))
     mutate = pbt.get("mutate")
-    if isinstance(mutate, list):
-        errors = []
-        for i, key in enumerate(mutate):
-            if key not in MUTABLE:
-                errors.append(FieldError(f"sweep.pbt.mutate.{i}", key, f"a parameter PBT can change mid-training: "
-                                         f"one of {', '.join(MUTABLE)}"))
-            elif key not in space:
-                errors.append(FieldError(f"sweep.pbt.mutate.{i}", key, f"a key of sweep.space (PBT mutates within "
-                                         f"its range); the space has: {', '.join(space) or 'nothing'}"))
-        if not mutate:
-            errors.append(FieldError("sweep.pbt.mutate", mutate, "at least one parameter to mutate (or leave it "
-                                     "unset: every mutable key of sweep.space)"))
+    if not isinstance(mutate, list):
+        if not any(k in MUTABLE for k in space):
+            errors.append(FieldError("sweep.space", sorted(space), "with scheduler: pbt, at least one parameter PBT "
+                                     f"can change mid-training: one of {', '.join(MUTABLE)}"))
         return errors
-    if not any(k in MUTABLE for k in space):
-        return [FieldError("sweep.space", sorted(space), "with scheduler: pbt, at least one parameter PBT can "
-                           f"change mid-training: one of {', '.join(MUTABLE)}")]
-    return []
+    if not mutate:
+        errors.append(FieldError("sweep.pbt.mutate", mutate, "at least one parameter to mutate (or leave it unset: "
+                                 "every mutable key of sweep.space)"))
+    for i, key in enumerate(mutate):
+        if key not in MUTABLE:
+            errors.append(FieldError(f"sweep.pbt.mutate.{i}", key, "a parameter PBT can change mid-training: one of "
+                                     f"{', '.join(MUTABLE)}"))
+        elif key not in space:
+            errors.append(FieldError(f"sweep.pbt.mutate.{i}", key, "a key of sweep.space (PBT mutates within its "
+                                     f"range); the space has: {', '.join(space) or 'nothing'}"))
+    return errors
