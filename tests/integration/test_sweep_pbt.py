@@ -62,3 +62,34 @@ def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_ber
     assert any(e[4]["train"]["lr"] == pytest.approx(donor_lr) and e[5]["train"]["lr"] == pytest.approx(new_lr)
                for e in exploits)
     assert all(r["step"] <= 10 for r in rows) and rows[-1]["final"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_workers_continue_a_cloned_checkpoint_under_their_own_lr(stage, ray_local, tiny_bert, sentiment_csv,
+                                                                    tmp_path):
+    """The clone path on its own, with ZeRO-partitioned optimizer state: a run started from another run's
+    checkpoint continues its step count and history but trains with its own learning rate and schedule."""
+    import ray
+    from ray.train import Checkpoint
+
+    from rayft.config import build_config
+    from rayft.data import prepare_data
+    from rayft.train.run import make_trainer, run_training, storage_location
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name=f"clone{stage}",
+                     train={"max_steps": 4, "eval_every": 4, "batch_size": 8, "lr": 2e-3, "scheduler": "linear"},
+                     scaling={"num_workers": 2, "cpus_per_worker": 1, "zero_stage": stage})
+    donor = run_training(build_config(raw), verbose=False)
+    assert donor.metrics["step"] == 4 and donor.metrics["lr"] == pytest.approx(0.0)  # linear decay to the end
+
+    cfg = build_config({**raw, "train": {**raw["train"], "max_steps": 8, "lr": 5e-3, "warmup_ratio": 0.25,
+                                         "scheduler": "constant_with_warmup"}})
+    trainer = make_trainer(cfg, ray.put(prepare_data(cfg)), run_name="clone", storage_path=storage_location(cfg).path,
+                           label="clone", extra={"start_checkpoint": Checkpoint(donor.checkpoint_path)})
+    result = trainer.fit()
+    metrics = result.metrics
+    assert (metrics["resumed_from_step"], metrics["resumed_from_trial"], metrics["step"]) == (4, "train", 8)
+    assert metrics["lr"] == pytest.approx(5e-3)  # neither the donor's base lr (2e-3) nor its schedule (0 by now)
+    state = json.loads((Path(result.checkpoint.path) / "rayft_state.json").read_text())
+    assert [h["step"] for h in state["history"]] == [4, 8] and state["trial"] == "clone"
