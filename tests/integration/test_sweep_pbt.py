@@ -24,8 +24,11 @@ def _rows(sweep: Path, trial_id: str) -> list[dict]:
 
 
 def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_bert, sentiment_csv, tmp_path, capsys):
+    from rayft.track.wandb_files import incomplete_runs, offline_runs
+
     raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="pbt-sweep",
                      train={"max_steps": 10, "eval_every": 2, "batch_size": 8, "scheduler": "constant"},
+                     tracking={"wandb": True, "mode": "offline", "project": "rayft-tests"},
                      sweep={"num_trials": 2, "searcher": "random", "scheduler": "pbt", "seed": 3,
                             "space": {"train.lr": {"loguniform": [1e-3, 3e-2]}},
                             "pbt": {"perturbation_interval": 1, "resample_probability": 0.0}})
@@ -62,6 +65,16 @@ def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_ber
     assert any(e[4]["train"]["lr"] == pytest.approx(donor_lr) and e[5]["train"]["lr"] == pytest.approx(new_lr)
                for e in exploits)
     assert all(r["step"] <= 10 for r in rows) and rows[-1]["final"] is True
+    exploited = next(t for t in summary["trials"] if t["trial_id"] == target)
+    assert exploited["params"]["train.lr"] == pytest.approx(rows[-1]["config"]["train"]["lr"])  # its final config
+
+    # W&B: one finished offline run per trial, exploited or not; every trial exports from its latest Train run.
+    assert incomplete_runs(sweep / "wandb", sorted(ids)) == {}
+    runs = {r.run_id: r for r in offline_runs(sweep / "wandb")}
+    assert set(runs) == ids and all(r.group == summary["name"] for r in runs.values())
+    assert runs[target].summary["lr"] == pytest.approx(rows[-1]["lr"])
+    assert main(["export", str(sweep), "--all", "--store", str(tmp_path / "store")]) == 0
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == sorted(f"pbt-sweep-{i}" for i in ids)
 
 
 @pytest.mark.slow
