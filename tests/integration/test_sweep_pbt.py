@@ -106,3 +106,45 @@ def test_two_workers_continue_a_cloned_checkpoint_under_their_own_lr(stage, ray_
     assert metrics["lr"] == pytest.approx(5e-3)  # neither the donor's base lr (2e-3) nor its schedule (0 by now)
     state = json.loads((Path(result.checkpoint.path) / "rayft_state.json").read_text())
     assert [h["step"] for h in state["history"]] == [4, 8] and state["trial"] == "clone"
+
+
+@pytest.mark.slow
+def test_killed_pbt_driver_resumes_every_trial_from_a_checkpoint(tiny_bert, sentiment_csv, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="pbt-resume",
+                     train={"max_steps": 24, "eval_every": 2, "batch_size": 8},
+                     sweep={"num_trials": 2, "searcher": "random", "scheduler": "pbt", "seed": 0,
+                            "space": {"train.lr": {"loguniform": [1e-3, 3e-2]}},
+                            "pbt": {"perturbation_interval": 1}})
+    config = tmp_path / "pbt.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "rayft.cli", "sweep", str(config), "--no-export"]
+    driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    root = tmp_path / "runs" / "pbt-resume"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and not list(root.glob("sweep-*/pbt_global.txt")):  # after an exploit
+        time.sleep(0.3)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    driver.wait()
+    sweep = next(root.glob("sweep-*"))
+    before = {p.name for p in (sweep / "trials").iterdir()}
+
+    resumed = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=800)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = json.loads((sweep / "rayft_sweep.json").read_text())
+    assert len(summary["trials"]) == 2
+    assert all(t["status"] == "DONE" and t["metrics"]["step"] == 24 for t in summary["trials"])
+    started = {p.name for p in (sweep / "trials").iterdir()} - before
+    for t in summary["trials"]:  # each went on in a new Train run, from a checkpoint Tune held, not from 0
+        assert any(name.startswith(t["trial_id"] + "-") for name in started), (t["trial_id"], started)
+        after = [r for r in _rows(sweep, t["trial_id"]) if Path(r["checkpoint_path"]).parent.name in started]
+        assert after and after[0]["resumed_from_step"] > 0
+        assert after[0]["step"] == after[0]["resumed_from_step"] + 2
