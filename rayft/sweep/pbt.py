@@ -81,10 +81,12 @@ def make_pbt(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurre
     from rayft.errors import RayftError
 
     pbt = cfg.sweep.pbt
-    if pbt.burn_in + pbt.perturbation_interval >= max_t:
+    first = max(pbt.burn_in, pbt.perturbation_interval)  # the first perturbation step; the last evaluation is none
+    if first >= max_t:
         raise RayftError(f"sweep.pbt.perturbation_interval: a trial makes {max_t} evaluation(s), so PBT needs "
-                         f"burn_in + perturbation_interval < {max_t} to act (got {pbt.burn_in} + "
-                         f"{pbt.perturbation_interval}); lower them, or evaluate more often with train.eval_every")
+                         f"max(burn_in, perturbation_interval) < {max_t} to act (got burn_in {pbt.burn_in}, "
+                         f"perturbation_interval {pbt.perturbation_interval}); lower them, or evaluate more often "
+                         "with train.eval_every")
     import warnings
 
     from rayft.sweep.pbt_scheduler import SeededPBT
@@ -92,7 +94,8 @@ def make_pbt(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurre
     # Tune suggests reusing actors under PBT; rayft must not: a trial's actor takes its Train run down with it.
     warnings.filterwarnings("ignore", message="Consider boosting PBT performance", category=UserWarning)
     return SeededPBT(
-        seed=cfg.sweep.seed, time_share=concurrent is None or cfg.sweep.num_trials > concurrent, time_attr="training_iteration", metric=metric, mode=mode,
+        seed=cfg.sweep.seed, time_share=concurrent is None or cfg.sweep.num_trials > concurrent,
+        time_attr="training_iteration", metric=metric, mode=mode,
         perturbation_interval=pbt.perturbation_interval, burn_in_period=pbt.burn_in,
         hyperparam_mutations=hyperparam_mutations(cfg), quantile_fraction=pbt.quantile_fraction,
         resample_probability=pbt.resample_probability, perturbation_factors=tuple(pbt.perturbation_factors),

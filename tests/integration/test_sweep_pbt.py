@@ -3,6 +3,7 @@ the stronger one's checkpoint and continues from its step under a mutated learni
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -65,6 +66,9 @@ def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_ber
     assert any(e[4]["train"]["lr"] == pytest.approx(donor_lr) and e[5]["train"]["lr"] == pytest.approx(new_lr)
                for e in exploits)
     assert all(r["step"] <= 10 for r in rows) and rows[-1]["final"] is True
+    for trial_id in ids:  # the population fits the cluster: no trial was paused and restarted from its own checkpoint
+        with open(next(sweep.glob(f"*{trial_id}*/progress.csv")), newline="") as fh:
+            assert all(r["resumed_from_trial"] != trial_id for r in csv.DictReader(fh))
     exploited = next(t for t in summary["trials"] if t["trial_id"] == target)
     assert exploited["params"]["train.lr"] == pytest.approx(rows[-1]["config"]["train"]["lr"])  # its final config
 

@@ -103,7 +103,7 @@ def test_seeded_scheduler_repeats_its_mutations_and_leaves_global_random_alone(t
 
 
 def test_pbt_needs_evaluations_to_act_on(tiny_bert, sentiment_csv, tmp_path):
-    cfg = build_config(_pbt(tiny_bert, sentiment_csv, tmp_path, pbt={"perturbation_interval": 2, "burn_in": 1}))
+    cfg = build_config(_pbt(tiny_bert, sentiment_csv, tmp_path, pbt={"perturbation_interval": 2, "burn_in": 3}))
     make_pbt(cfg, "eval_accuracy", "max", max_t=4)
     with pytest.raises(RayftError, match=r"sweep.pbt.perturbation_interval: a trial makes 3 evaluation\(s\)"):
         make_pbt(cfg, "eval_accuracy", "max", max_t=3)
