@@ -152,3 +152,24 @@ def test_killed_pbt_driver_resumes_every_trial_from_a_checkpoint(tiny_bert, sent
         after = [r for r in _rows(sweep, t["trial_id"]) if Path(r["checkpoint_path"]).parent.name in started]
         assert after and after[0]["resumed_from_step"] > 0
         assert after[0]["step"] == after[0]["resumed_from_step"] + 2
+
+
+@pytest.mark.slow
+def test_a_population_larger_than_the_cluster_takes_turns(ray_local, tiny_bert, sentiment_csv, tmp_path):
+    from rayft.config import build_config
+    from rayft.sweep import run_sweep
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="pbt-turns",
+                     train={"max_steps": 8, "eval_every": 2, "batch_size": 8},
+                     sweep={"num_trials": 3, "searcher": "random", "scheduler": "pbt", "seed": 1,
+                            "space": {"train.lr": {"loguniform": [1e-3, 3e-2]},
+                                      "train.scheduler": {"choice": ["linear", "cosine", "constant"]}},
+                            "pbt": {"perturbation_interval": 1}})
+    out = run_sweep(build_config(raw), verbose=0)  # 2 CPUs: two trials run at once, the third waits its turn
+    assert len(out.trials) == 3 and all(t.status == "DONE" and t.metrics["step"] == 8 for t in out.trials)
+    sweep = Path(out.path)
+    restarts = []
+    for t in out.trials:
+        with open(next(sweep.glob(f"*{t.trial_id}*/progress.csv")), newline="") as fh:
+            restarts += [r for r in csv.DictReader(fh) if r["resumed_from_trial"]]
+    assert restarts and all(int(r["resumed_from_step"]) > 0 for r in restarts)  # paused or cloned, never from 0
