@@ -162,8 +162,6 @@ class PBTConfig(_Section):
     mutate: list[str] | None = Field(None, description="space keys PBT mutates; default: every mutable one "
                                                        "(train.lr, train.scheduler, train.warmup_ratio, ...)")
     synch: bool = Field(False, description="wait for the whole population at each perturbation step")
-    keep_checkpoints: int | None = Field(None, ge=3, description="checkpoints kept per trial (default: all, so any "
-                                                                 "trial can still be cloned)")
 
     @model_validator(mode="after")
     def _factors(self) -> "PBTConfig":

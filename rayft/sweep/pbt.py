@@ -134,14 +134,9 @@ def check_pbt(raw: dict[str, Any]) -> list[FieldError]:
 
 
 def _check_mutations(sweep: dict[str, Any], space: dict[str, Any]) -> list[FieldError]:
-    """``sweep.pbt.mutate`` names mutable keys of the space (or the space has one); checkpoints outlive a step."""
+    """``sweep.pbt.mutate`` names mutable keys of the space (or the space has one)."""
     pbt = sweep.get("pbt") if isinstance(sweep.get("pbt"), dict) else {}
-    errors = []
-    keep, interval = pbt.get("keep_checkpoints"), pbt.get("perturbation_interval", 2)
-    if isinstance(keep, int) and isinstance(interval, int) and keep < interval + 2:
-        errors.append(FieldError("sweep.pbt.keep_checkpoints", keep, f"at least perturbation_interval + 2 = "
-                                 f"{interval + 2} (a donor's checkpoint must outlive the evaluations until a weaker "
-                                 "trial clones it)"))
+    errors: list[FieldError] = []
     mutate = pbt.get("mutate")
     if not isinstance(mutate, list):
         if not any(k in MUTABLE for k in space):

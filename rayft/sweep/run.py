@@ -206,16 +206,9 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
                                     reuse_actors=False),  # a stopped trial's actor takes its Train run along
         run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent) if loc.local else loc.path,
                                   storage_filesystem=None if loc.local else loc.fs, verbose=verbose,
-                                  callbacks=callbacks, checkpoint_config=_trial_checkpoints(cfg),
+                                  callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures)),
     )
-
-
-def _trial_checkpoints(cfg: ExperimentConfig) -> Any:
-    """Checkpoints Tune keeps per trial: only PBT trials hand it any (default: all, so any can be cloned)."""
-    from ray import tune
-
-    return tune.CheckpointConfig(num_to_keep=cfg.sweep.pbt.keep_checkpoints if cfg.sweep.scheduler == "pbt" else None)
 
 
 __all__ = ["SweepOutcome", "TrialRow", "apply_sample", "evaluations_per_trial", "fit_trials", "flat_params",

@@ -44,18 +44,17 @@ def test_validation_rejects_what_pbt_cannot_do_all_at_once(tiny_bert, sentiment_
     raw = _pbt(tiny_bert, sentiment_csv, tmp_path, train={"checkpoint_every": 2}, searcher="optuna", num_trials=1,
                space={"method.name": {"choice": ["lora", "full"]}, "train.batch_size": {"choice": [8, 16]}},
                methods={"lora": {"r": {"choice": [2, 4]}}, "full": {}},
-               pbt={"mutate": ["train.batch_size", "train.lr"], "quantile_fraction": 0.7, "keep_checkpoints": 3})
+               pbt={"mutate": ["train.batch_size", "train.lr"], "quantile_fraction": 0.7})
     with pytest.raises(ConfigError) as info:
         build_config(raw)
     by_path = {e.path: e for e in info.value.errors}
     assert {"sweep.searcher", "sweep.space.method.name", "sweep.methods", "sweep.num_trials",
             "train.checkpoint_every", "sweep.pbt.mutate.0", "sweep.pbt.mutate.1",
-            "sweep.pbt.quantile_fraction", "sweep.pbt.keep_checkpoints"} <= set(by_path)
+            "sweep.pbt.quantile_fraction"} <= set(by_path)
     assert "random with scheduler: pbt" in by_path["sweep.searcher"].expected
     assert by_path["sweep.pbt.mutate.0"].value == "train.batch_size"
     assert "train.lr" in by_path["sweep.pbt.mutate.0"].expected  # names what is mutable
     assert "a key of sweep.space" in by_path["sweep.pbt.mutate.1"].expected  # train.lr is not searched here
-    assert "perturbation_interval + 2 = 4" in by_path["sweep.pbt.keep_checkpoints"].expected
     text = str(info.value)
     assert "sweep.checkpoint_every" not in text and "train.checkpoint_every: 1 (or unset)" in text
 
