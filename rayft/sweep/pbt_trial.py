@@ -32,8 +32,13 @@ class CheckpointRelay(UserCallback):
         self.reports, self.acks = reports, acks
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        self.reports.put((dict(metrics[0]), checkpoint))
-        self.acks.get()  # the Train run may delete this checkpoint later; Tune must have its copy first
+        from ray.exceptions import RayActorError
+
+        try:
+            self.reports.put((dict(metrics[0]), checkpoint))
+            self.acks.get()  # the Train run may delete this checkpoint later; Tune must have its copy first
+        except RayActorError:
+            pass  # the trial was stopped (e.g. exploited): its queues are gone and this run goes down with them
 
 
 def rayft_pbt_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
@@ -88,5 +93,5 @@ def _relay(reports: Any, acks: Any, run: threading.Thread) -> None:
                 return
             continue
         metrics["checkpoint_path"] = checkpoint.path if checkpoint else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if checkpoint else None)
         acks.put(True)
