@@ -12,6 +12,7 @@ are :mod:`rayft.sweep.pbt_scheduler` and :mod:`rayft.sweep.pbt_trial`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rayft.config.schema import ExperimentConfig, SearchParam
@@ -100,6 +101,38 @@ def make_pbt(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurre
         hyperparam_mutations=hyperparam_mutations(cfg), quantile_fraction=pbt.quantile_fraction,
         resample_probability=pbt.resample_probability, perturbation_factors=tuple(pbt.perturbation_factors),
         custom_explore_fn=KeepInBounds({k: cfg.sweep.space[k] for k in mutable_keys(cfg)}), synch=pbt.synch)
+
+
+def describe_exploits(sweep_dir: str | Path, limit: int = 10) -> str:
+    """What PBT did, from the log Tune keeps in the sweep folder (``pbt_global.txt``): one line per exploit step,
+    the weaker trial, the trial it cloned at which iteration, and how the mutated parameters changed."""
+    import json
+
+    from rayft.sweep.space import flat_params
+
+    path = Path(sweep_dir) / "pbt_global.txt"
+    steps = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    lines = [f"PBT: {len(steps)} exploit step{'s' if len(steps) != 1 else ''} (log: {path})"]
+    policies = sorted(Path(sweep_dir).glob("pbt_policy_*.txt"))  # named pbt_policy_<trial id>.txt
+    prefix = policies[0].stem[len("pbt_policy_"):].rsplit("_", 1)[0] if policies else ""
+
+    def name(tag: str) -> str:  # Tune's experiment tag starts with the trial's index: "3_lr=0.001,..."
+        index = tag.split("_", 1)[0]
+        return f"{prefix}_{int(index):05d}" if prefix and index.isdigit() else tag.split("@")[0]
+
+    for target, donor, _, donor_iter, old, new in steps[:limit]:
+        before, after = flat_params(old), flat_params(new)
+        changes = ", ".join(f"{k} {_short(before.get(k))} -> {_short(v)}" for k, v in after.items()
+                            if before.get(k) != v)
+        lines.append(f"  {name(target)} cloned {name(donor)} (at its evaluation {donor_iter}): "
+                     f"{changes or 'no change'}")
+    if len(steps) > limit:
+        lines.append(f"  ... and {len(steps) - limit} more")
+    return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def check_pbt(raw: dict[str, Any]) -> list[FieldError]:

@@ -159,6 +159,10 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     else:
         tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose, loc)
     grid = tuner.fit()
+    if cfg.sweep.scheduler == "pbt" and loc.local:
+        from rayft.sweep.pbt import describe_exploits
+
+        print(describe_exploits(sweep_dir), flush=True)
     del tuner
     gc.collect()  # finish W&B logging actors while Ray is still up
     rows = result_rows(grid, TrialRow, loc)

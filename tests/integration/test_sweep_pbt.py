@@ -36,7 +36,8 @@ def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_ber
     config = tmp_path / "pbt.yaml"
     config.write_text(yaml.safe_dump(raw))
     assert main(["sweep", str(config), "--no-export"]) == 0
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert "PBT: " in out and " cloned " in out  # what PBT did, in the terminal
 
     sweep = next((tmp_path / "runs" / "pbt-sweep").glob("sweep-*"))
     summary = json.loads((sweep / "rayft_sweep.json").read_text())

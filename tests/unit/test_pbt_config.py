@@ -3,6 +3,7 @@ scheduler, and continuing a cloned optimizer state under a new learning rate and
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -157,3 +158,21 @@ def test_a_cloned_optimizer_continues_under_the_new_lr_and_schedule():
     assert clone.lr_scheduler.get_last_lr() == pytest.approx(reference.lr_scheduler.get_last_lr())
     with pytest.raises(RuntimeError, match="optimizer groups"):
         continue_schedule(clone, settings * 2)
+
+
+def test_exploit_steps_are_described_from_tunes_log(tmp_path):
+    from rayft.sweep.pbt import describe_exploits
+
+    steps = [["0_lr=0.0013", "1_lr=0.0022", 1, 2, {"train": {"lr": 0.0022, "scheduler": "linear"}},
+              {"train": {"lr": 0.00264, "scheduler": "cosine"}}],
+             ["1_lr=0.0022", "0_lr=0.0013@perturbed[train=lr_0.00264]", 4, 3, {"train": {"lr": 0.00264}},
+              {"train": {"lr": 0.00264}}]]
+    (tmp_path / "pbt_global.txt").write_text("".join(json.dumps(s) + "\n" for s in steps))
+    (tmp_path / "pbt_policy_ab12c_00000.txt").write_text("")
+    text = describe_exploits(tmp_path)
+    assert text.splitlines() == [
+        f"PBT: 2 exploit steps (log: {tmp_path / 'pbt_global.txt'})",
+        "  ab12c_00000 cloned ab12c_00001 (at its evaluation 2): train.lr 0.0022 -> 0.00264, "
+        "train.scheduler linear -> cosine",
+        "  ab12c_00001 cloned ab12c_00000 (at its evaluation 3): no change"]
+    assert describe_exploits(tmp_path / "none").startswith("PBT: 0 exploit steps")
