@@ -149,11 +149,32 @@ class Objective(_Section):
     mode: Literal["max", "min"]
 
 
+class PBTConfig(_Section):
+    """Population based training (``sweep.scheduler: pbt``): every ``perturbation_interval`` evaluations a trial in
+    the bottom ``quantile_fraction`` clones a top trial's checkpoint and continues with mutated learning-rate and
+    schedule parameters."""
+
+    perturbation_interval: int = Field(2, ge=1, description="evaluations between exploit/explore steps")
+    burn_in: int = Field(0, ge=0, description="evaluations before a trial is first considered")
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5, description="bottom fraction clones the top fraction")
+    resample_probability: float = Field(0.25, ge=0, le=1, description="resample a value instead of perturbing it")
+    perturbation_factors: tuple[float, float] = Field((1.2, 0.8), description="factors for continuous values")
+    mutate: list[str] | None = Field(None, description="space keys PBT mutates; default: every mutable one "
+                                                       "(train.lr, train.scheduler, train.warmup_ratio, ...)")
+    synch: bool = Field(False, description="wait for the whole population at each perturbation step")
+
+    @model_validator(mode="after")
+    def _factors(self) -> "PBTConfig":
+        if any(f <= 0 for f in self.perturbation_factors):
+            raise ValueError(f"perturbation_factors must be > 0, got {list(self.perturbation_factors)}")
+        return self
+
+
 class SweepConfig(_Section):
     num_trials: int = Field(6, ge=1, le=100000, description="trials to run (grid: ignored, the grid decides)")
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
     searcher: Literal["optuna", "tpe", "random", "grid"] = "optuna"  # optuna = tpe (Optuna's TPE sampler)
-    scheduler: Literal["asha", "median", "none"] = "asha"
+    scheduler: Literal["asha", "median", "pbt", "none"] = "asha"
     objectives: list[Objective] = Field(default_factory=list, description=(
         "multi-objective: the Pareto front over these is reported; the first one (or `metric`) drives the scheduler"))
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description=(
@@ -165,6 +186,7 @@ class SweepConfig(_Section):
     mode: Literal["max", "min"] | None = None
     grace_period: int = Field(1, ge=1, description="ASHA: evaluations before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1)
+    pbt: PBTConfig = Field(default_factory=PBTConfig, description="scheduler: pbt settings")
     seed: int = 0
     space: dict[str, SearchParam] = Field(default_factory=dict)
     export_best: bool = True

@@ -175,8 +175,9 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
     from rayft.sweep.checks import check_conditional_space, check_objectives
+    from rayft.sweep.pbt import check_pbt
 
-    return errors + check_conditional_space(raw) + check_objectives(raw)
+    return errors + check_conditional_space(raw) + check_objectives(raw) + check_pbt(raw)
 
 
 def _searches_method(sweep: dict[str, Any]) -> bool:

@@ -145,7 +145,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     resources = init_ray(address)
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
     trainable = tune.with_resources(
-        tune.with_parameters(rayft_trial, base=dump_config(cfg), data={"ref": ray.put(data)},
+        tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data={"ref": ray.put(data)},
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
                              lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0", storage_filesystem=fs),
         {"CPU": TRIAL_CPU},
@@ -159,16 +159,30 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     else:
         tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose, loc)
     grid = tuner.fit()
+    if cfg.sweep.scheduler == "pbt" and loc.local:
+        from rayft.sweep.pbt import describe_exploits
+
+        print(describe_exploits(sweep_dir), flush=True)
     del tuner
     gc.collect()  # finish W&B logging actors while Ray is still up
     rows = result_rows(grid, TrialRow, loc)
     where = str(sweep_dir) if loc.local else loc.child(sweep_name).uri()
     outcome = SweepOutcome(sweep_name, where, pairs[0][0], pairs[0][1], rows,
                            best_trial(rows, *pairs[0]), time.perf_counter() - start, objectives=pairs,
-                           storage=None if cfg.sweep.searcher == "grid" else storage_url(cfg, sweep_dir))
+                           storage=None if cfg.sweep.searcher == "grid" or cfg.sweep.scheduler == "pbt"
+                           else storage_url(cfg, sweep_dir))
     outcome.pareto = pareto_front(rows, pairs) if len(pairs) > 1 else []
     write_summary(outcome, dump_config(cfg))
     return outcome
+
+
+def _trial_function(cfg: ExperimentConfig) -> Any:
+    """The trial: PBT's hands Tune a checkpoint with every report (see :mod:`rayft.sweep.pbt_trial`)."""
+    if cfg.sweep.scheduler == "pbt":
+        from rayft.sweep.pbt_trial import rayft_pbt_trial
+
+        return rayft_pbt_trial
+    return rayft_trial
 
 
 def _local_side(cfg: ExperimentConfig) -> Path:
@@ -191,8 +205,9 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
     callbacks = _callbacks(cfg, sweep_name, sweep_dir)
     return tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg, *pairs[0], max_t),
-                                    num_samples=num_trials, max_concurrent_trials=concurrent),
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg, *pairs[0], max_t, concurrent),
+                                    num_samples=num_trials, max_concurrent_trials=concurrent,
+                                    reuse_actors=False),  # a stopped trial's actor takes its Train run along
         run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent) if loc.local else loc.path,
                                   storage_filesystem=None if loc.local else loc.fs, verbose=verbose,
                                   callbacks=callbacks,

@@ -35,6 +35,12 @@ def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tu
     trial in persistent storage; grid enumerates every combination branch by branch (a parameter of
     another branch stays ``None`` in a trial's config).
     """
+    if cfg.sweep.scheduler == "pbt":  # PBT searches by mutation; its population is a seeded random draw
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        from rayft.sweep.space import tune_space
+
+        return BasicVariantGenerator(random_state=cfg.sweep.seed), cfg.sweep.num_trials, tune_space(cfg.sweep.space)
     if cfg.sweep.searcher == "grid":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -66,10 +72,16 @@ def _engine_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
     return {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
 
 
-def make_scheduler(cfg: ExperimentConfig, metric: str, mode: str, max_t: int) -> Any:
-    """ASHA or median stopping on the primary metric (or none)."""
+def make_scheduler(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurrent: int | None = None) -> Any:
+    """ASHA, median stopping or population based training on the primary metric (or none).
+
+    ``concurrent`` (trials running at once) lets PBT know whether its population shares the cluster."""
     if cfg.sweep.scheduler == "none":
         return None
+    if cfg.sweep.scheduler == "pbt":
+        from rayft.sweep.pbt import make_pbt
+
+        return make_pbt(cfg, metric, mode, max_t, concurrent)
     grace = min(cfg.sweep.grace_period, max_t)
     if cfg.sweep.scheduler == "median":
         from ray.tune.schedulers import MedianStoppingRule

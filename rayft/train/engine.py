@@ -137,6 +137,37 @@ def gate_schedule(sched, model: torch.nn.Module, cfg: ExperimentConfig, steps_pe
     return sched
 
 
+def optimizer_settings(engine) -> list[dict[str, Any]]:
+    """Each optimizer group's settings (lr, initial lr, weight decay, ...) without its parameters."""
+    return [{k: v for k, v in g.items() if k != "params"} for g in engine.optimizer.param_groups]
+
+
+def continue_schedule(engine, settings: list[dict[str, Any]]) -> None:
+    """Continue another run's optimizer state under this run's learning rates and schedule.
+
+    After loading a checkpoint written under other hyperparameters (a population-based-training clone), the
+    optimizer's moments and the step count are the checkpoint's, while ``settings`` (taken from this engine
+    before loading, see :func:`optimizer_settings`) and the schedule built from this config are put back:
+    the learning rate is this schedule's value at the restored step.
+
+    Raises:
+        RuntimeError: if the checkpoint's optimizer groups do not match this model's.
+    """
+    groups = engine.optimizer.param_groups
+    if len(groups) != len(settings):
+        raise RuntimeError(f"the checkpoint has {len(groups)} optimizer groups, this model {len(settings)}: "
+                           "it was written for another model or method")
+    for group, own in zip(groups, settings):
+        group.update(own)
+    sched, step = engine.lr_scheduler, engine.global_steps
+    if sched is None or not hasattr(sched, "lr_lambdas"):
+        raise RuntimeError(f"cannot move the learning-rate schedule {type(sched).__name__} to step {step}")
+    sched.last_epoch = step
+    for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * fn(step)
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
+
+
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items() if k != "index"}
 

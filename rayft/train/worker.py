@@ -54,8 +54,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     marks["engine_ready"] = time.time()
     unfreezing = _unfreeze_hook(engine, cfg, steps_per_epoch, say)
 
-    state = _restore(engine, cfg)
+    state = _restore(engine, cfg, config.get("start_checkpoint"))
     resumed_from_step = state["step"]  # 0 on a fresh start; > 0 after a restart (lost worker, resumed sweep)
+    resumed_from_trial, state["trial"] = state["trial"], config.get("label", "train")  # who wrote what we loaded
     if state["step"]:
         say(f"resumed at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
     window = _new_window()
@@ -89,7 +90,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 final = step >= steps
                 metrics = _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world)
                 metrics.update(startup_s=first_step_s, first_step_at=first_step_at,
-                               resumed_from_step=resumed_from_step,
+                               resumed_from_step=resumed_from_step, resumed_from_trial=resumed_from_trial,
                                **_startup_phases(marks, first_step_at, config))
                 state["history"].append({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
                 keep = final or state["evals"] % (cfg.train.checkpoint_every or 1) == 0
@@ -133,16 +134,26 @@ def _tally(window: dict[str, float], loss: float, samples: int, seconds: float) 
     window["seconds"] += seconds
 
 
-def _restore(engine, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Load the latest Ray checkpoint (if any) into the engine; returns the loop position."""
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "evals": 0, "progress": 0.0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
+def _restore(engine, cfg: ExperimentConfig, start: Any = None) -> dict[str, Any]:
+    """Load this run's latest Ray checkpoint into the engine, else ``start``; returns the loop position.
+
+    ``start`` is a checkpoint of another run (population based training: a clone of a better trial). From it
+    the model and the optimizer state are loaded and the step count continues, but this config's learning
+    rates and schedule are kept — the schedule picks up at the restored step.
+    """
+    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "evals": 0, "progress": 0.0, "history": [],
+                             "trial": ""}
+    own = ray.train.get_checkpoint()
+    checkpoint = own or start
     if checkpoint is None:
         return state
+    settings = E.optimizer_settings(engine)
     with checkpoint.as_directory() as path:
-        engine.load_checkpoint(path, tag=DS_TAG, load_module_strict=False)
+        engine.load_checkpoint(path, tag=DS_TAG, load_module_strict=False, load_lr_scheduler_states=own is not None)
         with open(os.path.join(path, STATE_FILE)) as fh:
             state.update({k: v for k, v in json.load(fh).items() if k in state})  # the loop position only
+    if own is None:
+        E.continue_schedule(engine, settings)
     return state
 
 
