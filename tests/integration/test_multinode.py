@@ -130,8 +130,66 @@ def test_driver_killed_mid_sweep_then_resubmitted_job_finishes(cluster, tiny_ber
     runs = sorted({p.parent for p in _checkpoints(root)})
     assert runs and all(latest_checkpoint(str(r)) and is_complete(latest_checkpoint(str(r))) for r in runs)
 
-    second = jobs.submit(cluster.dashboard_url, sub)  # resubmission (add --arg=--resume to continue the sweep)
+    second = jobs.submit(cluster.dashboard_url, sub)  # a plain resubmission: a new sweep (see --resume below)
     assert jobs.wait(cluster.dashboard_url, second, timeout_s=600) == "SUCCEEDED", client.get_job_logs(second)[-4000:]
     summary = _summary(root)
     assert len(summary["trials"]) == 2 and all(t["status"] == "DONE" for t in summary["trials"])
     assert {j["id"] for j in jobs.jobs(cluster.dashboard_url)} >= {first, second}
+
+
+def _trial_progress(root: Path) -> tuple[list[Path], list[Path]]:
+    """Trial run folders that finished, and those with two or more checkpoints that are still training."""
+    done, midway = [], []
+    for run in root.glob("sweep-*/trials/*"):
+        states = [json.loads(p.read_text()) for p in run.glob("checkpoint_*/rayft_state.json")]
+        if any(s.get("metrics", {}).get("final") for s in states):
+            done.append(run)
+        elif len(states) >= 2:  # its first checkpoint is registered by now, not merely written
+            midway.append(run)
+    return done, midway
+
+
+def test_stopped_job_resubmitted_with_resume_finishes_the_same_sweep(cluster, tiny_bert, sentiment_csv, tmp_path,
+                                                                      capsys):
+    from rayft import jobs
+    from rayft.cli import main
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="job-resume",
+                     train={"max_steps": 24, "eval_every": 4, "batch_size": 8},
+                     scaling={"num_workers": 1, "cpus_per_worker": 1, "resources_per_worker": {"trainer": 1}},
+                     sweep={"num_trials": 3, "max_concurrent": 1, "searcher": "random", "scheduler": "none",
+                            "seed": 0, "space": {"train.lr": {"loguniform": [1e-3, 1e-2]},
+                                                 "method.r": {"choice": [2, 4, 8]}}})
+    config = tmp_path / "job-resume.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    root = tmp_path / "runs" / "job-resume"  # shared storage: every node and both jobs see it
+    submit = ["submit", str(config), "--address", cluster.dashboard_url, "--working-dir", str(tmp_path),
+              "--python", sys.executable, "--arg=--no-export"]
+    assert main(submit) == 0
+    first = capsys.readouterr().out.split()[1]
+    client = jobs.job_client(cluster.dashboard_url)
+
+    def interrupted_midway():
+        status = str(client.get_job_status(first).value)
+        assert status not in jobs.TERMINAL, f"job {status}:\n{client.get_job_logs(first)[-4000:]}"
+        done, midway = _trial_progress(root)
+        return done and midway
+
+    _wait_for(interrupted_midway, 600, "one finished trial and one midway")
+    assert main(["stop", first, "--address", cluster.dashboard_url]) == 0  # `rayft stop`, mid-trial
+    assert jobs.wait(cluster.dashboard_url, first, timeout_s=120) == "STOPPED"
+    (sweep,) = root.glob("sweep-*")
+    before = {p.name for p in (sweep / "trials").iterdir()}
+    assert not (sweep / "rayft_sweep.json").exists()
+
+    capsys.readouterr()
+    assert main([*submit, "--resume", "--wait"]) == 0, client.get_job_logs(capsys.readouterr().out.split()[1])[-4000:]
+    second = capsys.readouterr().out.split()[1]
+    assert second != first and f"resuming sweep {sweep.name}" in client.get_job_logs(second)
+    summary = json.loads((sweep / "rayft_sweep.json").read_text())  # the same sweep, not a new one
+    trials = summary["trials"]
+    assert len(trials) == 3 and all(t["status"] == "DONE" and t["metrics"]["step"] == 24 for t in trials), trials
+    assert before <= {t["trial_id"] for t in trials}
+    assert len({(t["params"]["train.lr"], t["params"]["method.r"]) for t in trials}) == 3  # no configuration twice
+    assert any(t["metrics"]["resumed_from_step"] > 0 for t in trials)  # the stopped trial continued
+    assert list(root.glob("sweep-*")) == [sweep]

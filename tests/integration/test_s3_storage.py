@@ -111,3 +111,129 @@ def test_training_checkpoints_and_export_on_s3(s3_endpoint, ray_local, tiny_bert
     model, _, manifest = load_for_inference(store, "from-s3")
     assert manifest.labels == ["neg", "pos"] and manifest.metrics["step"] == 8
     assert type(model).__name__ == "PeftModelForSequenceClassification"
+
+
+def _s3_sweep_config(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, endpoint: str, name: str,
+                     **sweep) -> Path:
+    import yaml
+
+    bucket = f"{name}-bucket"
+    resolve_bucket(endpoint, bucket)
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name=name, output_dir=s3_uri(endpoint, f"{bucket}/runs"),
+                     store={"path": s3_uri(endpoint, f"{bucket}/store")},
+                     train={"max_steps": sweep.pop("max_steps", 8), "eval_every": 4, "batch_size": 8},
+                     sweep={"searcher": "random", "scheduler": "none", "seed": 0,
+                            "space": {"train.lr": {"loguniform": [1e-3, 1e-2]}, "method.r": {"choice": [2, 4, 8]}},
+                            **sweep})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def resolve_bucket(endpoint: str, bucket: str) -> None:
+    from rayft.storage import resolve
+
+    resolve(s3_uri(endpoint, bucket)).fs.create_dir(bucket)
+
+
+def test_sweep_on_s3_resumes_and_exports_from_s3(s3_endpoint, ray_local, tiny_bert, sentiment_csv, tmp_path,
+                                                  capsys, monkeypatch):
+    """A whole sweep with its runs, results and adapters on S3; --resume finds it there; export reads it there."""
+    import json
+
+    from rayft.cli import main
+    from rayft.storage import resolve
+
+    config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-sweep", num_trials=2)
+    assert main(["sweep", str(config), "--id", "s3-best"]) == 0
+    out = capsys.readouterr().out
+    runs = resolve(s3_uri(s3_endpoint, "s3-sweep-bucket/runs/s3-sweep"))
+    (name,) = [n for n in runs.subdirs() if n.startswith("sweep-")]
+    sweep_uri = runs.child(name).uri()
+    assert f"results in {sweep_uri}" in out and "exported best trial as 's3-best'" in out
+    summary = json.loads(runs.child(name).read_text("rayft_sweep.json"))
+    assert len(summary["trials"]) == 2 and all(t["status"] == "DONE" for t in summary["trials"])
+    assert all(t["checkpoint_path"].startswith("s3://s3-sweep-bucket/runs/s3-sweep/") for t in summary["trials"])
+    store = AdapterStore(s3_uri(s3_endpoint, "s3-sweep-bucket/store"))
+    assert store.manifest("s3-best").sweep_id == name and not (tmp_path / "runs").exists()
+
+    # --resume finds the latest sweep on S3 (not on this disk); a finished sweep has nothing left to run.
+    assert main(["sweep", str(config), "--resume", "--no-export"]) == 0
+    resumed = capsys.readouterr().out
+    assert f"resuming sweep {name}" in resumed and f"results in {sweep_uri}" in resumed
+    again = json.loads(runs.child(name).read_text("rayft_sweep.json"))
+    assert {t["trial_id"] for t in again["trials"]} == {t["trial_id"] for t in summary["trials"]}
+
+    # `rayft export` of the remote sweep: every trial, from S3 into the S3 store.
+    assert main(["export", sweep_uri, "--all", "--store", store.root]) == 0
+    ids = {f"s3-sweep-{t['trial_id']}" for t in summary["trials"]}
+    assert ids <= {m.adapter_id for m in store.list()}
+    model, _, manifest = load_for_inference(store, sorted(ids)[0])
+    assert manifest.sweep_id == name and manifest.metrics["step"] == 8
+
+    assert main(["report", sweep_uri]) == 0 and runs.child(name).is_file("report.html")  # beside the sweep, on S3
+    capsys.readouterr()
+
+    # Another machine (no driver-side study here) is told why it cannot resume, and what to do instead.
+    monkeypatch.setenv("RAYFT_CACHE", str(tmp_path / "elsewhere"))
+    assert main(["sweep", str(config), "--resume"]) == 2
+    assert "Optuna study" in capsys.readouterr().err
+
+
+def _trial_states(runs) -> tuple[list[str], list[str]]:
+    """Trials of the experiment's sweep on S3 that finished, and those with a checkpoint still training."""
+    import json
+
+    done, midway = [], []
+    for sweep in (n for n in runs.subdirs() if n.startswith("sweep-")):
+        trials = runs.child(sweep, "trials")
+        for trial in trials.subdirs():
+            states = [json.loads(trials.child(trial, c).read_text("rayft_state.json")) for c in
+                      trials.child(trial).subdirs() if c.startswith("checkpoint_")
+                      and trials.child(trial, c).is_file("rayft_state.json")]
+            if any(s.get("metrics", {}).get("final") for s in states):
+                done.append(trial)
+            elif len(states) >= 2:  # its first checkpoint is registered by now, not merely uploaded
+                midway.append(trial)
+    return done, midway
+
+
+@pytest.mark.slow
+def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentiment_csv, tmp_path):
+    """The driver (and the Ray it started) is killed mid-sweep; `rayft sweep --resume` finishes it from S3."""
+    import json
+    import signal
+    import sys
+
+    from rayft.storage import resolve
+
+    config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-resume", num_trials=3,
+                              max_concurrent=1, max_steps=40)
+    cmd = [sys.executable, "-m", "rayft.cli", "sweep", str(config)]
+    runs = resolve(s3_uri(s3_endpoint, "s3-resume-bucket/runs/s3-resume"))
+    driver = subprocess.Popen(cmd + ["--no-export"], cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and driver.poll() is None:  # one trial done, the next one midway
+        done, midway = _trial_states(runs)
+        if done and midway:
+            break
+        time.sleep(1.0)
+    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, mid-trial
+    driver.wait()
+    (name,) = [n for n in runs.subdirs() if n.startswith("sweep-")]
+    before = set(runs.child(name, "trials").subdirs())
+    assert not runs.child(name).is_file("rayft_sweep.json")
+
+    resumed = subprocess.run(cmd + ["--resume", "--id", "s3-resumed-best"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming sweep {name}" in resumed.stdout
+    trials = json.loads(runs.child(name).read_text("rayft_sweep.json"))["trials"]
+    assert len(trials) == 3 and all(t["status"] == "DONE" and t["metrics"]["step"] == 40 for t in trials)
+    assert before <= {t["trial_id"] for t in trials}  # the trials started before the kill are the same trials
+    assert len({(t["params"]["train.lr"], t["params"]["method.r"]) for t in trials}) == 3  # none repeated
+    assert any(t["metrics"]["resumed_from_step"] > 0 for t in trials)  # the interrupted one continued
+    store = AdapterStore(s3_uri(s3_endpoint, "s3-resume-bucket/store"))
+    assert store.manifest("s3-resumed-best").sweep_id == name  # the best trial's adapter, exported to S3
