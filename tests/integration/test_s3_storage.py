@@ -144,6 +144,7 @@ def test_sweep_on_s3_resumes_and_exports_from_s3(s3_endpoint, ray_local, tiny_be
     from rayft.cli import main
     from rayft.storage import resolve
 
+    monkeypatch.setenv("RAYFT_CACHE", str(tmp_path / "driver"))  # the driver-side study, kept out of ~/.cache
     config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-sweep", num_trials=2)
     assert main(["sweep", str(config), "--id", "s3-best"]) == 0
     out = capsys.readouterr().out
@@ -156,6 +157,7 @@ def test_sweep_on_s3_resumes_and_exports_from_s3(s3_endpoint, ray_local, tiny_be
     assert all(t["checkpoint_path"].startswith("s3://s3-sweep-bucket/runs/s3-sweep/") for t in summary["trials"])
     store = AdapterStore(s3_uri(s3_endpoint, "s3-sweep-bucket/store"))
     assert store.manifest("s3-best").sweep_id == name and not (tmp_path / "runs").exists()
+    assert (tmp_path / "driver" / "runs" / "s3-sweep" / name / "optuna.db").is_file()  # only the study is local
 
     # --resume finds the latest sweep on S3 (not on this disk); a finished sweep has nothing left to run.
     assert main(["sweep", str(config), "--resume", "--no-export"]) == 0
@@ -205,6 +207,7 @@ def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentim
     import signal
     import sys
 
+    from rayft.paths import cache_dir
     from rayft.storage import resolve
 
     config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-resume", num_trials=3,
@@ -237,3 +240,4 @@ def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentim
     assert any(t["metrics"]["resumed_from_step"] > 0 for t in trials)  # the interrupted one continued
     store = AdapterStore(s3_uri(s3_endpoint, "s3-resume-bucket/store"))
     assert store.manifest("s3-resumed-best").sweep_id == name  # the best trial's adapter, exported to S3
+    shutil.rmtree(cache_dir("runs", "s3-resume"), ignore_errors=True)  # the drivers' local side (the study)
