@@ -1,60 +1,26 @@
 """Runs, checkpoints and the adapter store on S3: a real S3-compatible server (moto) on 127.0.0.1.
 
-The server is moto's standalone ``moto_server``, kept in its own virtualenv (``make s3-test-server``) because
-its boto dependencies pin versions that the main environment does not use; rayft talks to it only through
-pyarrow's S3 filesystem, as it would to AWS, MinIO or Ceph.
+The server is moto's standalone ``moto_server`` (``tests/integration/s3_server.py``); rayft talks to it only
+through pyarrow's S3 filesystem, as it would to AWS, MinIO or Ceph.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import s3_server
 from conftest import cls_config
+from s3_server import s3_uri, trial_progress
 
-from rayft.cluster import free_port
 from rayft.store import AdapterStore, Manifest, export_checkpoint, load_for_inference
 
 pytestmark = pytest.mark.integration
-
-_PINNED = Path.home() / ".cache" / "rayft" / "moto-venv" / "bin" / "moto_server"  # moto 5.1.22 (5.2.x breaks pyarrow)
-MOTO = os.environ.get("RAYFT_MOTO_SERVER") or (str(_PINNED) if _PINNED.is_file() else shutil.which("moto_server") or "")
-# Fake credentials for the local server; set at import so that every Ray worker started later inherits them.
-for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-    os.environ.setdefault(key, value)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """``host:port`` of a fresh moto S3 server on 127.0.0.1 (skips when moto_server is not installed)."""
-    if not MOTO or not Path(MOTO).is_file():
-        pytest.skip(f"moto_server not found at {MOTO}: run `make s3-test-server`")
-    port = free_port()
-    proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def s3_uri(endpoint: str, path: str) -> str:
-    return f"s3://{path}?endpoint_override={endpoint}&scheme=http&allow_bucket_creation=true"
+s3_endpoint = s3_server.s3_endpoint  # the local S3 server (a module fixture)
 
 
 def _adapter(tiny_bert: Path, out: Path, seed: int) -> Path:
@@ -182,24 +148,6 @@ def test_sweep_on_s3_resumes_and_exports_from_s3(s3_endpoint, ray_local, tiny_be
     assert "Optuna study" in capsys.readouterr().err
 
 
-def _trial_states(runs) -> tuple[list[str], list[str]]:
-    """Trials of the experiment's sweep on S3 that finished, and those with a checkpoint still training."""
-    import json
-
-    done, midway = [], []
-    for sweep in (n for n in runs.subdirs() if n.startswith("sweep-")):
-        trials = runs.child(sweep, "trials")
-        for trial in trials.subdirs():
-            states = [json.loads(trials.child(trial, c).read_text("rayft_state.json")) for c in
-                      trials.child(trial).subdirs() if c.startswith("checkpoint_")
-                      and trials.child(trial, c).is_file("rayft_state.json")]
-            if any(s.get("metrics", {}).get("final") for s in states):
-                done.append(trial)
-            elif len(states) >= 2:  # its first checkpoint is registered by now, not merely uploaded
-                midway.append(trial)
-    return done, midway
-
-
 @pytest.mark.slow
 def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentiment_csv, tmp_path):
     """The driver (and the Ray it started) is killed mid-sweep; `rayft sweep --resume` finishes it from S3."""
@@ -218,7 +166,7 @@ def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentim
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and driver.poll() is None:  # one trial done, the next one midway
-        done, midway = _trial_states(runs)
+        done, midway = trial_progress(runs)
         if done and midway:
             break
         time.sleep(1.0)
