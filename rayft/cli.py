@@ -78,19 +78,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from rayft.storage import is_uri
     from rayft.store import AdapterStore, export_checkpoint
 
-    source = Path(args.source)
+    source = args.source if is_uri(args.source) else Path(args.source)  # a sweep or run on s3://... too
     store = AdapterStore(args.store)
-    summary = source / "rayft_sweep.json"
-    if summary.is_file() and (args.top_k or args.all):
+    data = _sweep_summary(source)
+    if data is not None and (args.top_k or args.all):
         from rayft.sweep.export import export_trials
 
         for m in export_trials(source, store, top_k=args.top_k, overwrite=args.overwrite):
             print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, trial {m.trial_id}) to {store.root}")
         return 0
-    if summary.is_file():
-        data = json.loads(summary.read_text())
+    if data is not None:
         trial_id = args.trial or data.get("best")
         trial = next((t for t in data["trials"] if t["trial_id"] == trial_id), None)
         if trial is None or not trial.get("checkpoint_path"):
@@ -98,6 +98,11 @@ def cmd_export(args: argparse.Namespace) -> int:
                              f"{', '.join(t['trial_id'] for t in data['trials'])}")
         m = export_checkpoint(trial["checkpoint_path"], None, store, adapter_id=args.id, sweep_id=data["name"],
                               trial_id=trial_id, metrics=trial["metrics"], overwrite=args.overwrite)
+    elif is_uri(source):
+        from rayft.storage import resolve
+
+        ckpt = source if resolve(source).exists("model") else _latest_checkpoint(source)
+        m = export_checkpoint(str(ckpt), None, store, adapter_id=args.id, overwrite=args.overwrite)
     else:
         ckpt = source if (source / "model").is_dir() else _latest_checkpoint(source)
         m = export_checkpoint(str(ckpt), None, store, adapter_id=args.id, overwrite=args.overwrite)
@@ -111,17 +116,29 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     path = write_report(args.sweep, args.out)
     print_summary(read_summary(args.sweep))
-    print(f"report: {path.resolve()}")
+    print(f"report: {path.resolve() if isinstance(path, Path) else path}")
     return 0
 
 
-def _latest_checkpoint(run_dir: Path) -> Path:
+def _latest_checkpoint(run_dir: Path | str) -> Path | str:
+    from rayft.storage import is_uri
     from rayft.train.checkpoints import latest_checkpoint
 
     found = latest_checkpoint(str(run_dir))  # the newest one Ray published, never a half-copied folder
     if not found:
         raise RayftError(f"{run_dir}: not a sweep folder (no rayft_sweep.json), a run folder or a checkpoint")
-    return Path(found)
+    return found if is_uri(found) else Path(found)
+
+
+def _sweep_summary(source: Path | str) -> dict[str, Any] | None:
+    """The summary of the finished sweep at ``source`` (a local folder or a URI), or None if it is no sweep."""
+    from rayft.sweep.results import SUMMARY_FILE, read_summary
+
+    if isinstance(source, Path):
+        return read_summary(source) if (source / SUMMARY_FILE).is_file() else None
+    from rayft.storage import resolve
+
+    return read_summary(source) if resolve(source).is_file(SUMMARY_FILE) else None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -252,8 +269,11 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from rayft import jobs
 
+    if args.resume and args.run == "validate":
+        raise RayftError("--resume continues a sweep or a training run: use it with --run sweep or --run train")
+    extra = [*args.args, *(["--resume"] if args.resume and "--resume" not in args.args else [])]
     sub = jobs.build_submission(args.config, args.overrides, working_dir=args.working_dir, command=args.run,
-                                extra_args=args.args, pip=args.pip or (), submission_id=args.submission_id,
+                                extra_args=extra, pip=args.pip or (), submission_id=args.submission_id,
                                 python=args.python)
     for warning in sub.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -318,6 +338,8 @@ def _add_job_commands(sub: Any, with_config: Callable[..., argparse.ArgumentPars
     p.add_argument("--submission-id", help="job id to use (resubmitting a finished id is refused by Ray)")
     p.add_argument("--arg", dest="args", action="append", default=[], help="extra argument for the job's "
                    "command, e.g. --arg=--resume (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment's latest sweep (or run) where "
+                   "its output_dir keeps it, e.g. after `rayft stop` or a lost head-side driver")
     p.add_argument("--wait", action="store_true", help="wait for the job to end; exit 1 unless it succeeded")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
     p = sub.add_parser("jobs", help="list the jobs of a Ray cluster")

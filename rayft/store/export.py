@@ -84,15 +84,17 @@ def export_sweep(sweep_dir: str, store: AdapterStore) -> list[tuple[str, bool]]:
     Raises:
         StoreError: if ``sweep_dir`` holds no ``rayft_sweep.json``.
     """
-    summary = Path(sweep_dir) / "rayft_sweep.json"
-    if not summary.is_file():
+    from rayft.storage import resolve
+
+    where = resolve(sweep_dir)  # a local folder or a URI (s3://...)
+    if not where.is_file("rayft_sweep.json"):
         raise StoreError(f"{sweep_dir} is not a sweep folder (no rayft_sweep.json); run `rayft sweep` first")
-    data = json.loads(summary.read_text())
+    data = json.loads(where.read_text("rayft_sweep.json"))
     cfg = ExperimentConfig.model_validate(data["config"])
     out = []
     for trial in data.get("trials", []):
         ckpt = trial.get("checkpoint_path")
-        if str(trial.get("status", "")).upper() == "ERROR" or not ckpt or not (Path(ckpt) / MODEL_DIR).is_dir():
+        if str(trial.get("status", "")).upper() == "ERROR" or not ckpt or not resolve(ckpt).exists(MODEL_DIR):
             continue
         adapter_id = default_adapter_id(cfg, trial["trial_id"])
         if store.exists(adapter_id):

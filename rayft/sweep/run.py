@@ -113,9 +113,40 @@ def latest_sweep(root: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def latest_sweep_name(loc: Any) -> str | None:
+    """The most recent restorable sweep of an experiment's storage location (a local folder or a URI)."""
+    names = [n for n in loc.subdirs() if n.startswith(SWEEP_PREFIX) and loc.child(n).is_file("tuner.pkl")]
+    return names[-1] if names else None
+
+
+def _previous_sweep(cfg: ExperimentConfig, loc: Any, root: Path) -> str:
+    """The sweep ``--resume`` continues: the latest one Tune saved where the runs live.
+
+    Raises:
+        RayftError: with no earlier sweep, or (runs on remote storage) when the driver-side Optuna study is
+            not on this machine and no shared ``sweep.storage`` database holds it.
+    """
+    from rayft.errors import RayftError
+    from rayft.sweep.search import STUDY_FILE
+
+    name = latest_sweep_name(loc)
+    if name is None:
+        raise RayftError(f"--resume: no earlier sweep of {cfg.name!r} under {loc.uri()}")
+    study = root / name / STUDY_FILE
+    if not loc.local and cfg.sweep.searcher != "grid" and not cfg.sweep.storage and not study.is_file():
+        raise RayftError(f"--resume: sweep {name} keeps its runs on {loc.uri()}, but its Optuna study was kept "
+                         f"by the driver that started it ({study}), which is not on this machine; resume where "
+                         "it started (for a Ray Job: the same head node), or set sweep.storage to a database "
+                         "every driver reaches (e.g. postgresql://...)")
+    return name
+
+
 def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int = 1,
               resume: bool = False) -> SweepOutcome:
     """Run the experiment's sweep, or with ``resume`` continue its latest one after the driver died.
+
+    The sweep lives where ``output_dir`` points (a local or NFS folder, or ``s3://...``); resuming finds the
+    latest sweep there, so a resubmitted Ray Job continues the sweep its stopped predecessor left.
 
     Raises:
         RayftError: for bad data, or ``resume`` with no earlier sweep.
@@ -125,20 +156,14 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
 
     from rayft.cluster import init_ray
     from rayft.data import prepare_data
-    from rayft.errors import RayftError
     from rayft.train.run import storage_location
 
     start = time.perf_counter()
     loc = storage_location(cfg)  # local folder, NFS path or s3://... (pyarrow filesystem)
     fs = None if loc.local else loc.fs
-    if resume and not loc.local:
-        raise RayftError(f"--resume: sweeps on remote storage ({loc.uri()}) are resumed by resubmitting the job; "
-                         "--resume continues sweeps kept on a local or NFS path")
     root = Path(loc.path) if loc.local else _local_side(cfg)  # driver-side files (study, W&B) stay local
-    previous = latest_sweep(root) if resume else None
-    if resume and previous is None:
-        raise RayftError(f"--resume: no earlier sweep of {cfg.name!r} under {root}")
-    sweep_name = previous.name if previous else time.strftime(SWEEP_PREFIX + "%Y%m%d-%H%M%S")
+    previous = _previous_sweep(cfg, loc, root) if resume else None
+    sweep_name = previous or time.strftime(SWEEP_PREFIX + "%Y%m%d-%H%M%S")
     sweep_dir = root / sweep_name
     data = prepare_data(cfg)  # tokenized once for every trial, shared through the object store
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
@@ -154,8 +179,9 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     if previous:
         print(f"resuming sweep {sweep_name}: finished trials are kept, unfinished ones continue from their "
               f"last checkpoint", flush=True)
-        tuner = tune.Tuner.restore(str(previous), trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+        tuner = tune.Tuner.restore(str(sweep_dir) if loc.local else loc.child(sweep_name).path,
+                                   trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose, loc)
     grid = tuner.fit()
@@ -216,4 +242,4 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
 
 
 __all__ = ["SweepOutcome", "TrialRow", "apply_sample", "evaluations_per_trial", "fit_trials", "flat_params",
-           "latest_sweep", "metric_and_mode", "run_sweep"]
+           "latest_sweep", "latest_sweep_name", "metric_and_mode", "run_sweep"]

@@ -152,15 +152,22 @@ def render_html(summary: dict[str, Any]) -> str:
             + f"<h2>Trials</h2>{table_html(summary, columns)}<script>{SORT_JS}</script></body></html>")
 
 
-def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path:
+def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path | str:
     """Render ``<sweep>/report.html`` (or ``out``) atomically and return its path.
+
+    A sweep on remote storage (``s3://...``) gets its report beside it there (one PUT), unless ``out`` is given.
 
     Raises:
         RayftError: if ``sweep_dir`` is not a finished sweep.
     """
+    from rayft.storage import is_uri, resolve
     from rayft.sweep.results import read_summary
 
     summary = read_summary(sweep_dir)
+    if is_uri(str(sweep_dir)) and not out:
+        where = resolve(str(sweep_dir))
+        where.write_text("report.html", render_html(summary))
+        return where.uri(where.child("report.html").path)
     path = Path(out) if out else Path(sweep_dir) / "report.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report.", suffix=".html", dir=path.parent)

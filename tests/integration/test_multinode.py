@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,13 +15,18 @@ import time
 from pathlib import Path
 
 import pytest
+import s3_server
 import yaml
 from conftest import cls_config
+from s3_server import s3_uri, trial_progress
+
+from rayft.paths import cache_dir
 
 # Ray 2.60's default for new clusters, set before any Ray code runs in this process (Ray reads the mode once).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
+s3_endpoint = s3_server.s3_endpoint  # a local S3 server (a module fixture), started only by the tests that use it
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +136,64 @@ def test_driver_killed_mid_sweep_then_resubmitted_job_finishes(cluster, tiny_ber
     runs = sorted({p.parent for p in _checkpoints(root)})
     assert runs and all(latest_checkpoint(str(r)) and is_complete(latest_checkpoint(str(r))) for r in runs)
 
-    second = jobs.submit(cluster.dashboard_url, sub)  # resubmission (add --arg=--resume to continue the sweep)
+    second = jobs.submit(cluster.dashboard_url, sub)  # a plain resubmission: a new sweep (see --resume below)
     assert jobs.wait(cluster.dashboard_url, second, timeout_s=600) == "SUCCEEDED", client.get_job_logs(second)[-4000:]
     summary = _summary(root)
     assert len(summary["trials"]) == 2 and all(t["status"] == "DONE" for t in summary["trials"])
     assert {j["id"] for j in jobs.jobs(cluster.dashboard_url)} >= {first, second}
+
+
+@pytest.mark.parametrize("storage", ["shared-folder", "s3"])
+def test_stopped_job_resubmitted_with_resume_finishes_the_same_sweep(storage, cluster, tiny_bert, sentiment_csv,
+                                                                      tmp_path, capsys, request):
+    from rayft import jobs
+    from rayft.cli import main
+    from rayft.storage import resolve
+
+    name = f"job-resume-{storage}"
+    output_dir = str(tmp_path / "runs")  # shared storage: every node and both jobs see it
+    if storage == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        resolve(s3_uri(endpoint, "jobs-bucket")).fs.create_dir("jobs-bucket")
+        output_dir = s3_uri(endpoint, "jobs-bucket/runs")
+    # Trials long enough that the one caught midway is still training when the stop takes effect.
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name=name, output_dir=output_dir,
+                     train={"max_steps": 60, "eval_every": 5, "batch_size": 8},
+                     scaling={"num_workers": 1, "cpus_per_worker": 1, "resources_per_worker": {"trainer": 1}},
+                     sweep={"num_trials": 3, "max_concurrent": 1, "searcher": "random", "scheduler": "none",
+                            "seed": 0, "space": {"train.lr": {"loguniform": [1e-3, 1e-2]},
+                                                 "method.r": {"choice": [2, 4, 8]}}})
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    runs = resolve(output_dir).child(name)
+    submit = ["submit", str(config), "--address", cluster.dashboard_url, "--working-dir", str(tmp_path),
+              "--python", sys.executable, "--arg=--no-export"]
+    assert main(submit) == 0
+    first = capsys.readouterr().out.split()[1]
+    client = jobs.job_client(cluster.dashboard_url)
+
+    def interrupted_midway():
+        status = str(client.get_job_status(first).value)
+        assert status not in jobs.TERMINAL, f"job {status}:\n{client.get_job_logs(first)[-4000:]}"
+        done, midway = trial_progress(runs)
+        return done and midway
+
+    _wait_for(interrupted_midway, 600, "one finished trial and one midway")
+    assert main(["stop", first, "--address", cluster.dashboard_url]) == 0  # `rayft stop`, mid-trial
+    assert jobs.wait(cluster.dashboard_url, first, timeout_s=120) == "STOPPED"
+    (sweep,) = [n for n in runs.subdirs() if n.startswith("sweep-")]
+    before = set(runs.child(sweep, "trials").subdirs())
+    assert not runs.child(sweep).is_file("rayft_sweep.json")
+
+    capsys.readouterr()
+    assert main([*submit, "--resume", "--wait"]) == 0, client.get_job_logs(capsys.readouterr().out.split()[1])[-4000:]
+    second = capsys.readouterr().out.split()[1]
+    assert second != first and f"resuming sweep {sweep}" in client.get_job_logs(second)
+    trials = json.loads(runs.child(sweep).read_text("rayft_sweep.json"))["trials"]  # the same sweep, not a new one
+    assert len(trials) == 3 and all(t["status"] == "DONE" and t["metrics"]["step"] == 60 for t in trials), trials
+    assert before <= {t["trial_id"] for t in trials}
+    assert len({(t["params"]["train.lr"], t["params"]["method.r"]) for t in trials}) == 3  # no configuration twice
+    assert any(t["metrics"]["resumed_from_step"] > 0 for t in trials)  # the stopped trial continued
+    assert [n for n in runs.subdirs() if n.startswith("sweep-")] == [sweep]
+    if storage == "s3":
+        shutil.rmtree(cache_dir("runs", name), ignore_errors=True)  # the head-side driver's study

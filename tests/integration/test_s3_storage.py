@@ -1,60 +1,26 @@
 """Runs, checkpoints and the adapter store on S3: a real S3-compatible server (moto) on 127.0.0.1.
 
-The server is moto's standalone ``moto_server``, kept in its own virtualenv (``make s3-test-server``) because
-its boto dependencies pin versions that the main environment does not use; rayft talks to it only through
-pyarrow's S3 filesystem, as it would to AWS, MinIO or Ceph.
+The server is moto's standalone ``moto_server`` (``tests/integration/s3_server.py``); rayft talks to it only
+through pyarrow's S3 filesystem, as it would to AWS, MinIO or Ceph.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import s3_server
 from conftest import cls_config
+from s3_server import s3_uri, trial_progress
 
-from rayft.cluster import free_port
 from rayft.store import AdapterStore, Manifest, export_checkpoint, load_for_inference
 
 pytestmark = pytest.mark.integration
-
-_PINNED = Path.home() / ".cache" / "rayft" / "moto-venv" / "bin" / "moto_server"  # moto 5.1.22 (5.2.x breaks pyarrow)
-MOTO = os.environ.get("RAYFT_MOTO_SERVER") or (str(_PINNED) if _PINNED.is_file() else shutil.which("moto_server") or "")
-# Fake credentials for the local server; set at import so that every Ray worker started later inherits them.
-for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                   "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}.items():
-    os.environ.setdefault(key, value)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """``host:port`` of a fresh moto S3 server on 127.0.0.1 (skips when moto_server is not installed)."""
-    if not MOTO or not Path(MOTO).is_file():
-        pytest.skip(f"moto_server not found at {MOTO}: run `make s3-test-server`")
-    port = free_port()
-    proc = subprocess.Popen([MOTO, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.2)
-    yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-def s3_uri(endpoint: str, path: str) -> str:
-    return f"s3://{path}?endpoint_override={endpoint}&scheme=http&allow_bucket_creation=true"
+s3_endpoint = s3_server.s3_endpoint  # the local S3 server (a module fixture)
 
 
 def _adapter(tiny_bert: Path, out: Path, seed: int) -> Path:
@@ -111,3 +77,115 @@ def test_training_checkpoints_and_export_on_s3(s3_endpoint, ray_local, tiny_bert
     model, _, manifest = load_for_inference(store, "from-s3")
     assert manifest.labels == ["neg", "pos"] and manifest.metrics["step"] == 8
     assert type(model).__name__ == "PeftModelForSequenceClassification"
+
+
+def _s3_sweep_config(tmp_path: Path, tiny_bert: Path, sentiment_csv: Path, endpoint: str, name: str,
+                     **sweep) -> Path:
+    import yaml
+
+    bucket = f"{name}-bucket"
+    resolve_bucket(endpoint, bucket)
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name=name, output_dir=s3_uri(endpoint, f"{bucket}/runs"),
+                     store={"path": s3_uri(endpoint, f"{bucket}/store")},
+                     train={"max_steps": sweep.pop("max_steps", 8), "eval_every": 4, "batch_size": 8},
+                     sweep={"searcher": "random", "scheduler": "none", "seed": 0,
+                            "space": {"train.lr": {"loguniform": [1e-3, 1e-2]}, "method.r": {"choice": [2, 4, 8]}},
+                            **sweep})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def resolve_bucket(endpoint: str, bucket: str) -> None:
+    from rayft.storage import resolve
+
+    resolve(s3_uri(endpoint, bucket)).fs.create_dir(bucket)
+
+
+def test_sweep_on_s3_resumes_and_exports_from_s3(s3_endpoint, ray_local, tiny_bert, sentiment_csv, tmp_path,
+                                                  capsys, monkeypatch):
+    """A whole sweep with its runs, results and adapters on S3; --resume finds it there; export reads it there."""
+    import json
+
+    from rayft.cli import main
+    from rayft.storage import resolve
+
+    monkeypatch.setenv("RAYFT_CACHE", str(tmp_path / "driver"))  # the driver-side study, kept out of ~/.cache
+    config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-sweep", num_trials=2)
+    assert main(["sweep", str(config), "--id", "s3-best"]) == 0
+    out = capsys.readouterr().out
+    runs = resolve(s3_uri(s3_endpoint, "s3-sweep-bucket/runs/s3-sweep"))
+    (name,) = [n for n in runs.subdirs() if n.startswith("sweep-")]
+    sweep_uri = runs.child(name).uri()
+    assert f"results in {sweep_uri}" in out and "exported best trial as 's3-best'" in out
+    summary = json.loads(runs.child(name).read_text("rayft_sweep.json"))
+    assert len(summary["trials"]) == 2 and all(t["status"] == "DONE" for t in summary["trials"])
+    assert all(t["checkpoint_path"].startswith("s3://s3-sweep-bucket/runs/s3-sweep/") for t in summary["trials"])
+    store = AdapterStore(s3_uri(s3_endpoint, "s3-sweep-bucket/store"))
+    assert store.manifest("s3-best").sweep_id == name and not (tmp_path / "runs").exists()
+    assert (tmp_path / "driver" / "runs" / "s3-sweep" / name / "optuna.db").is_file()  # only the study is local
+
+    # --resume finds the latest sweep on S3 (not on this disk); a finished sweep has nothing left to run.
+    assert main(["sweep", str(config), "--resume", "--no-export"]) == 0
+    resumed = capsys.readouterr().out
+    assert f"resuming sweep {name}" in resumed and f"results in {sweep_uri}" in resumed
+    again = json.loads(runs.child(name).read_text("rayft_sweep.json"))
+    assert {t["trial_id"] for t in again["trials"]} == {t["trial_id"] for t in summary["trials"]}
+
+    # `rayft export` of the remote sweep: every trial, from S3 into the S3 store.
+    assert main(["export", sweep_uri, "--all", "--store", store.root]) == 0
+    ids = {f"s3-sweep-{t['trial_id']}" for t in summary["trials"]}
+    assert ids <= {m.adapter_id for m in store.list()}
+    model, _, manifest = load_for_inference(store, sorted(ids)[0])
+    assert manifest.sweep_id == name and manifest.metrics["step"] == 8
+
+    assert main(["report", sweep_uri]) == 0 and runs.child(name).is_file("report.html")  # beside the sweep, on S3
+    capsys.readouterr()
+
+    # Another machine (no driver-side study here) is told why it cannot resume, and what to do instead.
+    monkeypatch.setenv("RAYFT_CACHE", str(tmp_path / "elsewhere"))
+    assert main(["sweep", str(config), "--resume"]) == 2
+    assert "Optuna study" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentiment_csv, tmp_path):
+    """The driver (and the Ray it started) is killed mid-sweep; `rayft sweep --resume` finishes it from S3."""
+    import json
+    import signal
+    import sys
+
+    from rayft.paths import cache_dir
+    from rayft.storage import resolve
+
+    config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-resume", num_trials=3,
+                              max_concurrent=1, max_steps=40)
+    cmd = [sys.executable, "-m", "rayft.cli", "sweep", str(config)]
+    runs = resolve(s3_uri(s3_endpoint, "s3-resume-bucket/runs/s3-resume"))
+    driver = subprocess.Popen(cmd + ["--no-export"], cwd=tmp_path, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and driver.poll() is None:  # one trial done, the next one midway
+        done, midway = trial_progress(runs)
+        if done and midway:
+            break
+        time.sleep(1.0)
+    assert driver.poll() is None, "the sweep ended before it could be interrupted"
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, mid-trial
+    driver.wait()
+    (name,) = [n for n in runs.subdirs() if n.startswith("sweep-")]
+    before = set(runs.child(name, "trials").subdirs())
+    assert not runs.child(name).is_file("rayft_sweep.json")
+
+    resumed = subprocess.run(cmd + ["--resume", "--id", "s3-resumed-best"], cwd=tmp_path, capture_output=True,
+                             text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"resuming sweep {name}" in resumed.stdout
+    trials = json.loads(runs.child(name).read_text("rayft_sweep.json"))["trials"]
+    assert len(trials) == 3 and all(t["status"] == "DONE" and t["metrics"]["step"] == 40 for t in trials)
+    assert before <= {t["trial_id"] for t in trials}  # the trials started before the kill are the same trials
+    assert len({(t["params"]["train.lr"], t["params"]["method.r"]) for t in trials}) == 3  # none repeated
+    assert any(t["metrics"]["resumed_from_step"] > 0 for t in trials)  # the interrupted one continued
+    store = AdapterStore(s3_uri(s3_endpoint, "s3-resume-bucket/store"))
+    assert store.manifest("s3-resumed-best").sweep_id == name  # the best trial's adapter, exported to S3
+    shutil.rmtree(cache_dir("runs", "s3-resume"), ignore_errors=True)  # the drivers' local side (the study)

@@ -119,3 +119,31 @@ def test_config_outside_working_dir_is_refused(tiny_bert, sentiment_csv, tmp_pat
     assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "--working-dir",
                  str(tmp_path / "elsewhere")]) == 2
     assert "outside the working dir" in capsys.readouterr().err
+
+
+def test_submit_resume_adds_the_flag_once_and_needs_a_resumable_command(tiny_bert, sentiment_csv, tmp_path,
+                                                                         capsys, monkeypatch):
+    from rayft import jobs
+
+    config = _write(tmp_path, cls_config(tiny_bert, sentiment_csv, tmp_path))
+    sent: list[jobs.Submission] = []
+    monkeypatch.setattr(jobs, "submit", lambda address, sub, token=None: sent.append(sub) or "raysubmit_1")
+    for extra in ([], ["--arg=--resume"]):
+        assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "--working-dir", str(tmp_path),
+                     "--arg=--no-export", "--resume", *extra]) == 0
+    assert [s.entrypoint for s in sent] == ["python -m rayft.cli sweep exp.yaml --no-export --resume"] * 2
+    assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "--run", "validate", "--resume"]) == 2
+    assert "--run sweep or --run train" in capsys.readouterr().err and len(sent) == 2
+
+
+def test_latest_sweep_is_found_where_the_runs_live(tmp_path):
+    from rayft.sweep import latest_sweep_name
+
+    loc = resolve(tmp_path / "runs" / "exp")
+    assert latest_sweep_name(loc) is None  # nothing there yet
+    for name, restorable in (("sweep-20250101-000000", True), ("sweep-20250102-000000", True),
+                             ("sweep-20250103-000000", False), ("other", True)):
+        (tmp_path / "runs" / "exp" / name).mkdir(parents=True)
+        if restorable:
+            (tmp_path / "runs" / "exp" / name / "tuner.pkl").write_bytes(b"")
+    assert latest_sweep_name(loc) == "sweep-20250102-000000"  # the newest one Tune saved state for
