@@ -70,7 +70,8 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
 
     scaling = placement(cfg, worker_cpus)
     backend = scaling.pop("backend")
-    return TorchTrainer(
+    trainer_class = _without_ray_data(TorchTrainer) if lean_start else TorchTrainer
+    return trainer_class(
         train_loop_per_worker,
         train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label,
                            **(extra or {})},
@@ -82,6 +83,25 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
         ),
     )
+
+
+def _without_ray_data(base: type) -> type:
+    """``base`` minus the Ray Data shard callback when the run has no Ray Datasets (rayft's never do).
+
+    Ray Train adds it to every run, and it starts a ``DatasetManager`` actor (one more process, importing
+    Ray Data) before the workers' first step; rayft hands data over through the object store instead.
+    """
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    class Trainer(base):  # type: ignore[misc, valid-type]
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+
+    Trainer.__name__ = base.__name__  # as Ray names it in its messages
+    return Trainer
 
 
 def latest_run(root: Any, prefix: str = "train-") -> str | None:
