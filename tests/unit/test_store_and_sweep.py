@@ -87,3 +87,22 @@ def test_trials_fit_the_cluster(tiny_bert, sentiment_csv, tmp_path):
     assert fit_trials(two, 2.0)[0] == 1
     assert evaluations_per_trial(build_config(cls_config(tiny_bert, sentiment_csv, tmp_path,
                                                          train={"epochs": 2, "eval_every": 5})), 160) == 4
+
+
+def test_lean_trainer_leaves_out_the_ray_data_actor_only_without_datasets(tiny_bert, sentiment_csv, tmp_path):
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from rayft.train.run import _without_ray_data, make_trainer
+
+    cfg = build_config(cls_config(tiny_bert, sentiment_csv, tmp_path))
+
+    def kinds(trainer):
+        return [type(cb) for cb in trainer._create_default_callbacks()]
+
+    lean = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"))
+    plain = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"), lean_start=False)
+    assert isinstance(lean, TorchTrainer) and DatasetsCallback not in kinds(lean)
+    assert DatasetsCallback in kinds(plain)
+    with_data = _without_ray_data(TorchTrainer)(lambda: None, datasets={"train": [1]})
+    assert DatasetsCallback in kinds(with_data)  # real Ray Datasets keep Ray Train's shard callback
