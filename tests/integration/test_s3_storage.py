@@ -6,16 +6,14 @@ through pyarrow's S3 filesystem, as it would to AWS, MinIO or Ceph.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import s3_server
 from conftest import cls_config
 from s3_server import s3_uri, trial_progress
+from sweep_driver import kill_when, resume, sweep_command
 
 from rayft.store import AdapterStore, Manifest, export_checkpoint, load_for_inference
 
@@ -152,34 +150,22 @@ def test_sweep_on_s3_resumes_and_exports_from_s3(s3_endpoint, ray_local, tiny_be
 def test_killed_sweep_on_s3_resumes_to_completion(s3_endpoint, tiny_bert, sentiment_csv, tmp_path):
     """The driver (and the Ray it started) is killed mid-sweep; `rayft sweep --resume` finishes it from S3."""
     import json
-    import signal
-    import sys
 
     from rayft.paths import cache_dir
     from rayft.storage import resolve
 
     config = _s3_sweep_config(tmp_path, tiny_bert, sentiment_csv, s3_endpoint, "s3-resume", num_trials=3,
                               max_concurrent=1, max_steps=40)
-    cmd = [sys.executable, "-m", "rayft.cli", "sweep", str(config)]
+    cmd, env = sweep_command(config)
     runs = resolve(s3_uri(s3_endpoint, "s3-resume-bucket/runs/s3-resume"))
-    driver = subprocess.Popen(cmd + ["--no-export"], cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and driver.poll() is None:  # one trial done, the next one midway
-        done, midway = trial_progress(runs)
-        if done and midway:
-            break
-        time.sleep(1.0)
-    assert driver.poll() is None, "the sweep ended before it could be interrupted"
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and its local Ray, mid-trial
-    driver.wait()
+    alive = kill_when(cmd + ["--no-export"], env, tmp_path, lambda: all(trial_progress(runs)), timeout=600,
+                      poll_s=1.0)  # once one trial is done and the next one midway
+    assert alive, "the sweep ended before it could be interrupted"
     (name,) = [n for n in runs.subdirs() if n.startswith("sweep-")]
     before = set(runs.child(name, "trials").subdirs())
     assert not runs.child(name).is_file("rayft_sweep.json")
 
-    resumed = subprocess.run(cmd + ["--resume", "--id", "s3-resumed-best"], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=900)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = resume(cmd, env, tmp_path, "--id", "s3-resumed-best", timeout=900)
     assert f"resuming sweep {name}" in resumed.stdout
     trials = json.loads(runs.child(name).read_text("rayft_sweep.json"))["trials"]
     assert len(trials) == 3 and all(t["status"] == "DONE" and t["metrics"]["step"] == 40 for t in trials)

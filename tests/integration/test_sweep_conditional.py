@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,11 +16,11 @@ import pytest
 import yaml
 
 from conftest import cls_config
+from sweep_driver import kill_when, resume, sweep_command
 from rayft.cli import main
 from rayft.store import MANIFEST
 
 pytestmark = pytest.mark.integration
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _sweep_dir(tmp_path: Path, name: str) -> Path:
@@ -138,26 +136,19 @@ def test_killed_driver_resumes_without_repeating(tiny_bert, sentiment_csv, tmp_p
                      sweep={"num_trials": 4, "scheduler": "none", "seed": 0,
                             "space": {"train.lr": {"loguniform": [1e-3, 2e-2]}, "method.r": {"choice": [2, 4, 8]}}})
     config = _write(tmp_path, raw)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "rayft.cli", "sweep", str(config), "--no-export"]
-    driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd, env = sweep_command(config, "--no-export")
     root = tmp_path / "runs" / "resume"
-    deadline = time.monotonic() + 400
-    # Kill the driver once one trial has finished and another has a checkpoint but is still training.
-    while time.monotonic() < deadline:
-        done = [p for p in root.glob("sweep-*/trials/*") if _final(p)]
-        midway = [p for p in root.glob("sweep-*/trials/*") if list(p.glob("checkpoint_*")) and not _final(p)]
-        if done and midway:
-            break
-        time.sleep(0.3)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
+
+    def ready() -> bool:  # one trial has finished and another has a checkpoint but is still training
+        trials = list(root.glob("sweep-*/trials/*"))
+        return any(_final(p) for p in trials) and any(list(p.glob("checkpoint_*")) and not _final(p)
+                                                      for p in trials)
+
+    kill_when(cmd, env, tmp_path, ready)
     sweep = next(root.glob("sweep-*"))
     before = {p.name for p in (sweep / "trials").iterdir()}
 
-    resumed = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=800)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resumed = resume(cmd, env, tmp_path)
     assert f"resuming sweep {sweep.name}" in resumed.stdout
     summary = json.loads((sweep / "rayft_sweep.json").read_text())
     trials = summary["trials"]

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import cls_config
+from sweep_driver import kill_when, resume, sweep_command
 from rayft.cli import main
 
 pytestmark = pytest.mark.integration
@@ -116,12 +117,6 @@ def test_two_workers_continue_a_cloned_checkpoint_under_their_own_lr(stage, ray_
 
 @pytest.mark.slow
 def test_killed_pbt_driver_resumes_every_trial_from_a_checkpoint(tiny_bert, sentiment_csv, tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="pbt-resume",
                      train={"max_steps": 24, "eval_every": 2, "batch_size": 8},
                      sweep={"num_trials": 2, "searcher": "random", "scheduler": "pbt", "seed": 0,
@@ -129,22 +124,13 @@ def test_killed_pbt_driver_resumes_every_trial_from_a_checkpoint(tiny_bert, sent
                             "pbt": {"perturbation_interval": 1}})
     config = tmp_path / "pbt.yaml"
     config.write_text(yaml.safe_dump(raw))
-    repo = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "rayft.cli", "sweep", str(config), "--no-export"]
-    driver = subprocess.Popen(cmd, env=env, cwd=tmp_path, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd, env = sweep_command(config, "--no-export")
     root = tmp_path / "runs" / "pbt-resume"
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline and not list(root.glob("sweep-*/pbt_global.txt")):  # after an exploit
-        time.sleep(0.3)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started
-    driver.wait()
+    kill_when(cmd, env, tmp_path, lambda: bool(list(root.glob("sweep-*/pbt_global.txt"))))  # after an exploit
     sweep = next(root.glob("sweep-*"))
     before = {p.name for p in (sweep / "trials").iterdir()}
 
-    resumed = subprocess.run([*cmd, "--resume"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=800)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    resume(cmd, env, tmp_path)
     summary = json.loads((sweep / "rayft_sweep.json").read_text())
     assert len(summary["trials"]) == 2
     assert all(t["status"] == "DONE" and t["metrics"]["step"] == 24 for t in summary["trials"])
