@@ -52,20 +52,14 @@ def rayft_pbt_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str
     from ray import tune
     from ray.util.queue import Queue
 
-    from rayft.sweep.space import apply_sample
-    from rayft.train.run import make_trainer
+    from rayft.sweep.run import trial_trainer
 
-    cfg = apply_sample(base, sample)
-    trial_id = tune.get_context().get_trial_id()
-    start = tune.get_checkpoint()  # None on a first start
     reports, acks = (Queue(maxsize=1, actor_options={"num_cpus": 0}) for _ in range(2))
-    run_name = trial_id if start is None else f"{trial_id}-{time.time_ns() // 1_000_000}"
-    trainer = make_trainer(cfg, data["ref"], run_name=run_name, storage_path=storage,
-                           callbacks=[CheckpointRelay(reports, acks)], label=trial_id, worker_cpus=worker_cpus,
-                           extra={"trial_started_at": started_at, "start_checkpoint": start},
-                           lean_start=lean_start, storage_filesystem=storage_filesystem)
+    trainer = trial_trainer(sample, base, data, storage, worker_cpus, lean_start, storage_filesystem,
+                            callbacks=[CheckpointRelay(reports, acks)], started_at=started_at,
+                            start=tune.get_checkpoint())  # None on a first start
     outcome: dict[str, Any] = {}
-    run = threading.Thread(target=_fit, args=(trainer, outcome), name=f"train-{run_name}", daemon=True)
+    run = threading.Thread(target=_fit, args=(trainer, outcome), name="train-run", daemon=True)
     run.start()
     _relay(reports, acks, run)
     run.join()

@@ -93,18 +93,31 @@ def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, An
     failure) finds its own latest checkpoint and continues from it.
     """
     started_at = time.time()
-    from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_trainer(sample, base, data, storage, worker_cpus, lean_start, storage_filesystem,
+                  callbacks=[TuneReportCallback()], started_at=started_at).fit()
+
+
+def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
+                  worker_cpus: float, lean_start: bool, storage_filesystem: Any, *, callbacks: list[Any],
+                  started_at: float, start: Any = None) -> Any:
+    """The Ray Train run of the current Tune trial, with the sampled values applied.
+
+    It is named after the trial; with ``start`` (a checkpoint Tune restarts the trial from) it is a run of its
+    own under a new name, so it cannot pick up an older checkpoint of the trial, and its workers begin there.
+    """
+    from ray import tune
 
     from rayft.train.run import make_trainer
 
     cfg = apply_sample(base, sample)
     trial_id = tune.get_context().get_trial_id()
-    trainer = make_trainer(cfg, data["ref"], run_name=trial_id, storage_path=storage,
-                           callbacks=[TuneReportCallback()], label=trial_id, worker_cpus=worker_cpus,
-                           extra={"trial_started_at": started_at}, lean_start=lean_start,
-                           storage_filesystem=storage_filesystem)
-    trainer.fit()
+    run_name = trial_id if start is None else f"{trial_id}-{time.time_ns() // 1_000_000}"
+    return make_trainer(cfg, data["ref"], run_name=run_name, storage_path=storage, callbacks=callbacks,
+                        label=trial_id, worker_cpus=worker_cpus,
+                        extra={"trial_started_at": started_at, "start_checkpoint": start},
+                        lean_start=lean_start, storage_filesystem=storage_filesystem)
 
 
 def latest_sweep(root: Path) -> Path | None:
