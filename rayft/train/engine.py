@@ -23,7 +23,8 @@ def build_model(cfg: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
     """Base model with the task's head, adapted by the configured method."""
     task, method = get_task(cfg.task.name), get_method(cfg.method.name)
     model = task.build_model(data.model_path, cfg, data.labels)
-    model = method.apply(model, method_params(cfg), task.peft_task_type)
+    # from_pretrained hands the base back in eval mode: train from the first step (dropout on).
+    model = method.apply(model, method_params(cfg), task.peft_task_type).train()
     return prepare_for_task(model, cfg)
 
 

@@ -215,3 +215,13 @@ def test_server_hot_swaps_lora_and_serves_other_methods_on_their_own(tmp_path, t
         rows = loaded.run(lambda lm, m: runtime.classify(lm, m, texts))
         got = torch.tensor([[r["probabilities"]["neg"], r["probabilities"]["pos"]] for r in rows])
         assert torch.allclose(got, want[name], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_models_train_with_dropout_from_the_first_step(tiny_bert, sentiment_csv, tmp_path, method):
+    """from_pretrained hands back an eval-mode base: without .train() dropout stayed off until the first eval."""
+    from rayft.data import prepare_data
+
+    cfg = _cfg(tiny_bert, sentiment_csv, tmp_path, {"name": method})
+    model = E.build_model(cfg, prepare_data(cfg))
+    assert all(m.training for m in model.modules())
