@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 from rayft.config.schema import DataConfig
 from rayft.errors import DataError
@@ -29,6 +28,8 @@ def _cut(df: pd.DataFrame, n: int, seed: int, stratify: str | None) -> tuple[pd.
     """Take ``n`` rows out of ``df`` (stratified when possible); returns (taken, rest)."""
     if n <= 0:
         return df.iloc[:0], df
+    from sklearn.model_selection import train_test_split  # driver only: training workers never split
+
     strat = df[stratify] if stratify and df[stratify].value_counts().min() >= 2 else None
     try:
         rest, taken = train_test_split(df, test_size=n, random_state=seed, stratify=strat)

@@ -45,6 +45,7 @@ class Method(Protocol):
     hot_swappable: bool  # the server can swap it per request on a shared base model
     artifact: Artifact
     zero3: bool  # trains under ZeRO stage 3
+    # Optional ``quantized = True``: the method needs bitsandbytes in its workers (see rayft.train.entry).
 
     def apply(self, model: torch.nn.Module, params: Any, task_type: str) -> torch.nn.Module:
         """Return the model prepared for training (frozen/wrapped as the method requires)."""

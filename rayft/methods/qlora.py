@@ -53,6 +53,7 @@ class Qlora:
     hot_swappable = False  # needs its own 4-bit base to reproduce the trained outputs
     artifact = "adapter"
     zero3 = False
+    quantized = True  # its workers import bitsandbytes (rayft.train.entry.QUANTIZED_METHODS)
     zero3_note = "stage 3 would partition the packed 4-bit base weights; stages 0-2 partition only what trains"
 
     def apply(self, model: torch.nn.Module, params: QloraParams, task_type: str) -> torch.nn.Module:

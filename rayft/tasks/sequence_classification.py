@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 
 from rayft.config.schema import ExperimentConfig
 from rayft.tasks.base import register_task
@@ -57,6 +56,8 @@ class SequenceClassification:
                 "label": labels.tolist()}
 
     def finish_eval(self, parts: list[dict[str, Any]]) -> dict[str, float]:
+        from sklearn.metrics import f1_score  # at the first evaluation, not in every worker's start-up
+
         seen: dict[int, tuple[int, int]] = {}
         loss_sum = 0.0
         for p in parts:

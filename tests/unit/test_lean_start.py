@@ -1,0 +1,74 @@
+"""The lean start-up: which processes import what, and the torch-free backend config Ray Train ships around."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import cls_config
+
+
+def test_worker_side_functions_of_ray_torch_config_exist():
+    import ray.train.torch.config as torch_config
+
+    from rayft.train.backend import WORKER_FUNCTIONS
+
+    assert all(callable(getattr(torch_config, name, None)) for name in WORKER_FUNCTIONS)
+
+
+def test_worker_torch_config_describes_itself_as_ray_torch_config_does():
+    from ray.train.torch import TorchConfig
+    from ray.train.v2._internal.util import TrainingFramework
+
+    from rayft.train.backend import WorkerDeviceContext, WorkerTorchBackend, WorkerTorchConfig
+
+    ours, rays = WorkerTorchConfig(backend="gloo", timeout_s=60), TorchConfig(backend="gloo", timeout_s=60)
+    assert ours.to_dict() == rays.to_dict()
+    assert ours.framework == rays.framework == TrainingFramework.TORCH
+    assert ours.backend_cls is WorkerTorchBackend and WorkerTorchBackend.share_cuda_visible_devices
+    with WorkerDeviceContext():  # Ray's context manager underneath: a no-op without CUDA
+        pass
+
+
+def test_the_trial_and_controller_side_never_import_torch(tiny_bert, sentiment_csv, tmp_path):
+    """What the Tune trial actor and the Ray Train controller load: the trainer, its backend config, the entry."""
+    from rayft.config import build_config, dump_config
+
+    raw = tmp_path / "experiment.json"  # what the trial receives: the driver's validated, dumped config
+    raw.write_text(json.dumps(dump_config(build_config(cls_config(tiny_bert, sentiment_csv, tmp_path)))))
+    script = f"""
+import json, pickle, sys
+from rayft.sweep.run import apply_sample, rayft_trial  # noqa: F401  (the trial function's module)
+from rayft.train.run import make_trainer
+from ray.tune.integration.ray_train import TuneReportCallback  # noqa: F401  (the trial's Train callback)
+trainer = make_trainer(apply_sample(json.load(open({str(raw)!r})), {{"train.lr": 1e-3}}), None, run_name="t", storage_path={str(tmp_path)!r})
+import ray.cloudpickle
+ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker)))
+print(json.dumps(sorted(m for m in ("torch", "transformers", "peft", "deepspeed") if m in sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_only_quantizing_methods_keep_bitsandbytes_in_their_workers():
+    from rayft.methods import METHODS
+    from rayft.train.entry import QUANTIZED_METHODS
+
+    assert {n for n in METHODS if getattr(METHODS.get(n), "quantized", False)} == set(QUANTIZED_METHODS)
+    script = """
+import importlib.util, json, sys
+from rayft.train.entry import skip_unused_imports
+skip_unused_imports("{method}")
+try:
+    import bitsandbytes  # noqa: F401
+    imported = True
+except ImportError:
+    imported = False
+print(json.dumps([imported, importlib.util.find_spec("bitsandbytes") is not None]))
+"""
+    runs = {m: subprocess.run([sys.executable, "-c", script.format(method=m)], capture_output=True, text=True,
+                              check=True).stdout.strip().splitlines()[-1] for m in ("lora", "qlora")}
+    assert json.loads(runs["lora"]) == [False, False]  # peft and transformers see it as not installed
+    assert json.loads(runs["qlora"]) == [True, True]
