@@ -64,10 +64,23 @@ def _job_env_vars() -> dict[str, str]:
     return dict((job.get("runtime_env") or {}).get("env_vars") or {})
 
 
-def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False) -> dict[str, Any]:
+def resolve_address(address: str | None = None) -> str | None:
+    """The cluster ``init_ray(address)`` joins, or None when it starts a local instance of its own.
+
+    Inside a Ray Job (``rayft submit`` / ``ray job submit -- rayft sweep ...``) Ray sets RAY_ADDRESS: that
+    cluster is joined instead of starting a private one on the head node. ``local`` always means a new instance.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
+def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False,
+             dashboard: bool | None = None) -> dict[str, Any]:
     """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.
 
     ``address`` is ``None`` for a local Ray started here, or ``auto`` / ``HOST:PORT`` / ``ray://HOST:PORT``.
+    ``dashboard`` (local instances only; default: on unless ``RAYFT_DASHBOARD=0``) serves the Jobs and state
+    APIs; a sweep needs the state API, which Ray Train's placement-group cleaner polls.
     """
     import ray
 
@@ -75,10 +88,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     if ray.is_initialized():
         return ray.cluster_resources()
     env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
-    # Inside a Ray Job (``rayft submit`` / ``ray job submit -- rayft sweep ...``) Ray sets RAY_ADDRESS:
-    # join that cluster instead of starting a private one on the head node.
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    address = None if address == "local" else address
+    address = resolve_address(address)
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}  # Ray refuses to merge duplicate keys
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
                               "configure_logging": True, "logging_level": "WARNING"}
@@ -93,9 +103,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         ray.init(address=address, **kwargs)
     else:
         # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-        # RAYFT_DASHBOARD=0 saves ~5% throughput on a 2-core machine, but then Ray Train cannot clean up
-        # the placement groups of trials that ASHA stops (and logs a warning every second): keep it for sweeps.
-        dashboard = os.environ.get("RAYFT_DASHBOARD", "1") != "0"
+        # Without it a 2-core machine trains a few percent faster, but Ray Train cannot clean up the
+        # placement groups of trials that ASHA stops (and logs a warning every second): keep it for sweeps.
+        if dashboard is None:
+            dashboard = os.environ.get("RAYFT_DASHBOARD", "1") != "0"
         port_kwargs: dict[str, Any] = {}
         if dashboard:
             # Pin the state API's address for this instance: without it, Ray's state clients (the cleaner

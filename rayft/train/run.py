@@ -17,6 +17,7 @@ class TrainOutcome:
     checkpoint_path: str | None
     run_dir: str
     seconds: float
+    ray_start_s: float = 0.0  # starting (or joining) Ray, part of ``seconds``
 
 
 def storage_root(cfg: ExperimentConfig) -> Path:
@@ -50,32 +51,42 @@ def placement(cfg: ExperimentConfig, worker_cpus: float | None = None) -> dict[s
 def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
                  worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True,
-                 storage_filesystem: Any = None):
-    """A ``TorchTrainer`` running :func:`rayft.train.worker.train_loop_per_worker` for this config.
+                 storage_filesystem: Any = None, clean_up_placement_groups: bool = True):
+    """A Ray Train data-parallel trainer running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
     the worker's thread count still follows ``scaling.cpus_per_worker``. ``extra`` adds entries to the
     workers' loop config (e.g. when the enclosing trial started, for start-up timing). ``lean_start=False``
-    ships the training function itself, so the Ray Train controller imports the whole training stack too
-    (the previous behaviour, kept to measure the start-up cost against). ``storage_filesystem`` is the
-    pyarrow filesystem of ``storage_path`` (None: local).
+    is the previous behaviour, kept to measure the start-up cost against: Ray's ``TorchTrainer`` (torch
+    imported by the trial and the controller too) running the training function itself (so the controller
+    imports the whole training stack), with Ray Train's dataset machinery. ``storage_filesystem`` is the
+    pyarrow filesystem of ``storage_path`` (None: local). ``clean_up_placement_groups=False`` leaves out Ray
+    Train's placement-group cleaner (an actor polling the state API every second), for runs that cannot
+    outlive their Ray.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    if lean_start:
-        from rayft.train.entry import train_loop_per_worker  # only the workers import the training stack
-    else:
-        from rayft.train.worker import train_loop_per_worker
 
     scaling = placement(cfg, worker_cpus)
     backend = scaling.pop("backend")
-    trainer_class = _without_ray_data(TorchTrainer) if lean_start else TorchTrainer
+    loop_config = {"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label, **(extra or {})}
+    if lean_start:
+        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+        from rayft.train.backend import WorkerTorchConfig
+        from rayft.train.entry import train_loop_per_worker  # only the workers import the training stack
+
+        trainer_class, backend_kwargs = _lean(DataParallelTrainer, clean_up_placement_groups), {
+            "backend_config": WorkerTorchConfig(backend=backend)}
+    else:
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        from rayft.train.worker import train_loop_per_worker
+
+        trainer_class, backend_kwargs = TorchTrainer, {"torch_config": TorchConfig(backend=backend)}
     return trainer_class(
         train_loop_per_worker,
-        train_loop_config={"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label,
-                           **(extra or {})},
-        torch_config=TorchConfig(backend=backend),
+        train_loop_config=loop_config,
+        **backend_kwargs,
         scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
@@ -85,20 +96,25 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
     )
 
 
-def _without_ray_data(base: type) -> type:
-    """``base`` minus the Ray Data shard callback when the run has no Ray Datasets (rayft's never do).
+def _lean(base: type, clean_up_placement_groups: bool = True) -> type:
+    """``base`` minus the Ray Data shard callback when the run has no Ray Datasets (rayft's never do), and
+    minus the placement-group cleaner unless ``clean_up_placement_groups``.
 
-    Ray Train adds it to every run, and it starts a ``DatasetManager`` actor (one more process, importing
-    Ray Data) before the workers' first step; rayft hands data over through the object store instead.
+    Ray Train adds the first to every run, and it starts a ``DatasetManager`` actor (one more process,
+    importing Ray Data) before the workers' first step; rayft hands data over through the object store instead.
+    The cleaner is one more actor per run that asks the state API every second whether the controller lives,
+    to free its placement group if it died; a run whose Ray ends with it has nothing to free.
     """
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    left_out = () if clean_up_placement_groups else (PlacementGroupCleanerCallback,)
 
     class Trainer(base):  # type: ignore[misc, valid-type]
         def _create_default_callbacks(self) -> list[Any]:
             callbacks = super()._create_default_callbacks()
-            if self.datasets:
-                return callbacks
-            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
+            drop = left_out if self.datasets else (DatasetsCallback, *left_out)
+            return [cb for cb in callbacks if not isinstance(cb, drop)]
 
     Trainer.__name__ = base.__name__  # as Ray names it in its messages
     return Trainer
@@ -122,7 +138,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     """
     import ray
 
-    from rayft.cluster import init_ray
+    from rayft.cluster import init_ray, resolve_address
     from rayft.data import prepare_data
     from rayft.errors import RayftError
 
@@ -136,9 +152,14 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     data = prepare_data(cfg)
     if verbose:
         print(f"data: {data.raw_sizes} labels={data.labels} tokenized in {data.seconds:.1f}s", flush=True)
-    init_ray(address)
+    # A local Ray started for this one run ends with it: nothing it leaves can outlive the run, so neither the
+    # dashboard nor Ray Train's placement-group cleaner is needed, and training gets their share of the CPU.
+    private = not ray.is_initialized() and resolve_address(address) is None
+    ray_started = time.perf_counter()
+    init_ray(address, dashboard=not private)
+    ray_start_s = time.perf_counter() - ray_started
     trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
-                           storage_filesystem=None if loc.local else loc.fs)
+                           storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private)
     result = trainer.fit()
     return TrainOutcome(dict(result.metrics or {}), loc.uri(result.checkpoint.path) if result.checkpoint else None,
-                        loc.child(run_name).uri(), time.perf_counter() - start)
+                        loc.child(run_name).uri(), time.perf_counter() - start, ray_start_s)

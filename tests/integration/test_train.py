@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -96,3 +99,25 @@ def test_sft_on_a_tiny_llama_masks_prompts_and_learns(ray_local, tiny_llama, cha
     history = _state(out.checkpoint_path)["history"]
     assert history[-1]["eval_loss"] < history[0]["eval_loss"]
     assert out.metrics["test_perplexity"] > 1.0
+
+
+def test_a_run_on_a_ray_of_its_own_leaves_out_the_dashboard_and_the_cleaner(tiny_bert, sentiment_csv, tmp_path):
+    """`rayft train` with no cluster starts a local Ray that ends with the run: nothing can outlive it, so the
+    dashboard and Ray Train's placement-group cleaner (which polls the dashboard every second) are left out."""
+    raw = tmp_path / "experiment.json"
+    raw.write_text(json.dumps(cls_config(tiny_bert, sentiment_csv, tmp_path, train={"max_steps": 4, "eval_every": 2})))
+    script = f"""
+import json, ray
+from rayft.config import build_config
+from rayft.train import run_training
+out = run_training(build_config(json.load(open({str(raw)!r}))), verbose=False)
+actors = sorted({{a["ActorClassName"] for a in ray._private.state.actors().values()}})
+print(json.dumps({{"step": out.metrics["step"], "actors": actors,
+                  "dashboard": ray._private.worker.global_worker.node.address_info.get("webui_url")}}))
+"""
+    env = {**os.environ, "RAY_ADDRESS": ""}  # whatever the test session runs: this process starts its own Ray
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["step"] == 4 and not seen["dashboard"]
+    assert "RayTrainWorker" in seen["actors"] and "PlacementGroupCleaner" not in seen["actors"]

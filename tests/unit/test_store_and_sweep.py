@@ -89,11 +89,14 @@ def test_trials_fit_the_cluster(tiny_bert, sentiment_csv, tmp_path):
                                                          train={"epochs": 2, "eval_every": 5})), 160) == 4
 
 
-def test_lean_trainer_leaves_out_the_ray_data_actor_only_without_datasets(tiny_bert, sentiment_csv, tmp_path):
+def test_lean_trainer_leaves_out_ray_data_and_on_request_the_cleaner(tiny_bert, sentiment_csv, tmp_path):
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    from rayft.train.run import _without_ray_data, make_trainer
+    from rayft.train.backend import WorkerTorchConfig
+    from rayft.train.run import _lean, make_trainer
 
     cfg = build_config(cls_config(tiny_bert, sentiment_csv, tmp_path))
 
@@ -102,7 +105,12 @@ def test_lean_trainer_leaves_out_the_ray_data_actor_only_without_datasets(tiny_b
 
     lean = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"))
     plain = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"), lean_start=False)
-    assert isinstance(lean, TorchTrainer) and DatasetsCallback not in kinds(lean)
-    assert DatasetsCallback in kinds(plain)
-    with_data = _without_ray_data(TorchTrainer)(lambda: None, datasets={"train": [1]})
+    assert isinstance(lean, DataParallelTrainer) and DatasetsCallback not in kinds(lean)
+    assert lean.backend_config == WorkerTorchConfig(backend="gloo")
+    assert isinstance(plain, TorchTrainer) and DatasetsCallback in kinds(plain)
+    # A run on a Ray of its own leaves out the placement-group cleaner too; sweeps keep it.
+    private = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"),
+                           clean_up_placement_groups=False)
+    assert PlacementGroupCleanerCallback in kinds(lean) and PlacementGroupCleanerCallback not in kinds(private)
+    with_data = _lean(TorchTrainer)(lambda: None, datasets={"train": [1]})
     assert DatasetsCallback in kinds(with_data)  # real Ray Datasets keep Ray Train's shard callback
