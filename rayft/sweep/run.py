@@ -87,16 +87,34 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
 
 def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
                 worker_cpus: float, lean_start: bool = True, storage_filesystem: Any = None) -> None:
-    """One trial: apply the sampled values and run a Ray Train job that reports into Tune.
+    """One trial: apply the sampled values and run a Ray Train job whose reports reach Tune through the hub.
 
     The Train run is named after the trial, so a restarted trial (driver resumed, or retried after a
-    failure) finds its own latest checkpoint and continues from it.
+    failure) finds its own latest checkpoint and continues from it. ``lean_start=False`` is Ray's stock
+    path, kept as the start-up baseline: a queue actor per trial relays the reports.
+
+    Raises:
+        Exception: whatever ended the Train run (Tune retries the trial up to ``sweep.max_failures`` times).
     """
     started_at = time.time()
-    from ray.tune.integration.ray_train import TuneReportCallback
+    from ray import tune
 
-    trial_trainer(sample, base, data, storage, worker_cpus, lean_start, storage_filesystem,
-                  callbacks=[TuneReportCallback()], started_at=started_at).fit()
+    args = (sample, base, data, storage, worker_cpus, lean_start, storage_filesystem)
+    if not lean_start:
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        trial_trainer(*args, callbacks=[TuneReportCallback()], started_at=started_at).fit()
+        return
+    from rayft.sweep.hub import hub_callbacks, relay_reports, run_key
+
+    def register(metrics: dict[str, Any], checkpoint: Any) -> None:
+        if checkpoint is not None:
+            metrics["checkpoint_path"] = checkpoint.path  # what the sweep's results and exports read
+        tune.report(metrics)
+
+    key = run_key(tune.get_context().get_trial_id())
+    trainer = trial_trainer(*args, callbacks=hub_callbacks(data["hub"], key), started_at=started_at)
+    relay_reports(data["hub"], key, trainer, register)
 
 
 def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
@@ -106,6 +124,8 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
 
     It is named after the trial; with ``start`` (a checkpoint Tune restarts the trial from) it is a run of its
     own under a new name, so it cannot pick up an older checkpoint of the trial, and its workers begin there.
+    With the lean start-up the sweep's hub frees the run's placement group should the trial be stopped (see
+    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out.
     """
     from ray import tune
 
@@ -117,7 +137,8 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
     return make_trainer(cfg, data["ref"], run_name=run_name, storage_path=storage, callbacks=callbacks,
                         label=trial_id, worker_cpus=worker_cpus,
                         extra={"trial_started_at": started_at, "start_checkpoint": start},
-                        lean_start=lean_start, storage_filesystem=storage_filesystem)
+                        lean_start=lean_start, storage_filesystem=storage_filesystem,
+                        clean_up_placement_groups=not lean_start)
 
 
 def latest_sweep(root: Path) -> Path | None:
@@ -169,6 +190,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
 
     from rayft.cluster import init_ray
     from rayft.data import prepare_data
+    from rayft.sweep.hub import start_hub
     from rayft.train.run import storage_location
 
     start = time.perf_counter()
@@ -182,8 +204,9 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
     resources = init_ray(address)
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
+    hub = start_hub(sweep_name)  # relays the trials' reports and frees stopped trials' placement groups
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data={"ref": ray.put(data)},
+        tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data={"ref": ray.put(data), "hub": hub},
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
                              lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0", storage_filesystem=fs),
         {"CPU": TRIAL_CPU},

@@ -27,9 +27,19 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
                                       "train.scheduler": {"choice": ["linear", "cosine"]}}})
     config = tmp_path / "sweep.yaml"
     config.write_text(yaml.safe_dump(raw))
+    before = set(_actors())
     assert main(["sweep", str(config), "--id", "tiny-best"]) == 0
     out = capsys.readouterr().out
     assert "trials (max eval_accuracy)" in out and "best trial" in out
+
+    # The trials shared one hub: no report-queue actor or placement-group cleaner per trial, and every
+    # placement group (those of trials ASHA stopped included) was freed.
+    started = [cls for actor_id, cls in _actors().items() if actor_id not in before]
+    assert started.count("TrialHub") == 1
+    assert "PlacementGroupCleaner" not in started, started
+    assert started.count("_QueueActor") == started.count("_WandbLoggingActor"), started  # W&B's own, not Tune's
+    assert started.count("RayTrainWorker") == 3
+    _wait_for_all_cpus()
 
     summary = json.loads(next((tmp_path / "runs" / "tiny-sweep").glob("sweep-*/rayft_sweep.json")).read_text())
     trials = summary["trials"]
@@ -52,3 +62,26 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     model = PeftModel.from_pretrained(base, folder)
     assert model.peft_config["default"].r == best["params"]["method.r"]
+
+
+def _actors() -> dict[str, str]:
+    """Every actor this Ray has seen: id -> class name."""
+    import ray
+
+    return {actor_id: a["ActorClassName"] for actor_id, a in ray._private.state.actors().items()}
+
+
+def _wait_for_all_cpus(timeout_s: float = 20.0) -> None:
+    import time
+
+    import ray
+    from ray.util.placement_group import placement_group_table
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        left = [pg for pg in placement_group_table().values() if pg["state"] != "REMOVED"]
+        if not left and ray.available_resources().get("CPU") == ray.cluster_resources().get("CPU"):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"placement groups left: {left}; CPUs {ray.available_resources().get('CPU')} of "
+                         f"{ray.cluster_resources().get('CPU')} free")

@@ -41,10 +41,11 @@ def test_the_trial_and_controller_side_never_import_torch(tiny_bert, sentiment_c
 import json, pickle, sys
 from rayft.sweep.run import apply_sample, rayft_trial  # noqa: F401  (the trial function's module)
 from rayft.train.run import make_trainer
-from ray.tune.integration.ray_train import TuneReportCallback  # noqa: F401  (the trial's Train callback)
-trainer = make_trainer(apply_sample(json.load(open({str(raw)!r})), {{"train.lr": 1e-3}}), None, run_name="t", storage_path={str(tmp_path)!r})
+from rayft.sweep.hub import hub_callbacks  # the trial's Train callbacks (they run on the controller)
+trainer = make_trainer(apply_sample(json.load(open({str(raw)!r})), {{"train.lr": 1e-3}}), None, run_name="t", storage_path={str(tmp_path)!r},
+                       callbacks=hub_callbacks(None, "t@0"))
 import ray.cloudpickle
-ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker)))
+ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker, trainer.run_config.callbacks)))
 print(json.dumps(sorted(m for m in ("torch", "transformers", "peft", "deepspeed") if m in sys.modules)))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)

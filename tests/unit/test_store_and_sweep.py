@@ -108,7 +108,8 @@ def test_lean_trainer_leaves_out_ray_data_and_on_request_the_cleaner(tiny_bert, 
     assert isinstance(lean, DataParallelTrainer) and DatasetsCallback not in kinds(lean)
     assert lean.backend_config == WorkerTorchConfig(backend="gloo")
     assert isinstance(plain, TorchTrainer) and DatasetsCallback in kinds(plain)
-    # A run on a Ray of its own leaves out the placement-group cleaner too; sweeps keep it.
+    # A run on a Ray of its own leaves out the placement-group cleaner too, and so do sweep trials (their hub
+    # frees the placement group); `rayft train` on a cluster keeps it.
     private = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"),
                            clean_up_placement_groups=False)
     assert PlacementGroupCleanerCallback in kinds(lean) and PlacementGroupCleanerCallback not in kinds(private)
