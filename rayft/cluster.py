@@ -11,7 +11,7 @@ from rayft.paths import setup_env
 
 WORKER_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "RAYFT_CACHE", "WANDB_MODE",
               "HF_HUB_OFFLINE", "RAY_TRAIN_V2_ENABLED", "RAY_TRAIN_ENABLE_PRINT_PATCH", "HF_HUB_DISABLE_PROGRESS_BARS",
-              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT")
+              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT", "RAYFT_RAY_NICE")
 
 
 def free_port() -> int:
@@ -22,18 +22,52 @@ def free_port() -> int:
 
 
 # Ray's own processes on a local instance, by executable or script: none of them runs user code, so they can yield
-# the CPU to training. The raylet is left alone: workers are forked from it and would inherit its priority.
-# The dashboard's modules run as "ray-dashboard-<Module>-0" processes forked before the dashboard was reniced.
+# the CPU to training. The dashboard's modules run as "ray-dashboard-<Module>-0" processes forked before the
+# dashboard was reniced. The raylet forks the workers from its main thread, so that one thread keeps its priority.
 BOOKKEEPING = ("gcs_server", "dashboard.py", "log_monitor.py", "monitor.py", "ray::DashboardAgent",
-               "ray::RuntimeEnvAgent", "ray-dashboard-")
+               "ray::RuntimeEnvAgent", "ray-dashboard-", "raylet/raylet")
+# Periodic work a local instance can do without: Prometheus metrics (nobody scrapes them without the dashboard),
+# per-handler event statistics, and a memory check four times a second (once a second still guards against OOM).
+QUIET_SYSTEM_CONFIG = {"enable_metrics_collection": False, "event_stats": False, "memory_monitor_refresh_ms": 1000}
+
+
+def renice_threads(pid: int, niceness: int, keep: frozenset[int] = frozenset(),
+                   only: set[int] | None = None) -> int:
+    """Lower every thread of process ``pid`` (but ``keep``; of ``only`` if given) to ``niceness``; returns how
+    many were changed.
+
+    Linux keeps a niceness per thread, and renicing a process changes its main thread only: the threads it
+    started before (gRPC pollers, event loops) would go on competing with training at full priority.
+    """
+    changed = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # gone, or not Linux
+        return 0
+    for tid in tids:
+        try:
+            if tid not in keep and (only is None or tid in only) and os.getpriority(os.PRIO_PROCESS, tid) < niceness:
+                os.setpriority(os.PRIO_PROCESS, tid, niceness)
+                changed += 1
+        except OSError:
+            continue  # exited meanwhile, or not ours to change
+    return changed
+
+
+def _thread_ids() -> set[int]:
+    try:
+        return {int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")}
+    except OSError:  # not Linux
+        return set()
 
 
 def lower_bookkeeping_priority(niceness: int) -> list[int]:
-    """Renice the bookkeeping processes of the local Ray this process started; returns their pids.
+    """Renice the bookkeeping processes of the local Ray this process started, thread by thread; returns their pids.
 
     On a machine with few cores their periodic wake-ups preempt the training threads, and synchronised
-    intra-op threads then all wait for the preempted one. At a lower priority they run in the gaps instead.
-    ``RAYFT_RAY_NICE=0`` turns this off.
+    intra-op threads then all wait for the preempted one. At the lowest priority (19) a waking bookkeeping
+    thread no longer preempts a training thread; it runs in the gaps instead. ``RAYFT_RAY_NICE=0`` turns
+    this off.
     """
     if niceness <= 0:
         return []
@@ -45,11 +79,12 @@ def lower_bookkeeping_priority(niceness: int) -> list[int]:
     for proc in psutil.Process().children(recursive=True):
         try:
             cmdline = " ".join(proc.cmdline())
-            if any(name in cmdline for name in BOOKKEEPING) and proc.nice() < niceness:
-                proc.nice(niceness)
-                reniced.append(proc.pid)
         except (psutil.Error, OSError):
-            continue  # gone already, or not ours to change
+            continue  # gone already
+        if any(name in cmdline for name in BOOKKEEPING):
+            keep = frozenset({proc.pid}) if "raylet/raylet" in cmdline else frozenset()  # workers fork from it
+            if renice_threads(proc.pid, niceness, keep):
+                reniced.append(proc.pid)
     return reniced
 
 
@@ -79,8 +114,9 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
     """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.
 
     ``address`` is ``None`` for a local Ray started here, or ``auto`` / ``HOST:PORT`` / ``ray://HOST:PORT``.
-    ``dashboard`` (local instances only; default: on unless ``RAYFT_DASHBOARD=0``) serves the Jobs and state
-    APIs; a sweep needs the state API, which Ray Train's placement-group cleaner polls.
+    ``dashboard`` (local instances only; default: off unless ``RAYFT_DASHBOARD=1``) serves the web UI and the
+    Jobs and state APIs. Nothing rayft runs needs it: sweeps free the placement groups of stopped trials
+    through their hub (:mod:`rayft.sweep.hub`), not through Ray Train's cleaner, which polls the state API.
     """
     import ray
 
@@ -98,15 +134,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         # folder with it). Everything relative was read by now: leave it for a folder nobody deletes.
         os.chdir(Path.home())
     if address:
+        os.environ.pop("RAYFT_QUIET_THREADS", None)  # a shared cluster's processes keep their priorities
         if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters enable token auth when a token exists
         ray.init(address=address, **kwargs)
     else:
-        # The dashboard serves the state API that Ray Train's placement-group cleaner polls.
-        # Without it a 2-core machine trains a few percent faster, but Ray Train cannot clean up the
-        # placement groups of trials that ASHA stops (and logs a warning every second): keep it for sweeps.
+        # Without the dashboard (and its module processes) a 2-core machine trains a few percent faster.
         if dashboard is None:
-            dashboard = os.environ.get("RAYFT_DASHBOARD", "1") != "0"
+            dashboard = os.environ.get("RAYFT_DASHBOARD", "0") == "1"
         port_kwargs: dict[str, Any] = {}
         if dashboard:
             # Pin the state API's address for this instance: without it, Ray's state clients (the cleaner
@@ -115,10 +150,18 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             env["RAY_API_SERVER_ADDRESS"] = os.environ["RAY_API_SERVER_ADDRESS"]
             port_kwargs["dashboard_port"] = port
+        lowered = int(os.environ.get("RAYFT_RAY_NICE", "19")) > 0
+        if lowered:  # Ray's own threads in this instance's processes yield to training (rayft.train.quiet)
+            os.environ["RAYFT_QUIET_THREADS"] = env["RAYFT_QUIET_THREADS"] = "1"
+        threads_before = _thread_ids()
         # address="local": always a new instance; with no address Ray would join a `ray start` cluster on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                 _system_config=QUIET_SYSTEM_CONFIG if os.environ.get("RAYFT_RAY_QUIET", "1") != "0" else None,
                  **port_kwargs, **kwargs)
-        lower_bookkeeping_priority(int(os.environ.get("RAYFT_RAY_NICE", "5")))
+        lower_bookkeeping_priority(int(os.environ.get("RAYFT_RAY_NICE", "19")))
+        if lowered:  # the threads ray.init started in this process; the caller's own (and torch's) keep theirs
+            renice_threads(os.getpid(), int(os.environ.get("RAYFT_RAY_NICE", "19")),
+                           only=_thread_ids() - threads_before)
     return ray.cluster_resources()
 
 

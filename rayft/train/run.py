@@ -75,8 +75,11 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
         from rayft.train.backend import WorkerTorchConfig
         from rayft.train.entry import train_loop_per_worker  # only the workers import the training stack
 
+        from rayft.train.quiet import QuietRun
+
         trainer_class, backend_kwargs = _lean(DataParallelTrainer, clean_up_placement_groups), {
             "backend_config": WorkerTorchConfig(backend=backend)}
+        callbacks = [*(callbacks or []), QuietRun()]
     else:
         from ray.train.torch import TorchConfig, TorchTrainer
 

@@ -18,6 +18,7 @@ from rayft.config.schema import ExperimentConfig
 from rayft.methods import get_method, method_summary
 from rayft.paths import quiet_libraries, setup_env
 from rayft.train import engine as E
+from rayft.train.quiet import quiet_ray_threads
 
 DS_TAG = "ds"
 STATE_FILE = "rayft_state.json"
@@ -28,6 +29,7 @@ HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds the resolved experiment and a reference to the data."""
     started, marks = time.perf_counter(), {"loop_start": time.time()}  # start-up timeline (wall clock)
+    quiet_ray_threads(keep_names=("gloo",))  # local Ray: its threads here yield to this one (and gloo's)
     setup_env()
     quiet_libraries()
     cfg = ExperimentConfig.model_validate(config["experiment"])

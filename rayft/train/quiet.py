@@ -1,0 +1,98 @@
+"""Keep Ray's own threads out of the training threads' way on a local Ray (small machines).
+
+Every Ray process runs threads of its own — gRPC pollers, event loops, a task-event reporter — that wake up
+periodically. On two cores each wake-up preempts one of the two intra-op training threads, and the other then
+waits for it at the next barrier, so a few percent of CPU taken costs several percent of training throughput.
+On a local instance rayft lowers those threads to the lowest priority (niceness 19), where a waking thread no
+longer preempts a training thread but runs in the gaps:
+
+- the bookkeeping processes (GCS, agents, the raylet's helper threads), when the instance starts
+  (:func:`rayft.cluster.lower_bookkeeping_priority`);
+- the driver's Ray threads, right after ``ray.init`` (:func:`quiet_ray_threads`);
+- in each training worker, every thread but the training thread and gloo's communication threads;
+- the Ray Train controller and the run's synchronisation actor (:class:`QuietRun`).
+
+Only local instances (``RAYFT_QUIET_THREADS=1``, set by :func:`rayft.cluster.init_ray`) do this: on a shared
+cluster rayft leaves other processes' priorities alone. Linux only; elsewhere it does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+
+ENV = "RAYFT_QUIET_THREADS"
+NICE_ENV = "RAYFT_RAY_NICE"
+# Ray Train's helper actors of a run, by process title: they coordinate, they never compute.
+HELPERS = ("ray::SynchronizationActor", "ray::_AutoscalingCoordinatorActor")
+
+
+def enabled() -> bool:
+    return os.environ.get(ENV) == "1" and hasattr(os, "setpriority")
+
+
+def niceness() -> int:
+    return int(os.environ.get(NICE_ENV, "19"))
+
+
+def quiet_ray_threads(keep_names: tuple[str, ...] = ()) -> int:
+    """Lower every thread of this process but the calling one (and threads named ``keep_names*``).
+
+    Call it from the thread that will do the work: threads it starts later inherit its priority.
+    """
+    from rayft.cluster import renice_threads
+
+    if not enabled():
+        return 0
+    keep = {threading.get_native_id()}
+    for tid in _tids(os.getpid()):
+        if keep_names and _thread_name(os.getpid(), tid).startswith(keep_names):
+            keep.add(tid)
+    return renice_threads(os.getpid(), niceness(), frozenset(keep))
+
+
+def quiet_processes(titles: tuple[str, ...]) -> list[int]:
+    """Lower every thread of this machine's processes whose title starts with one of ``titles``."""
+    from rayft.cluster import renice_threads
+
+    if not enabled():
+        return []
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or [""]
+        if cmdline and cmdline[0].startswith(titles) and renice_threads(proc.info["pid"], niceness()):
+            found.append(proc.info["pid"])
+    return found
+
+
+class QuietRun(ControllerCallback, WorkerGroupCallback):
+    """On the Ray Train controller: quiet the controller itself, then the run's helper actors once they exist."""
+
+    def after_controller_start(self, train_run_context: Any) -> None:
+        if enabled():
+            from rayft.cluster import renice_threads
+
+            renice_threads(os.getpid(), niceness())
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        quiet_processes(HELPERS)
+
+
+def _tids(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _thread_name(pid: int, tid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            return fh.read().strip()
+    except OSError:
+        return ""
