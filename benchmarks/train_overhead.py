@@ -14,6 +14,7 @@ and rayft's start-up time to the first training step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -125,7 +126,8 @@ def main() -> None:
               f"steady state after step {args.warmup}, {args.rounds} rounds", file=sys.stderr, flush=True)
         for i in range(args.rounds):
             plain = plain_loop(cfg, data, args.steps, args.warmup, args.threads)
-            ours = rayft_train(cfg, args.steps)  # starts a local Ray of its own, as `rayft train` does
+            with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report (Ray prints workers' lines)
+                ours = rayft_train(cfg, args.steps)  # starts a local Ray of its own, as `rayft train` does
             beside_ray = plain_loop(cfg, data, args.steps, args.warmup, args.threads)
             ray.shutdown()
             rounds.append({"plain_samples_per_s": round(plain["samples_per_s"], 2),
