@@ -40,11 +40,7 @@ def renice_threads(pid: int, niceness: int, keep: frozenset[int] = frozenset(),
     started before (gRPC pollers, event loops) would go on competing with training at full priority.
     """
     changed = 0
-    try:
-        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:  # gone, or not Linux
-        return 0
-    for tid in tids:
+    for tid in thread_ids(pid):
         try:
             if tid not in keep and (only is None or tid in only) and os.getpriority(os.PRIO_PROCESS, tid) < niceness:
                 os.setpriority(os.PRIO_PROCESS, tid, niceness)
@@ -54,10 +50,11 @@ def renice_threads(pid: int, niceness: int, keep: frozenset[int] = frozenset(),
     return changed
 
 
-def _thread_ids() -> set[int]:
+def thread_ids(pid: int) -> set[int]:
+    """The Linux thread ids of process ``pid`` (empty when it is gone, or elsewhere than Linux)."""
     try:
-        return {int(t) for t in os.listdir(f"/proc/{os.getpid()}/task")}
-    except OSError:  # not Linux
+        return {int(t) for t in os.listdir(f"/proc/{pid}/task")}
+    except OSError:
         return set()
 
 
@@ -150,18 +147,18 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             env["RAY_API_SERVER_ADDRESS"] = os.environ["RAY_API_SERVER_ADDRESS"]
             port_kwargs["dashboard_port"] = port
-        lowered = int(os.environ.get("RAYFT_RAY_NICE", "19")) > 0
+        nice = int(os.environ.get("RAYFT_RAY_NICE", "19"))
+        lowered = nice > 0
         if lowered:  # Ray's own threads in this instance's processes yield to training (rayft.train.quiet)
             os.environ["RAYFT_QUIET_THREADS"] = env["RAYFT_QUIET_THREADS"] = "1"
-        threads_before = _thread_ids()
+        threads_before = thread_ids(os.getpid())
         # address="local": always a new instance; with no address Ray would join a `ray start` cluster on this machine.
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                  _system_config=QUIET_SYSTEM_CONFIG if os.environ.get("RAYFT_RAY_QUIET", "1") != "0" else None,
                  **port_kwargs, **kwargs)
-        lower_bookkeeping_priority(int(os.environ.get("RAYFT_RAY_NICE", "19")))
+        lower_bookkeeping_priority(nice)
         if lowered:  # the threads ray.init started in this process; the caller's own (and torch's) keep theirs
-            renice_threads(os.getpid(), int(os.environ.get("RAYFT_RAY_NICE", "19")),
-                           only=_thread_ids() - threads_before)
+            renice_threads(os.getpid(), nice, only=thread_ids(os.getpid()) - threads_before)
     return ray.cluster_resources()
 
 

@@ -49,11 +49,11 @@ class TrialHub:
             self._reports[key], self._acks[key] = asyncio.Queue(maxsize=1), asyncio.Queue(maxsize=1)
         return self._reports[key], self._acks[key]
 
-    async def put(self, key: str, report: Any) -> bool:
-        """Hand a report to the trial; returns once the trial acknowledged it (False: the trial went away)."""
+    async def put(self, key: str, report: Any) -> None:
+        """Hand a report to the trial; returns once the trial acknowledged it."""
         reports, acks = self._queues(key)
         await reports.put(report)
-        return await acks.get()
+        await acks.get()
 
     async def get(self, key: str, timeout_s: float = WAIT_S) -> Any:
         """The trial's next report, or None when none came within ``timeout_s``."""
@@ -63,8 +63,8 @@ class TrialHub:
         except asyncio.TimeoutError:
             return None
 
-    async def ack(self, key: str, ok: bool = True) -> None:
-        await self._queues(key)[1].put(ok)
+    async def ack(self, key: str) -> None:
+        await self._queues(key)[1].put(True)
 
     def release(self, key: str) -> None:
         """Forget a finished run's queues."""

@@ -43,12 +43,12 @@ def quiet_ray_threads(keep_names: tuple[str, ...] = ()) -> int:
 
     Call it from the thread that will do the work: threads it starts later inherit its priority.
     """
-    from rayft.cluster import renice_threads
+    from rayft.cluster import renice_threads, thread_ids
 
     if not enabled():
         return 0
     keep = {threading.get_native_id()}
-    for tid in _tids(os.getpid()):
+    for tid in thread_ids(os.getpid()):
         if keep_names and _thread_name(os.getpid(), tid).startswith(keep_names):
             keep.add(tid)
     return renice_threads(os.getpid(), niceness(), frozenset(keep))
@@ -81,13 +81,6 @@ class QuietRun(ControllerCallback, WorkerGroupCallback):
 
     def after_worker_group_start(self, worker_group: Any) -> None:
         quiet_processes(HELPERS)
-
-
-def _tids(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
 
 
 def _thread_name(pid: int, tid: int) -> str:
