@@ -7,12 +7,15 @@ the best held-out (validation) accuracy the random search found; goal: TPE + ASH
 
 It also measures the per-trial start-up (trial start → first training step) with the lean start-up
 (``RAYFT_LEAN_START=1``, the default: the sweep's hub, no placement-group cleaner, queue or dataset actor
-per trial, torch only in the workers) against Ray's stock Train-in-Tune path (``RAYFT_LEAN_START=0``:
+per trial, torch only in the workers, later trials in processes prestarted with the training stack imported)
+against Ray's stock Train-in-Tune path (``RAYFT_LEAN_START=0``:
 ``TorchTrainer`` with ``TuneReportCallback``) on the same short trials (in the order before, after, after,
 before), and where the time goes (``startup_*`` phases); goal: <= 10 s.
 
 Full size (about 2 h on 2 cores):
     python benchmarks/sweep_efficiency.py --trials 12 --epochs 3 --train-size 2000
+Start-up only (before/after, 6 short trials per sweep, 2 at a time):
+    python benchmarks/sweep_efficiency.py --startup-only --train-size 400 --val-size 200
 Quick check:
     python benchmarks/sweep_efficiency.py --trials 4 --epochs 1 --train-size 400 --val-size 200 --startup-trials 2
 """
@@ -39,7 +42,7 @@ PHASES = ("startup_launch_s", "startup_import_s", "startup_data_s", "startup_mod
 
 def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, scheduler: str,
                trials: int, epochs: float) -> dict[str, Any]:
-    evals_per_epoch = 2
+    evals_per_epoch = args.evals_per_epoch
     steps_per_epoch = -(-args.train_size // 16)
     return {
         "name": name, "output_dir": out,
@@ -51,7 +54,7 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
                   "eval_every": max(1, steps_per_epoch // evals_per_epoch), "eval_batch_size": 128},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
         "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": "eval_accuracy",
-                  "mode": "max", "grace_period": 1, "reduction_factor": 3, "seed": args.seed, "export_best": False,
+                  "mode": "max", "grace_period": args.grace, "reduction_factor": args.reduction, "seed": args.seed, "export_best": False,
                   "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
                             "train.scheduler": {"choice": ["linear", "cosine"]},
                             "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
@@ -82,11 +85,19 @@ def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
 
 
 def startup(outcomes: list[Any]) -> dict[str, Any]:
+    """Median start-up of all trials, and apart for trials whose worker process was prestarted with the training
+    stack imported ("warm": every trial after a sweep's first ``concurrent`` ones) and the others ("cold")."""
     rows = [t.metrics for o in outcomes for t in o.trials if "trial_startup_s" in t.metrics]
     out = {"trial_startup_s_median": round(statistics.median(r["trial_startup_s"] for r in rows), 2),
            "trial_startup_s": [round(r["trial_startup_s"], 2) for r in rows]}
     out.update({p: round(statistics.median(r[p] for r in rows if p in r), 2) for p in PHASES
                 if any(p in r for r in rows)})
+    for kind, group in (("warm", [r for r in rows if r.get("startup_warm")]),
+                        ("cold", [r for r in rows if not r.get("startup_warm")])):
+        out[f"{kind}_trials"] = len(group)
+        if group:
+            out[f"trial_startup_s_median_{kind}"] = round(statistics.median(r["trial_startup_s"] for r in group), 2)
+            out[f"startup_launch_s_median_{kind}"] = round(statistics.median(r["startup_launch_s"] for r in group), 2)
     return out
 
 
@@ -107,7 +118,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=3)
     parser.add_argument("--train-size", type=int, default=2000)
     parser.add_argument("--val-size", type=int, default=500)
-    parser.add_argument("--startup-trials", type=int, default=4, help="short trials per start-up measurement")
+    parser.add_argument("--startup-trials", type=int, default=6,
+                        help="short trials per start-up measurement (the first 2 of each sweep start cold)")
+    parser.add_argument("--evals-per-epoch", type=int, default=4, help="evaluations (ASHA rungs) per epoch")
+    parser.add_argument("--grace", type=int, default=3, help="ASHA grace period, in evaluations")
+    parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--startup-only", action="store_true", help="measure only the per-trial start-up")
@@ -145,6 +160,8 @@ def main() -> None:
         "setup": {"model": "minilm-l6", "method": "lora",
                   "data": f"rotten_tomatoes {args.train_size} train / {args.val_size} val",
                   "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seed": args.seed,
+                  "asha": {"evals_per_epoch": args.evals_per_epoch, "grace_evals": args.grace,
+                           "reduction_factor": args.reduction},
                   "space": "lr, lora r, schedule, warmup"},
         "target_eval_accuracy": round(target, 4),
         "random_no_stopping": r, "tpe_asha": a,

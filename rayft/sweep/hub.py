@@ -39,10 +39,14 @@ WAIT_S = 5.0  # how long one blocking get waits on the hub before the trial chec
 class TrialHub:
     """The sweep's relay and placement-group keeper (an asyncio actor: every call waits without a thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm_trials: int = 0) -> None:
         self._reports: dict[str, asyncio.Queue] = {}
         self._acks: dict[str, asyncio.Queue] = {}
         self._watched: set[asyncio.Task] = set()
+        self._warm_left = warm_trials  # later trials to prestart processes for (see rayft.sweep.warm)
+        self._warm_queue: asyncio.Queue = asyncio.Queue()
+        self._warm_task: asyncio.Task | None = None
+        self._warm_asked = 0
 
     def _queues(self, key: str) -> tuple[asyncio.Queue, asyncio.Queue]:
         if key not in self._reports:
@@ -94,14 +98,48 @@ class TrialHub:
     def watching(self) -> int:
         return len(self._watched)
 
+    async def prestart(self, job_id: str, wanted: list[tuple[str, str, int]]) -> None:
+        """Prestart one later trial's processes: ``count`` of each (node, runtime environment) in ``wanted``,
+        the first entries first."""
+        if self._warm_left <= 0:
+            return
+        self._warm_left -= 1
+        for node, env, count in wanted:
+            for _ in range(count):
+                self._warm_queue.put_nowait((node, job_id, env))
+        if self._warm_task is None:
+            self._warm_task = asyncio.get_running_loop().create_task(self._prestart_queued())
 
-def start_hub(sweep_name: str) -> Any:
-    """The hub of this driver's sweep (on the driver's node, no CPU of its own)."""
+    async def _prestart_queued(self) -> None:
+        """Ask for one process at a time: a raylet starts only as many processes at once as it has CPUs, and
+        drops prestart requests beyond that."""
+        from rayft.sweep.warm import PRESTART_SPACING_S, prestart
+
+        while True:
+            node, job_id, env = await self._warm_queue.get()
+            try:
+                await asyncio.to_thread(prestart, node, job_id, env, 1)
+                self._warm_asked += 1
+            except Exception as exc:  # noqa: BLE001 - trials then start cold, as without prestarting
+                self._warm_left = 0
+                print(f"rayft: could not prestart processes for the next trials ({exc}); they start cold",
+                      flush=True)
+                return
+            await asyncio.sleep(PRESTART_SPACING_S)
+
+    def prestarted(self) -> int:
+        """How many processes the hub had Ray prestart."""
+        return self._warm_asked
+
+
+def start_hub(sweep_name: str, warm_trials: int = 0) -> Any:
+    """The hub of this driver's sweep (on the driver's node, no CPU of its own); it prestarts processes for up to
+    ``warm_trials`` later trials."""
     node = ray.get_runtime_context().get_node_id()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return TrialHub.options(name=f"rayft-hub-{sweep_name}-{time.time_ns()}",
-                            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote()
+                            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=True)).remote(warm_trials)
 
 
 class HubReporter(UserCallback):
@@ -131,9 +169,12 @@ class HubPlacementGroups(WorkerGroupCallback):
         self.hub.watch.remote(state.placement_group_handle.placement_group, controller)
 
 
-def hub_callbacks(hub: Any, key: str) -> list[Any]:
-    """The Ray Train callbacks of a trial's run: reports through the hub, placement group watched by it."""
-    return [HubReporter(hub, key), HubPlacementGroups(hub)]
+def hub_callbacks(hub: Any, key: str, warm: bool = False) -> list[Any]:
+    """The Ray Train callbacks of a trial's run: reports through the hub, placement group watched by it, and with
+    ``warm`` the next trial's processes prestarted by it."""
+    from rayft.sweep.warm import WarmProcesses
+
+    return [HubReporter(hub, key), HubPlacementGroups(hub), *([WarmProcesses(hub)] if warm else [])]
 
 
 def run_key(trial_id: str) -> str:

@@ -37,7 +37,7 @@ def rayft_pbt_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str
         tune.report(metrics, checkpoint=tune.Checkpoint(checkpoint.path, checkpoint.filesystem) if checkpoint else None)
 
     key = run_key(tune.get_context().get_trial_id())
+    callbacks = hub_callbacks(data["hub"], key, warm=bool(data.get("warm")))
     trainer = trial_trainer(sample, base, data, storage, worker_cpus, lean_start, storage_filesystem,
-                            callbacks=hub_callbacks(data["hub"], key), started_at=started_at,
-                            start=tune.get_checkpoint())  # None on a first start
+                            callbacks=callbacks, started_at=started_at, start=tune.get_checkpoint())  # None: first start
     relay_reports(data["hub"], key, trainer, register)

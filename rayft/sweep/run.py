@@ -113,7 +113,8 @@ def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, An
         tune.report(metrics)
 
     key = run_key(tune.get_context().get_trial_id())
-    trainer = trial_trainer(*args, callbacks=hub_callbacks(data["hub"], key), started_at=started_at)
+    trainer = trial_trainer(*args, callbacks=hub_callbacks(data["hub"], key, warm=bool(data.get("warm"))),
+                            started_at=started_at)
     relay_reports(data["hub"], key, trainer, register)
 
 
@@ -125,20 +126,26 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
     It is named after the trial; with ``start`` (a checkpoint Tune restarts the trial from) it is a run of its
     own under a new name, so it cannot pick up an older checkpoint of the trial, and its workers begin there.
     With the lean start-up the sweep's hub frees the run's placement group should the trial be stopped (see
-    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out.
+    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out; with ``data["warm"]`` (the sweep's name)
+    the workers' processes import the training stack as they start (see :mod:`rayft.sweep.warm`).
     """
     from ray import tune
 
     from rayft.train.run import make_trainer
 
     cfg = apply_sample(base, sample)
+    worker_env = None
+    if lean_start and data.get("warm"):
+        from rayft.sweep.warm import warm_env
+
+        worker_env = warm_env(cfg, data["model_path"], data["warm"])
     trial_id = tune.get_context().get_trial_id()
     run_name = trial_id if start is None else f"{trial_id}-{time.time_ns() // 1_000_000}"
     return make_trainer(cfg, data["ref"], run_name=run_name, storage_path=storage, callbacks=callbacks,
                         label=trial_id, worker_cpus=worker_cpus,
                         extra={"trial_started_at": started_at, "start_checkpoint": start},
                         lean_start=lean_start, storage_filesystem=storage_filesystem,
-                        clean_up_placement_groups=not lean_start)
+                        clean_up_placement_groups=not lean_start, worker_env=worker_env)
 
 
 def latest_sweep(root: Path) -> Path | None:
@@ -191,6 +198,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     from rayft.cluster import init_ray
     from rayft.data import prepare_data
     from rayft.sweep.hub import start_hub
+    from rayft.sweep.warm import enabled as warm_enabled
+    from rayft.sweep.warm import release_unused
     from rayft.train.run import storage_location
 
     start = time.perf_counter()
@@ -204,11 +213,15 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
     resources = init_ray(address)
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
-    hub = start_hub(sweep_name)  # relays the trials' reports and frees stopped trials' placement groups
+    lean_start = os.environ.get("RAYFT_LEAN_START", "1") != "0"
+    warm = lean_start and warm_enabled()  # later trials start in prestarted processes (rayft.sweep.warm)
+    # The hub relays the trials' reports, frees stopped trials' placement groups and prestarts processes.
+    hub = start_hub(sweep_name, warm_trials=max(0, cfg.sweep.num_trials - concurrent) if warm else 0)
+    shared = {"ref": ray.put(data), "hub": hub, "warm": sweep_name if warm else None, "model_path": data.model_path}
     trainable = tune.with_resources(
-        tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data={"ref": ray.put(data), "hub": hub},
+        tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data=shared,
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
-                             lean_start=os.environ.get("RAYFT_LEAN_START", "1") != "0", storage_filesystem=fs),
+                             lean_start=lean_start, storage_filesystem=fs),
         {"CPU": TRIAL_CPU},
     )
     pairs = objectives(cfg)
@@ -227,6 +240,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
         print(describe_exploits(sweep_dir), flush=True)
     del tuner
     gc.collect()  # finish W&B logging actors while Ray is still up
+    if warm:
+        release_unused(sweep_name)  # prestarted for trials that never came (stopped early, or the last ones)
     rows = result_rows(grid, TrialRow, loc)
     where = str(sweep_dir) if loc.local else loc.child(sweep_name).uri()
     outcome = SweepOutcome(sweep_name, where, pairs[0][0], pairs[0][1], rows,

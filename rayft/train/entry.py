@@ -33,5 +33,11 @@ def skip_unused_imports(method: str) -> None:
     cores, plus a warning about missing kernels). A ``None`` entry in ``sys.modules`` makes both treat it as
     not installed: ``import`` raises ImportError and ``importlib.util.find_spec`` returns None.
     """
-    if method not in QUANTIZED_METHODS and "bitsandbytes" not in sys.modules:
+    if method not in QUANTIZED_METHODS:
+        keep_out_bitsandbytes()
+
+
+def keep_out_bitsandbytes() -> None:
+    """Make this process treat bitsandbytes as not installed (unless it was imported already)."""
+    if "bitsandbytes" not in sys.modules:
         sys.modules["bitsandbytes"] = None  # type: ignore[assignment]

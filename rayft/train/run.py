@@ -51,7 +51,8 @@ def placement(cfg: ExperimentConfig, worker_cpus: float | None = None) -> dict[s
 def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
                  worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True,
-                 storage_filesystem: Any = None, clean_up_placement_groups: bool = True):
+                 storage_filesystem: Any = None, clean_up_placement_groups: bool = True,
+                 worker_env: dict[str, str] | None = None):
     """A Ray Train data-parallel trainer running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
@@ -62,7 +63,7 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
     imports the whole training stack), with Ray Train's dataset machinery. ``storage_filesystem`` is the
     pyarrow filesystem of ``storage_path`` (None: local). ``clean_up_placement_groups=False`` leaves out Ray
     Train's placement-group cleaner (an actor polling the state API every second), for runs that cannot
-    outlive their Ray.
+    outlive their Ray. ``worker_env``: environment variables of the workers' processes (their runtime environment).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -95,6 +96,7 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=callbacks or [], checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
+            **({"worker_runtime_env": {"env_vars": worker_env}} if worker_env else {}),
         ),
     )
 

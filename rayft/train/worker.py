@@ -109,8 +109,11 @@ def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[
     """Where the time before the first step went, in seconds (``startup_*`` metrics).
 
     ``startup_launch_s``: from the Tune trial function's start to this worker's entry point (the Ray
-    Train controller, the worker group, the torch process group); ``startup_import_s``: importing the
-    training stack; then getting the data, building the model, the DeepSpeed engine and the first step.
+    Train controller, the worker group, the torch process group; in a sweep a fresh worker process imports
+    the training stack as it starts, see :mod:`rayft.train.preload`); ``startup_import_s``: importing the
+    training stack in the loop; then getting the data, building the model, the DeepSpeed engine and the
+    first step. ``startup_prestarted`` / ``startup_warm``: 1.0 where the process was started / had the training
+    stack imported before the trial began.
     """
     phases = {"startup_data_s": marks["data_ready"] - marks["loop_start"],
               "startup_model_s": marks["model_ready"] - marks["data_ready"],
@@ -120,8 +123,12 @@ def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[
     entered_at, trial_started_at = config.get("entered_at") or marks["loop_start"], config.get("trial_started_at")
     phases["startup_import_s"] = marks["loop_start"] - entered_at
     if trial_started_at:
+        from rayft.train.preload import prestarted, started_warm
+
         phases["startup_launch_s"] = entered_at - trial_started_at
         phases["trial_startup_s"] = first_step_at - trial_started_at
+        phases["startup_prestarted"] = float(prestarted(trial_started_at))  # 1: the process was ready and waiting
+        phases["startup_warm"] = float(started_warm(trial_started_at))  # 1: ... with the training stack imported
     return {k: round(v, 3) for k, v in phases.items()}
 
 

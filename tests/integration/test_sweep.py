@@ -46,6 +46,10 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     assert len(trials) == 3 and summary["best"] in {t["trial_id"] for t in trials}
     assert len({(t["params"]["train.lr"], t["params"]["method.r"]) for t in trials}) == 3  # Optuna proposed 3 configs
     assert all(t["status"] in {"DONE", "STOPPED"} for t in trials)
+    # The third trial's worker started in a process Ray prestarted while the first two trained, and no idle
+    # prestarted process is left once the sweep is over.
+    assert sorted(t["metrics"].get("startup_prestarted", 0.0) for t in trials) == [0.0, 0.0, 1.0], trials
+    assert not _idle_warm_processes()
     best = next(t for t in trials if t["trial_id"] == summary["best"])
     assert best["metrics"]["eval_accuracy"] == max(t["metrics"]["eval_accuracy"] for t in trials
                                                    if t["status"] == "DONE")
@@ -62,6 +66,22 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     model = PeftModel.from_pretrained(base, folder)
     assert model.peft_config["default"].r == best["params"]["method.r"]
+
+
+def _idle_warm_processes() -> list[int]:
+    """Idle Ray worker processes on this machine that were prestarted with the training stack for a sweep."""
+    import psutil
+
+    from rayft.train.preload import TAG_VAR
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::IDLE") and TAG_VAR in proc.environ():
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
 
 
 def _actors() -> dict[str, str]:

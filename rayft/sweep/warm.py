@@ -1,0 +1,113 @@
+"""Warm processes for a sweep's next trials: started, with the training stack imported, while earlier trials train.
+
+Every trial of a sweep runs its Ray Train controller, synchronisation actor and workers in processes of its own
+(process isolation between trials). Ray starts a process when an actor needs one; on two cores starting Python
+and Ray costs about 2 s, and a worker's imports (torch, transformers, peft, DeepSpeed, the model's module)
+another 10 s or so, all before the trial's first step. Ray's raylet can start idle processes of a given runtime
+environment ahead of time (its ``PrestartWorkers`` call) and hands them to the next actor with that runtime
+environment. So when a trial's worker group is up, :class:`WarmProcesses` (a Ray Train callback on its controller)
+asks the sweep's hub to prestart the processes one more trial will need, with the runtime environments this
+trial's processes got; the workers' environment names :mod:`rayft.train.preload` as setup hook, so theirs import
+the training stack as they start. A prestarted process has run nothing of any trial.
+
+The hub prestarts for at most ``num_trials - concurrent`` later trials (the first ones start cold), and
+:func:`release_unused` ends the warm worker processes no trial took once the sweep is over. ``RAYFT_WARM=0`` turns
+it all off. Where the raylet refuses (another Ray version, a cluster that forbids it), trials start cold, as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from typing import Any
+
+import ray
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+logger = logging.getLogger(__name__)
+
+KEEP_ALIVE_S = 3600  # Ray keeps an unused prestarted process at least this long
+PRESTART_SPACING_S = 2.0  # between two prestarts: a process registers with its raylet within about 1-2 s
+CONTROLLER_PROCESSES = 2  # the Train controller and its synchronisation actor share the controller's environment
+
+
+def enabled() -> bool:
+    return os.environ.get("RAYFT_WARM", "1") != "0"
+
+
+def warm_env(cfg: Any, model_path: str, tag: str) -> dict[str, str]:
+    """The runtime environment variables of a trial's Train workers: import the training stack on start."""
+    from rayft.train.entry import QUANTIZED_METHODS
+    from rayft.train.preload import model_type, preload_env
+
+    return preload_env(model_type(model_path), cfg.method.name in QUANTIZED_METHODS, tag)
+
+
+def _process_env() -> tuple[str, str]:
+    """(node id, serialized runtime environment) of the calling Ray process."""
+    core = ray._private.worker.global_worker.core_worker
+    return ray.get_runtime_context().get_node_id(), core.get_current_runtime_env()
+
+
+class WarmProcesses(WorkerGroupCallback):
+    """On a trial's Train controller: once its workers are up, have the hub prestart the next trial's processes."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.trial = _process_env()  # made in the trial's process, whose environment the next trial's gets
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        wanted: Counter[tuple[str, str]] = Counter(worker_group.execute(_process_env))  # the workers' first
+        wanted[_process_env()] += CONTROLLER_PROCESSES
+        wanted[self.trial] += 1
+        self.hub.prestart.remote(ray.get_runtime_context().get_job_id(),
+                                 [(node, env, count) for (node, env), count in wanted.items()])
+
+
+def prestart(node_id: str, job_id: str, runtime_env: str, count: int, keep_alive_s: int = KEEP_ALIVE_S) -> None:
+    """Ask node ``node_id``'s raylet to start ``count`` idle worker processes of ``runtime_env`` for job ``job_id``.
+
+    Raises:
+        LookupError: no live node has that id.
+        grpc.RpcError: the raylet refused or could not be reached.
+    """
+    from ray._private.grpc_utils import init_grpc_channel
+    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
+    from ray.runtime_env import RuntimeEnvConfig
+
+    node = next((n for n in ray.nodes() if n["Alive"] and n["NodeID"] == node_id), None)
+    if node is None:
+        raise LookupError(f"no live Ray node {node_id}")
+    channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
+    try:
+        info = runtime_environment_pb2.RuntimeEnvInfo(
+            serialized_runtime_env=runtime_env,
+            runtime_env_config=RuntimeEnvConfig.default_config().build_proto_runtime_env_config())
+        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(
+            node_manager_pb2.PrestartWorkersRequest(language=common_pb2.PYTHON, job_id=bytes.fromhex(job_id),
+                                                    runtime_env_info=info, keep_alive_duration_secs=keep_alive_s,
+                                                    num_workers=count), timeout=10)
+    finally:
+        channel.close()
+
+
+def release_unused(tag: str) -> int:
+    """End this machine's idle warm worker processes started for sweep ``tag``; returns how many.
+
+    An idle Ray worker's title is ``ray::IDLE``; the tag is in its environment (see :mod:`rayft.train.preload`).
+    Processes on other nodes are left to Ray, which ends them when their keep-alive ran out or the job ends.
+    """
+    import psutil
+
+    from rayft.train.preload import TAG_VAR
+
+    ended = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info.get("cmdline") or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
+                proc.kill()
+                ended += 1
+        except (psutil.Error, OSError):
+            continue
+    return ended
