@@ -28,7 +28,7 @@ from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 3600  # Ray keeps an unused prestarted process at least this long
-PRESTART_SPACING_S = 2.0  # between two prestarts: a process registers with its raylet within about 1-2 s
+PRESTART_SPACING_S = 1.0  # between two prestarts: a raylet starts as many processes at once as it has CPUs
 CONTROLLER_PROCESSES = 2  # the Train controller and its synchronisation actor share the controller's environment
 
 

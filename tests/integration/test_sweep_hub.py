@@ -107,3 +107,84 @@ def test_relay_keeps_the_trial_thread_for_tune(ray_local):
     relay_reports(hub, key, FakeTrainer(HubReporter(hub, key), reports=2),
                   lambda metrics, checkpoint: threads.append(threading.current_thread().name))
     assert threads == [threading.current_thread().name] * 2
+
+
+def test_prestarted_worker_is_taken_by_the_next_actor_and_unused_ones_end(ray_local):
+    """The hub has Ray prestart a process of a Train worker's runtime environment; it imports the training stack
+    before any work, the next actor of that environment starts in it, and ``release_unused`` ends idle ones."""
+    import os
+    import sys
+
+    import ray
+
+    from rayft.sweep.hub import start_hub
+    from rayft.sweep.warm import _process_env, release_unused
+    from rayft.train.preload import preload_env
+
+    env = {"env_vars": preload_env("bert", False, "test-warm")}
+
+    @ray.remote(num_cpus=0, runtime_env=env)
+    class Worker:  # stands in for a Ray Train worker with a sweep's preload environment
+        def where(self):
+            from rayft.train import preload
+
+            return os.getpid(), _process_env(), preload.warm_since, "deepspeed.runtime.engine" in sys.modules
+
+    first = Worker.remote()
+    pid, (node, serialized), _, imported = ray.get(first.where.remote(), timeout=300)
+    assert imported  # the setup hook ran in this (cold) process before it took the actor
+    hub = start_hub("test-warm", warm_trials=2)
+    job = ray.get_runtime_context().get_job_id()
+    ray.get(hub.prestart.remote(job, [(node, serialized, 1)]))
+    idle = _wait_for(lambda: _idle_tagged("test-warm"))
+    assert len(idle) == 1 and ray.get(hub.prestarted.remote()) == 1
+    _wait_for(lambda: _warm(idle[0]), timeout_s=300)  # it imports the training stack while idle
+
+    asked_at = time.time()
+    second = Worker.remote()
+    pid2, _, warm_since, _ = ray.get(second.where.remote(), timeout=60)
+    assert pid2 == idle[0] and warm_since < asked_at  # the prestarted, already warm process took it
+
+    ray.get(hub.prestart.remote(job, [(node, serialized, 1)]))  # the last of the hub's 2 later trials
+    ray.get(hub.prestart.remote(job, [(node, serialized, 1)]))  # beyond them: nothing
+    left = _wait_for(lambda: _idle_tagged("test-warm"))
+    assert len(left) == 1 and ray.get(hub.prestarted.remote()) == 2
+    assert release_unused("test-warm") == 1
+    _wait_for(lambda: not _idle_tagged("test-warm"))
+    for actor in (first, second):
+        ray.kill(actor)
+
+
+def _idle_tagged(tag: str) -> list[int]:
+    import psutil
+
+    from rayft.train.preload import TAG_VAR
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _warm(pid: int) -> bool:
+    """Whether process ``pid`` has finished its imports (its CPU time stopped growing for a second)."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(1.0)
+    return sum(proc.cpu_times()[:2]) - before < 0.05
+
+
+def _wait_for(condition, timeout_s: float = 60.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {condition}")
