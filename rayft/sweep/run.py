@@ -126,7 +126,7 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
     It is named after the trial; with ``start`` (a checkpoint Tune restarts the trial from) it is a run of its
     own under a new name, so it cannot pick up an older checkpoint of the trial, and its workers begin there.
     With the lean start-up the sweep's hub frees the run's placement group should the trial be stopped (see
-    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out; with ``data["warm"]`` (the sweep's name)
+    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out; with ``data["warm"]`` (the sweep's tag)
     the workers' processes import the training stack as they start (see :mod:`rayft.sweep.warm`).
     """
     from ray import tune
@@ -217,7 +217,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     warm = lean_start and warm_enabled()  # later trials start in prestarted processes (rayft.sweep.warm)
     # The hub relays the trials' reports, frees stopped trials' placement groups and prestarts processes.
     hub = start_hub(sweep_name, warm_trials=max(0, cfg.sweep.num_trials - concurrent) if warm else 0)
-    shared = {"ref": ray.put(data), "hub": hub, "warm": sweep_name if warm else None, "model_path": data.model_path}
+    tag = f"{cfg.name}/{sweep_name}"  # marks the processes prestarted for this sweep
+    shared = {"ref": ray.put(data), "hub": hub, "warm": tag if warm else None, "model_path": data.model_path}
     trainable = tune.with_resources(
         tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data=shared,
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
@@ -241,7 +242,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     del tuner
     gc.collect()  # finish W&B logging actors while Ray is still up
     if warm:
-        release_unused(sweep_name)  # prestarted for trials that never came (stopped early, or the last ones)
+        release_unused(tag)  # prestarted for trials that never came (the sweep ended or was interrupted)
     rows = result_rows(grid, TrialRow, loc)
     where = str(sweep_dir) if loc.local else loc.child(sweep_name).uri()
     outcome = SweepOutcome(sweep_name, where, pairs[0][0], pairs[0][1], rows,

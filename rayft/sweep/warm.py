@@ -106,7 +106,7 @@ def release_unused(tag: str) -> int:
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if (proc.info.get("cmdline") or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
-                proc.kill()
+                proc.terminate()  # an idle Ray worker exits cleanly on SIGTERM
                 ended += 1
         except (psutil.Error, OSError):
             continue
