@@ -49,7 +49,7 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     # The third trial's worker started in a process Ray prestarted while the first two trained, and no idle
     # prestarted process is left once the sweep is over.
     assert sorted(t["metrics"].get("startup_prestarted", 0.0) for t in trials) == [0.0, 0.0, 1.0], trials
-    assert not _idle_warm_processes()
+    assert not _idle_warm_processes(f"tiny-sweep/{summary['name']}")
     best = next(t for t in trials if t["trial_id"] == summary["best"])
     assert best["metrics"]["eval_accuracy"] == max(t["metrics"]["eval_accuracy"] for t in trials
                                                    if t["status"] == "DONE")
@@ -68,8 +68,8 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     assert model.peft_config["default"].r == best["params"]["method.r"]
 
 
-def _idle_warm_processes() -> list[int]:
-    """Idle Ray worker processes on this machine that were prestarted with the training stack for a sweep."""
+def _idle_warm_processes(tag: str) -> list[int]:
+    """Idle Ray worker processes on this machine that were prestarted with the training stack for sweep ``tag``."""
     import psutil
 
     from rayft.train.preload import TAG_VAR
@@ -77,7 +77,7 @@ def _idle_warm_processes() -> list[int]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if (proc.info["cmdline"] or [""])[0].startswith("ray::IDLE") and TAG_VAR in proc.environ():
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
                 found.append(proc.pid)
         except psutil.Error:
             continue
