@@ -84,6 +84,14 @@ def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
             "stopped_early": sum(t.status == "STOPPED" for t in outcome.trials), "trials": len(outcome.trials)}
 
 
+def trial_rows(outcome: Any) -> list[dict[str, Any]]:
+    """Per trial: status, sampled values, last validation accuracy, epochs trained, start-up."""
+    return [{"trial": t.trial_id, "status": t.status, "params": t.params,
+             "eval_accuracy": round(t.metrics.get("eval_accuracy", 0.0), 4), "epoch": t.metrics.get("epoch"),
+             "trial_startup_s": t.metrics.get("trial_startup_s"), "warm": t.metrics.get("startup_warm")}
+            for t in outcome.trials]
+
+
 def startup(outcomes: list[Any]) -> dict[str, Any]:
     """Median start-up of all trials, and apart for trials whose worker process was prestarted with the training
     stack imported ("warm": every trial after a sweep's first ``concurrent`` ones) and the others ("cold")."""
@@ -153,8 +161,13 @@ def main() -> None:
         init_ray(num_cpus=args.cpus, quiet=True)  # the sweeps themselves on a local Ray as rayft starts it
         rand, rand_t0 = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
         target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
+        r = replay(rand, target, rand_t0)
+        # Each part as soon as it is measured (stderr), so a run cut short keeps what it found.
+        print("# startup " + json.dumps({"before": before, "after": after}), file=sys.stderr, flush=True)
+        print("# random " + json.dumps({**r, "trials_detail": trial_rows(rand)}), file=sys.stderr, flush=True)
         tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs), lean=True)
-    r, a = replay(rand, target, rand_t0), replay(tpe, target, tpe_t0)
+    a = replay(tpe, target, tpe_t0)
+    print("# tpe-asha " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr, flush=True)
     report = {
         "benchmark": "sweep_efficiency",
         "setup": {"model": "minilm-l6", "method": "lora",
