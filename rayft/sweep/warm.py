@@ -92,22 +92,37 @@ def prestart(node_id: str, job_id: str, runtime_env: str, count: int, keep_alive
         channel.close()
 
 
-def release_unused(tag: str) -> int:
-    """End this machine's idle warm worker processes started for sweep ``tag``; returns how many.
+def idle_warm(tag: str) -> list[int]:
+    """Pids of this machine's idle worker processes prestarted with the training stack for sweep ``tag``.
 
     An idle Ray worker's title is ``ray::IDLE``; the tag is in its environment (see :mod:`rayft.train.preload`).
-    Processes on other nodes are left to Ray, which ends them when their keep-alive ran out or the job ends.
     """
     import psutil
 
     from rayft.train.preload import TAG_VAR
 
-    ended = 0
+    found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
             if (proc.info.get("cmdline") or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
-                proc.terminate()  # an idle Ray worker exits cleanly on SIGTERM
-                ended += 1
+                found.append(proc.pid)
         except (psutil.Error, OSError):
+            continue  # gone meanwhile, or not ours to read
+    return found
+
+
+def release_unused(tag: str) -> int:
+    """End this machine's idle warm worker processes started for sweep ``tag``; returns how many.
+
+    Processes on other nodes are left to Ray, which ends them when their keep-alive ran out or the job ends.
+    """
+    import psutil
+
+    ended = 0
+    for pid in idle_warm(tag):
+        try:
+            psutil.Process(pid).terminate()  # an idle Ray worker exits cleanly on SIGTERM
+            ended += 1
+        except psutil.Error:
             continue
     return ended

@@ -12,6 +12,7 @@ from transformers import AutoModelForSequenceClassification
 from conftest import cls_config
 from rayft.cli import main
 from rayft.store import MANIFEST
+from rayft.sweep.warm import idle_warm
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +50,7 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     # The third trial's worker started in a process Ray prestarted while the first two trained, and no idle
     # prestarted process is left once the sweep is over.
     assert sorted(t["metrics"].get("startup_prestarted", 0.0) for t in trials) == [0.0, 0.0, 1.0], trials
-    assert not _idle_warm_processes(f"tiny-sweep/{summary['name']}")
+    assert not idle_warm(f"tiny-sweep/{summary['name']}")
     best = next(t for t in trials if t["trial_id"] == summary["best"])
     assert best["metrics"]["eval_accuracy"] == max(t["metrics"]["eval_accuracy"] for t in trials
                                                    if t["status"] == "DONE")
@@ -66,22 +67,6 @@ def test_three_trial_asha_sweep_exports_the_best(ray_local, tiny_bert, sentiment
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     model = PeftModel.from_pretrained(base, folder)
     assert model.peft_config["default"].r == best["params"]["method.r"]
-
-
-def _idle_warm_processes(tag: str) -> list[int]:
-    """Idle Ray worker processes on this machine that were prestarted with the training stack for sweep ``tag``."""
-    import psutil
-
-    from rayft.train.preload import TAG_VAR
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if (proc.info["cmdline"] or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _actors() -> dict[str, str]:

@@ -118,7 +118,7 @@ def test_prestarted_worker_is_taken_by_the_next_actor_and_unused_ones_end(ray_lo
     import ray
 
     from rayft.sweep.hub import start_hub
-    from rayft.sweep.warm import _process_env, release_unused
+    from rayft.sweep.warm import _process_env, idle_warm, release_unused
     from rayft.train.preload import preload_env
 
     env = {"env_vars": preload_env("bert", False, "test-warm")}
@@ -136,7 +136,7 @@ def test_prestarted_worker_is_taken_by_the_next_actor_and_unused_ones_end(ray_lo
     hub = start_hub("test-warm", warm_trials=2)
     job = ray.get_runtime_context().get_job_id()
     ray.get(hub.prestart.remote(job, [(node, serialized, 1)]))
-    idle = _wait_for(lambda: _idle_tagged("test-warm"))
+    idle = _wait_for(lambda: idle_warm("test-warm"))
     assert len(idle) == 1 and ray.get(hub.prestarted.remote()) == 1
     _wait_for(lambda: _warm(idle[0]), timeout_s=300)  # it imports the training stack while idle
 
@@ -147,27 +147,12 @@ def test_prestarted_worker_is_taken_by_the_next_actor_and_unused_ones_end(ray_lo
 
     ray.get(hub.prestart.remote(job, [(node, serialized, 1)]))  # the last of the hub's 2 later trials
     ray.get(hub.prestart.remote(job, [(node, serialized, 1)]))  # beyond them: nothing
-    left = _wait_for(lambda: _idle_tagged("test-warm"))
+    left = _wait_for(lambda: idle_warm("test-warm"))
     assert len(left) == 1 and ray.get(hub.prestarted.remote()) == 2
     assert release_unused("test-warm") == 1
-    _wait_for(lambda: not _idle_tagged("test-warm"))
+    _wait_for(lambda: not idle_warm("test-warm"))
     for actor in (first, second):
         ray.kill(actor)
-
-
-def _idle_tagged(tag: str) -> list[int]:
-    import psutil
-
-    from rayft.train.preload import TAG_VAR
-
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if (proc.info["cmdline"] or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
-                found.append(proc.pid)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _warm(pid: int) -> bool:
