@@ -138,7 +138,7 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
     if lean_start and data.get("warm"):
         from rayft.sweep.warm import warm_env
 
-        worker_env = warm_env(cfg, data["model_path"], data["warm"])
+        worker_env = warm_env(cfg, data["model_type"], data["warm"])
     trial_id = tune.get_context().get_trial_id()
     run_name = trial_id if start is None else f"{trial_id}-{time.time_ns() // 1_000_000}"
     return make_trainer(cfg, data["ref"], run_name=run_name, storage_path=storage, callbacks=callbacks,
@@ -200,6 +200,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     from rayft.sweep.hub import start_hub
     from rayft.sweep.warm import enabled as warm_enabled
     from rayft.sweep.warm import release_unused
+    from rayft.train.preload import model_type
     from rayft.train.run import storage_location
 
     start = time.perf_counter()
@@ -218,7 +219,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     # The hub relays the trials' reports, frees stopped trials' placement groups and prestarts processes.
     hub = start_hub(sweep_name, warm_trials=max(0, cfg.sweep.num_trials - concurrent) if warm else 0)
     tag = f"{cfg.name}/{sweep_name}"  # marks the processes prestarted for this sweep
-    shared = {"ref": ray.put(data), "hub": hub, "warm": tag if warm else None, "model_path": data.model_path}
+    shared = {"ref": ray.put(data), "hub": hub, "warm": tag if warm else None,
+              "model_type": model_type(data.model_path) if warm else ""}  # read once, not per trial
     trainable = tune.with_resources(
         tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data=shared,
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,

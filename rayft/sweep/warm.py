@@ -36,12 +36,12 @@ def enabled() -> bool:
     return os.environ.get("RAYFT_WARM", "1") != "0"
 
 
-def warm_env(cfg: Any, model_path: str, tag: str) -> dict[str, str]:
+def warm_env(cfg: Any, model_type: str, tag: str) -> dict[str, str]:
     """The runtime environment variables of a trial's Train workers: import the training stack on start."""
     from rayft.train.entry import QUANTIZED_METHODS
-    from rayft.train.preload import model_type, preload_env
+    from rayft.train.preload import preload_env
 
-    return preload_env(model_type(model_path), cfg.method.name in QUANTIZED_METHODS, tag)
+    return preload_env(model_type, cfg.method.name in QUANTIZED_METHODS, tag)
 
 
 def _process_env() -> tuple[str, str]:

@@ -41,8 +41,8 @@ def test_warm_env_marks_quantizing_methods():
     def method(name):
         return SimpleNamespace(method=SimpleNamespace(name=name))
 
-    assert warm_env(method("qlora"), "/nowhere", "s")[preload.QUANTIZED_VAR] == "1"
-    assert warm_env(method("lora"), "/nowhere", "s")[preload.QUANTIZED_VAR] == "0"
+    assert warm_env(method("qlora"), "bert", "s")[preload.QUANTIZED_VAR] == "1"
+    assert warm_env(method("lora"), "bert", "s")[preload.QUANTIZED_VAR] == "0"
 
 
 def test_the_hook_imports_the_training_stack_without_bitsandbytes():
