@@ -5,6 +5,11 @@ and the same maximum epochs per trial. For each sweep it replays every evaluatio
 reports the trial-epochs (epochs trained by all trials so far) and the wall time each needed to reach
 the best held-out (validation) accuracy the random search found; goal: TPE + ASHA needs <= 1/3.
 
+TPE and ASHA rank trials by validation loss (``--metric``; the target stays validation accuracy): on small
+data a classifier's accuracy sits at the majority class for the first part of most trials, so at an early ASHA
+rung most trials tie on accuracy and ASHA, which stops only trials strictly below its cutoff, promotes them all;
+the loss already separates them there.
+
 It also measures the per-trial start-up (trial start → first training step) with the lean start-up
 (``RAYFT_LEAN_START=1``, the default: the sweep's hub, no placement-group cleaner, queue or dataset actor
 per trial, torch only in the workers, later trials in processes prestarted with the training stack imported)
@@ -12,8 +17,9 @@ against Ray's stock Train-in-Tune path (``RAYFT_LEAN_START=0``:
 ``TorchTrainer`` with ``TuneReportCallback``) on the same short trials (in the order before, after, after,
 before), and where the time goes (``startup_*`` phases); goal: <= 10 s.
 
-Full size (about 2 h on 2 cores):
-    python benchmarks/sweep_efficiency.py --trials 12 --epochs 3 --train-size 2000
+Full size (about 2 h on 2 cores; ``--no-startup`` skips the start-up part, whose figures it also gives
+for the random sweep's own trials):
+    python benchmarks/sweep_efficiency.py --trials 20 --epochs 2 --train-size 1000 --val-size 300 --grace 2
 Start-up only (before/after, 6 short trials per sweep, 2 at a time):
     python benchmarks/sweep_efficiency.py --startup-only --train-size 400 --val-size 200
 Quick check:
@@ -41,7 +47,7 @@ PHASES = ("startup_launch_s", "startup_import_s", "startup_data_s", "startup_mod
 
 
 def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, scheduler: str,
-               trials: int, epochs: float) -> dict[str, Any]:
+               trials: int, epochs: float, metric: str = "eval_accuracy") -> dict[str, Any]:
     evals_per_epoch = args.evals_per_epoch
     steps_per_epoch = -(-args.train_size // 16)
     return {
@@ -53,8 +59,8 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
         "train": {"epochs": epochs, "batch_size": 16, "lr": 1e-3, "warmup_ratio": 0.06, "log_every": 1000,
                   "eval_every": max(1, steps_per_epoch // evals_per_epoch), "eval_batch_size": 128},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
-        "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": "eval_accuracy",
-                  "mode": "max", "grace_period": args.grace, "reduction_factor": args.reduction, "seed": args.seed, "export_best": False,
+        "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": metric,
+                  "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace, "reduction_factor": args.reduction, "seed": args.seed, "export_best": False,
                   "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
                             "train.scheduler": {"choice": ["linear", "cosine"]},
                             "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
@@ -87,7 +93,8 @@ def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
 def trial_rows(outcome: Any) -> list[dict[str, Any]]:
     """Per trial: status, sampled values, last validation accuracy, epochs trained, start-up."""
     return [{"trial": t.trial_id, "status": t.status, "params": t.params,
-             "eval_accuracy": round(t.metrics.get("eval_accuracy", 0.0), 4), "epoch": t.metrics.get("epoch"),
+             "eval_accuracy": round(t.metrics.get("eval_accuracy", 0.0), 4),
+             "eval_loss": round(t.metrics.get("eval_loss", float("nan")), 4), "epoch": t.metrics.get("epoch"),
              "trial_startup_s": t.metrics.get("trial_startup_s"), "warm": t.metrics.get("startup_warm")}
             for t in outcome.trials]
 
@@ -107,6 +114,23 @@ def startup(outcomes: list[Any]) -> dict[str, Any]:
             out[f"trial_startup_s_median_{kind}"] = round(statistics.median(r["trial_startup_s"] for r in group), 2)
             out[f"startup_launch_s_median_{kind}"] = round(statistics.median(r["startup_launch_s"] for r in group), 2)
     return out
+
+
+def measure_startup(args: argparse.Namespace, tmp: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Short trials through Ray's stock path and rayft's, in the order before, after, after, before: a machine
+    that gets busier or quieter meanwhile favours neither."""
+    from rayft.cluster import init_ray
+
+    # The baseline is Ray's stock Train-in-Tune path, whose placement-group cleaner needs the state API.
+    init_ray(num_cpus=args.cpus, quiet=True, dashboard=True)
+    t0 = time.perf_counter()
+    short = dict(trials=args.startup_trials, epochs=0.05)
+    runs: dict[bool, list[Any]] = {False: [], True: []}
+    for i, lean in enumerate((False, True, True, False)):
+        name = f"startup-{'after' if lean else 'before'}-{i}"
+        runs[lean].append(run(experiment(args, tmp, name, "random", "none", **short), lean=lean)[0])
+    print(f"# start-up measured in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+    return startup(runs[False]), startup(runs[True])
 
 
 def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
@@ -133,31 +157,29 @@ def main() -> None:
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--metric", default="eval_loss", choices=("eval_loss", "eval_accuracy"),
+                        help="what TPE and ASHA optimize (the target is validation accuracy either way); validation "
+                             "loss ranks trials while their accuracy still ties at the majority class")
     parser.add_argument("--startup-only", action="store_true", help="measure only the per-trial start-up")
+    parser.add_argument("--no-startup", action="store_true", help="skip the start-up measurement")
     args = parser.parse_args()
-    from rayft.cluster import init_ray
-
+    if args.startup_only and args.no_startup:
+        parser.error("--startup-only and --no-startup exclude each other")
     import ray
 
+    from rayft.cluster import init_ray
+
     with tempfile.TemporaryDirectory(prefix="rayft-bench-sweep-") as tmp:
-        # The baseline is Ray's stock Train-in-Tune path, whose placement-group cleaner needs the state API.
-        init_ray(num_cpus=args.cpus, quiet=True, dashboard=True)
-        t0 = time.perf_counter()
-        short = dict(trials=args.startup_trials, epochs=0.05)
-        # Before, after, after, before: a machine that gets busier or quieter meanwhile favours neither.
-        runs = {False: [], True: []}
-        for i, lean in enumerate((False, True, True, False)):
-            name = f"startup-{'after' if lean else 'before'}-{i}"
-            runs[lean].append(run(experiment(args, tmp, name, "random", "none", **short), lean=lean)[0])
-        before, after = startup(runs[False]), startup(runs[True])
-        print(f"# start-up measured in {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+        before = after = None
+        if not args.no_startup:
+            before, after = measure_startup(args, tmp)
+            ray.shutdown()
         if args.startup_only:
             print(json.dumps({"benchmark": "sweep_startup", "startup_before": before, "startup_after": after,
                               "startup_ratio_after_over_before": round(
                                   after["trial_startup_s_median"] / before["trial_startup_s_median"], 3),
                               "goal_startup_s": 10}, indent=2))
             return
-        ray.shutdown()
         init_ray(num_cpus=args.cpus, quiet=True)  # the sweeps themselves on a local Ray as rayft starts it
         rand, rand_t0 = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
         target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
@@ -165,7 +187,8 @@ def main() -> None:
         # Each part as soon as it is measured (stderr), so a run cut short keeps what it found.
         print("# startup " + json.dumps({"before": before, "after": after}), file=sys.stderr, flush=True)
         print("# random " + json.dumps({**r, "trials_detail": trial_rows(rand)}), file=sys.stderr, flush=True)
-        tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs), lean=True)
+        tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs, args.metric),
+                          lean=True)
     a = replay(tpe, target, tpe_t0)
     print("# tpe-asha " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr, flush=True)
     report = {
@@ -175,7 +198,7 @@ def main() -> None:
                   "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seed": args.seed,
                   "asha": {"evals_per_epoch": args.evals_per_epoch, "grace_evals": args.grace,
                            "reduction_factor": args.reduction},
-                  "space": "lr, lora r, schedule, warmup"},
+                  "space": "lr, lora r, schedule, warmup", "tpe_asha_metric": args.metric},
         "target_eval_accuracy": round(target, 4),
         "random_no_stopping": r, "tpe_asha": a,
         "trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
@@ -184,7 +207,9 @@ def main() -> None:
                        if a["to_target"] and r["to_target"] and r["to_target"]["wall_s"] > 0 else None),
         "goal_ratio": 0.333,
         "startup_before": before, "startup_after": after,
-        "startup_ratio_after_over_before": round(after["trial_startup_s_median"] / before["trial_startup_s_median"], 3),
+        "startup_ratio_after_over_before": (round(after["trial_startup_s_median"] / before["trial_startup_s_median"], 3)
+                                            if before and after else None),
+        "startup_in_random_sweep": startup([rand]),
         "goal_startup_s": 10,
     }
     print(json.dumps(report, indent=2))
