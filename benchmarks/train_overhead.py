@@ -4,8 +4,9 @@ Same model (minilm-l6 + LoRA), same tokenized data (rotten_tomatoes), same batch
 steps, in one run. Steady-state throughput skips the first ``--warmup`` steps of each. The two alternate for
 ``--rounds`` rounds — a plain loop in this process with no Ray running (what a user writes by hand), then
 ``rayft train`` on a fresh local Ray, then the plain loop again with that Ray still up (to tell the cost of
-Ray's mere presence from rayft's own) — and each round's ratio compares neighbours measured a minute apart,
-so a machine that drifts favours neither. Prints JSON with every figure, the median ratio (goal >= 0.97)
+Ray's mere presence from rayft's own), then the plain loop alone once more — and each round's ratio compares
+rayft with the mean of the plain loops just before and just after it (each plain loop serves the rounds on
+both its sides), so a machine that drifts one way during a round favours neither. Prints JSON with every figure, the median ratio (goal >= 0.97)
 and rayft's start-up time to the first training step.
 
     python benchmarks/train_overhead.py [--steps 120] [--warmup 20] [--rounds 3] [--threads 2]
@@ -124,23 +125,28 @@ def main() -> None:
         data = prepare_data(cfg)
         print(f"# {args.steps} steps x batch {cfg.train.batch_size}, {args.threads} threads, "
               f"steady state after step {args.warmup}, {args.rounds} rounds", file=sys.stderr, flush=True)
+        plain = plain_loop(cfg, data, args.steps, args.warmup, args.threads)
         for i in range(args.rounds):
-            plain = plain_loop(cfg, data, args.steps, args.warmup, args.threads)
             with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report (Ray prints workers' lines)
                 ours = rayft_train(cfg, args.steps)  # starts a local Ray of its own, as `rayft train` does
             beside_ray = plain_loop(cfg, data, args.steps, args.warmup, args.threads)
             ray.shutdown()
-            rounds.append({"plain_samples_per_s": round(plain["samples_per_s"], 2),
+            after = plain_loop(cfg, data, args.steps, args.warmup, args.threads)  # also the next round's "before"
+            # The baseline brackets rayft's run: the mean of the plain loops just before and just after it.
+            baseline = (plain["samples_per_s"] + after["samples_per_s"]) / 2
+            rounds.append({"plain_samples_per_s": round(baseline, 2),
+                           "plain_before_samples_per_s": round(plain["samples_per_s"], 2),
+                           "plain_after_samples_per_s": round(after["samples_per_s"], 2),
                            "rayft_samples_per_s": round(ours["samples_per_s"], 2),
                            "plain_beside_ray_samples_per_s": round(beside_ray["samples_per_s"], 2),
-                           "ratio_rayft_over_plain": round(ours["samples_per_s"] / plain["samples_per_s"], 3),
-                           "ratio_plain_beside_ray_over_plain": round(
-                               beside_ray["samples_per_s"] / plain["samples_per_s"], 3),
+                           "ratio_rayft_over_plain": round(ours["samples_per_s"] / baseline, 3),
+                           "ratio_plain_beside_ray_over_plain": round(beside_ray["samples_per_s"] / baseline, 3),
                            "rayft_startup_to_first_step_s": round(ours["startup_s"], 2),
                            "rayft_worker_startup_s": round(ours["worker_startup_s"], 2),
                            "ray_start_s": round(ours["ray_start_s"], 2),
                            "plain_startup_to_first_step_s": round(plain["startup_s"], 2)})
             print(f"# round {i + 1}: {json.dumps(rounds[-1])}", file=sys.stderr, flush=True)
+            plain = after
 
     def median(key: str) -> float:
         return round(statistics.median(r[key] for r in rounds), 3)
