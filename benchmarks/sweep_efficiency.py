@@ -116,6 +116,13 @@ def startup(outcomes: list[Any]) -> dict[str, Any]:
     return out
 
 
+def startup_ratio(before: dict[str, Any] | None, after: dict[str, Any] | None) -> float | None:
+    """Median start-up after over before (None when the start-up part was skipped)."""
+    if not before or not after:
+        return None
+    return round(after["trial_startup_s_median"] / before["trial_startup_s_median"], 3)
+
+
 def measure_startup(args: argparse.Namespace, tmp: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """Short trials through Ray's stock path and rayft's, in the order before, after, after, before: a machine
     that gets busier or quieter meanwhile favours neither."""
@@ -176,8 +183,7 @@ def main() -> None:
             ray.shutdown()
         if args.startup_only:
             print(json.dumps({"benchmark": "sweep_startup", "startup_before": before, "startup_after": after,
-                              "startup_ratio_after_over_before": round(
-                                  after["trial_startup_s_median"] / before["trial_startup_s_median"], 3),
+                              "startup_ratio_after_over_before": startup_ratio(before, after),
                               "goal_startup_s": 10}, indent=2))
             return
         init_ray(num_cpus=args.cpus, quiet=True)  # the sweeps themselves on a local Ray as rayft starts it
@@ -207,8 +213,7 @@ def main() -> None:
                        if a["to_target"] and r["to_target"] and r["to_target"]["wall_s"] > 0 else None),
         "goal_ratio": 0.333,
         "startup_before": before, "startup_after": after,
-        "startup_ratio_after_over_before": (round(after["trial_startup_s_median"] / before["trial_startup_s_median"], 3)
-                                            if before and after else None),
+        "startup_ratio_after_over_before": startup_ratio(before, after),
         "startup_in_random_sweep": startup([rand]),
         "goal_startup_s": 10,
     }
