@@ -18,7 +18,7 @@ against Ray's stock Train-in-Tune path (``RAYFT_LEAN_START=0``:
 before), and where the time goes (``startup_*`` phases); goal: <= 10 s.
 
 Full size (about 2 h on 2 cores; ``--no-startup`` skips the start-up part, whose figures it also gives
-for the random sweep's own trials):
+for the random sweep's own trials; ``--seeds 0 1 2`` runs one pair of sweeps per seed and reports the median ratio):
     python benchmarks/sweep_efficiency.py --trials 20 --epochs 2 --train-size 1000 --val-size 300 --grace 2
 Start-up only (before/after, 6 short trials per sweep, 2 at a time):
     python benchmarks/sweep_efficiency.py --startup-only --train-size 400 --val-size 200
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -47,7 +48,7 @@ PHASES = ("startup_launch_s", "startup_import_s", "startup_data_s", "startup_mod
 
 
 def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, scheduler: str,
-               trials: int, epochs: float, metric: str = "eval_accuracy") -> dict[str, Any]:
+               trials: int, epochs: float, metric: str = "eval_accuracy", seed: int = 0) -> dict[str, Any]:
     evals_per_epoch = args.evals_per_epoch
     steps_per_epoch = -(-args.train_size // 16)
     return {
@@ -60,7 +61,7 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
                   "eval_every": max(1, steps_per_epoch // evals_per_epoch), "eval_batch_size": 128},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
         "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": metric,
-                  "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace, "reduction_factor": args.reduction, "seed": args.seed, "export_best": False,
+                  "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace, "reduction_factor": args.reduction, "seed": seed, "export_best": False,
                   "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
                             "train.scheduler": {"choice": ["linear", "cosine"]},
                             "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
@@ -151,6 +152,31 @@ def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
         return run_sweep(build_config(cfg_raw), verbose=0), started_at
 
 
+def compare(args: argparse.Namespace, tmp: str, seed: int) -> dict[str, Any]:
+    """One seed: random search with no early stopping, then TPE + ASHA, both seeded with ``seed``; the trial-epochs
+    and wall time each needed to reach the best validation accuracy the random search found, and their ratios."""
+    rand, rand_t0 = run(experiment(args, tmp, f"random-{seed}", "random", "none", args.trials, args.epochs,
+                                   seed=seed), lean=True)
+    target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
+    r = replay(rand, target, rand_t0)
+    # Each part as soon as it is measured (stderr), so a run cut short keeps what it found.
+    print(f"# seed {seed} random " + json.dumps({**r, "trials_detail": trial_rows(rand)}), file=sys.stderr, flush=True)
+    tpe, tpe_t0 = run(experiment(args, tmp, f"tpe-asha-{seed}", "tpe", "asha", args.trials, args.epochs, args.metric,
+                                 seed=seed), lean=True)
+    a = replay(tpe, target, tpe_t0)
+    print(f"# seed {seed} tpe-asha " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr, flush=True)
+    reached = a["to_target"] and r["to_target"]
+    pair = {"seed": seed, "target_eval_accuracy": round(target, 4), "random_no_stopping": r, "tpe_asha": a,
+            "trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
+                                   if reached else None),
+            "wall_ratio": (round(a["to_target"]["wall_s"] / r["to_target"]["wall_s"], 3)
+                           if reached and r["to_target"]["wall_s"] > 0 else None),
+            "random_outcome": rand}
+    print(f"# seed {seed}: trial-epochs ratio {pair['trial_epochs_ratio']}, wall ratio {pair['wall_ratio']}",
+          file=sys.stderr, flush=True)
+    return pair
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=12)
@@ -162,7 +188,9 @@ def main() -> None:
     parser.add_argument("--evals-per-epoch", type=int, default=4, help="evaluations (ASHA rungs) per epoch")
     parser.add_argument("--grace", type=int, default=3, help="ASHA grace period, in evaluations")
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="one pair of sweeps (random, TPE + ASHA) per seed; the report gives each seed's ratios "
+                             "and their median")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--metric", default="eval_loss", choices=("eval_loss", "eval_accuracy"),
                         help="what TPE and ASHA optimize (the target is validation accuracy either way); validation "
@@ -187,34 +215,30 @@ def main() -> None:
                               "goal_startup_s": 10}, indent=2))
             return
         init_ray(num_cpus=args.cpus, quiet=True)  # the sweeps themselves on a local Ray as rayft starts it
-        rand, rand_t0 = run(experiment(args, tmp, "random", "random", "none", args.trials, args.epochs), lean=True)
-        target = max(t.metrics.get("eval_accuracy", 0.0) for t in rand.trials)
-        r = replay(rand, target, rand_t0)
-        # Each part as soon as it is measured (stderr), so a run cut short keeps what it found.
-        print("# startup " + json.dumps({"before": before, "after": after}), file=sys.stderr, flush=True)
-        print("# random " + json.dumps({**r, "trials_detail": trial_rows(rand)}), file=sys.stderr, flush=True)
-        tpe, tpe_t0 = run(experiment(args, tmp, "tpe-asha", "tpe", "asha", args.trials, args.epochs, args.metric),
-                          lean=True)
-    a = replay(tpe, target, tpe_t0)
-    print("# tpe-asha " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr, flush=True)
+        pairs = [compare(args, tmp, seed) for seed in args.seeds]
+        in_random = startup([p.pop("random_outcome") for p in pairs])
+
+    def median(key: str) -> float | None:
+        """Median over seeds; a seed whose TPE + ASHA sweep never reached the target counts as infinitely slow."""
+        value = statistics.median(math.inf if p[key] is None else p[key] for p in pairs)
+        return round(value, 3) if math.isfinite(value) else None
+
     report = {
         "benchmark": "sweep_efficiency",
         "setup": {"model": "minilm-l6", "method": "lora",
                   "data": f"rotten_tomatoes {args.train_size} train / {args.val_size} val",
-                  "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seed": args.seed,
+                  "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seeds": args.seeds,
                   "asha": {"evals_per_epoch": args.evals_per_epoch, "grace_evals": args.grace,
                            "reduction_factor": args.reduction},
                   "space": "lr, lora r, schedule, warmup", "tpe_asha_metric": args.metric},
-        "target_eval_accuracy": round(target, 4),
-        "random_no_stopping": r, "tpe_asha": a,
-        "trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
-                               if a["to_target"] and r["to_target"] else None),
-        "wall_ratio": (round(a["to_target"]["wall_s"] / r["to_target"]["wall_s"], 3)
-                       if a["to_target"] and r["to_target"] and r["to_target"]["wall_s"] > 0 else None),
+        "trial_epochs_ratio_median": median("trial_epochs_ratio"),
+        "wall_ratio_median": median("wall_ratio"),
+        "trial_epochs_ratios": [p["trial_epochs_ratio"] for p in pairs],
         "goal_ratio": 0.333,
+        "per_seed": pairs,
         "startup_before": before, "startup_after": after,
         "startup_ratio_after_over_before": startup_ratio(before, after),
-        "startup_in_random_sweep": startup([rand]),
+        "startup_in_random_sweeps": in_random,
         "goal_startup_s": 10,
     }
     print(json.dumps(report, indent=2))
