@@ -9,7 +9,8 @@ longer preempts a training thread but runs in the gaps:
 - the bookkeeping processes (GCS, agents, the raylet's helper threads), when the instance starts
   (:func:`rayft.cluster.lower_bookkeeping_priority`);
 - the driver's Ray threads, right after ``ray.init`` (:func:`quiet_ray_threads`);
-- in each training worker, every thread but the training thread and gloo's communication threads;
+- in each training worker, every thread but the training thread and (with peers) gloo's communication
+  threads;
 - the Ray Train controller and the run's synchronisation actor (:class:`QuietRun`).
 
 Only local instances (``RAYFT_QUIET_THREADS=1``, set by :func:`rayft.cluster.init_ray`) do this: on a shared
@@ -52,6 +53,16 @@ def quiet_ray_threads(keep_names: tuple[str, ...] = ()) -> int:
         if keep_names and _thread_name(os.getpid(), tid).startswith(keep_names):
             keep.add(tid)
     return renice_threads(os.getpid(), niceness(), frozenset(keep))
+
+
+def quiet_worker_threads(world_size: int) -> int:
+    """In a training worker, from its training thread: lower Ray's threads, and gloo's unless the worker has peers.
+
+    gloo's event-loop threads carry the collectives between workers, so with peers they keep the training
+    thread's priority; a lone worker has nobody to talk to, and its two loops only wake up a hundred times a
+    second each.
+    """
+    return quiet_ray_threads(keep_names=("gloo",) if world_size > 1 else ())
 
 
 def quiet_processes(titles: tuple[str, ...]) -> list[int]:

@@ -18,7 +18,7 @@ from rayft.config.schema import ExperimentConfig
 from rayft.methods import get_method, method_summary
 from rayft.paths import quiet_libraries, setup_env
 from rayft.train import engine as E
-from rayft.train.quiet import quiet_ray_threads
+from rayft.train.quiet import quiet_worker_threads
 
 DS_TAG = "ds"
 STATE_FILE = "rayft_state.json"
@@ -29,14 +29,14 @@ HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config`` holds the resolved experiment and a reference to the data."""
     started, marks = time.perf_counter(), {"loop_start": time.time()}  # start-up timeline (wall clock)
-    quiet_ray_threads(keep_names=("gloo",))  # local Ray: its threads here yield to this one (and gloo's)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    quiet_worker_threads(world)  # local Ray: its threads here (and gloo's, without peers) yield to this one
     setup_env()
     quiet_libraries()
     cfg = ExperimentConfig.model_validate(config["experiment"])
     data = config["data"]
     data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
     say = _printer(rank == 0 and config.get("verbose", False), config.get("label", "train"))

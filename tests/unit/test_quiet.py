@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pe
 
 SCRIPT = """
 import json, os, threading
-from rayft.train.quiet import quiet_ray_threads
+from rayft.train.quiet import quiet_worker_threads
 
 stop = threading.Event()
 threads = [threading.Thread(target=stop.wait, name=name) for name in ("ray-io", "gloo_tcp_loop")]
@@ -21,7 +21,7 @@ for t in threads:
     # Name the OS thread as Ray's and gloo's C++ threads are named (Python names only its own object).
     with open(f"/proc/{os.getpid()}/task/{t.native_id}/comm", "w") as fh:
         fh.write(t.name)
-changed = quiet_ray_threads(keep_names=("gloo",))
+changed = quiet_worker_threads(int(os.environ.get("WORLD", "2")))
 nice = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id) for t in threads}
 nice["caller"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 started_after = threading.Thread(target=lambda: nice.__setitem__("later", os.getpriority(os.PRIO_PROCESS, 0)))
@@ -40,12 +40,18 @@ def run(env: dict[str, str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_on_a_local_ray_every_thread_but_the_callers_and_gloos_is_lowered():
+def test_on_a_local_ray_every_thread_but_the_callers_and_gloos_is_lowered_with_peers():
     seen = run({"RAYFT_QUIET_THREADS": "1", "RAYFT_RAY_NICE": "19"})
     assert seen["nice"]["ray-io"] == 19
     assert seen["nice"]["gloo_tcp_loop"] == 0 and seen["nice"]["caller"] == 0
     assert seen["nice"]["later"] == 0  # threads the training thread starts (intra-op pools) keep its priority
     assert seen["changed"] >= 1
+
+
+def test_a_lone_worker_lowers_gloos_threads_too():
+    seen = run({"RAYFT_QUIET_THREADS": "1", "RAYFT_RAY_NICE": "19", "WORLD": "1"})
+    assert seen["nice"]["ray-io"] == 19 and seen["nice"]["gloo_tcp_loop"] == 19
+    assert seen["nice"]["caller"] == 0 and seen["nice"]["later"] == 0
 
 
 def test_elsewhere_nothing_changes():
