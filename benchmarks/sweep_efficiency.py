@@ -100,9 +100,9 @@ def expected_random_cost(curves: list[list[tuple[float, float]]], target: float)
     one that does is any of the ``m`` alike and costs its epochs up to that evaluation. Trials counted one after
     another (none alongside), which can only favour random search. ``curves``: per trial, (epoch, accuracy) points.
     """
-    hits = [next(epoch for epoch, acc in c if acc >= target - 1e-9) for c in curves
-            if any(acc >= target - 1e-9 for _, acc in c)]
-    misses = [max((epoch for epoch, _ in c), default=0.0) for c in curves if not any(acc >= target - 1e-9 for _, acc in c)]
+    first = [next((epoch for epoch, acc in c if acc >= target - 1e-9), None) for c in curves]  # epoch it hits
+    hits = [epoch for epoch in first if epoch is not None]
+    misses = [max((epoch for epoch, _ in c), default=0.0) for c, hit in zip(curves, first) if hit is None]
     if not hits:
         return {"trials_reaching_target": 0, "expected_trial_epochs": None}
     return {"trials_reaching_target": len(hits),
