@@ -75,13 +75,13 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
     mode = cfg.tracking.resolved_mode()
     if not cfg.tracking.wandb or mode == "disabled":
         return []
-    from ray.air.integrations.wandb import WandbLoggerCallback
+    from rayft.track.wandb_callback import WandbCallback
 
     os.environ["WANDB_MODE"] = mode
     os.environ.setdefault("WANDB_SILENT", "true")
     wandb_dir = Path(cfg.tracking.dir or sweep_dir / "wandb").resolve()
     wandb_dir.mkdir(parents=True, exist_ok=True)
-    return [WandbLoggerCallback(project=cfg.tracking.project, group=sweep_name, dir=str(wandb_dir),
+    return [WandbCallback(project=cfg.tracking.project, group=sweep_name, dir=str(wandb_dir),
                                 mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
 
 
