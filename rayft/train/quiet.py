@@ -65,6 +65,21 @@ def quiet_worker_threads(world_size: int) -> int:
     return quiet_ray_threads(keep_names=("gloo",) if world_size > 1 else ())
 
 
+def quiet_late_gloo_threads(world_size: int) -> int:
+    """In a lone training worker, lower gloo's loop threads started since :func:`quiet_worker_threads` ran.
+
+    DeepSpeed starts process groups of its own while its engine is built, each with its loop thread; those
+    start at the training thread's priority. Only threads named ``gloo*`` are touched, so the intra-op
+    threads the training thread has started meanwhile keep theirs.
+    """
+    from rayft.cluster import renice_threads, thread_ids
+
+    if world_size > 1 or not enabled():
+        return 0
+    pid = os.getpid()
+    return renice_threads(pid, niceness(), only={t for t in thread_ids(pid) if _thread_name(pid, t).startswith("gloo")})
+
+
 def quiet_processes(titles: tuple[str, ...]) -> list[int]:
     """Lower every thread of this machine's processes whose title starts with one of ``titles``."""
     from rayft.cluster import renice_threads

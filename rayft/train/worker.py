@@ -18,7 +18,7 @@ from rayft.config.schema import ExperimentConfig
 from rayft.methods import get_method, method_summary
 from rayft.paths import quiet_libraries, setup_env
 from rayft.train import engine as E
-from rayft.train.quiet import quiet_worker_threads
+from rayft.train.quiet import quiet_late_gloo_threads, quiet_worker_threads
 
 DS_TAG = "ds"
 STATE_FILE = "rayft_state.json"
@@ -53,6 +53,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
     steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
     engine = E.build_engine(model, cfg, steps, steps_per_epoch=steps_per_epoch)
+    quiet_late_gloo_threads(world)  # DeepSpeed's own groups started loop threads of their own
     marks["engine_ready"] = time.time()
     unfreezing = _unfreeze_hook(engine, cfg, steps_per_epoch, say)
 

@@ -103,3 +103,41 @@ def test_a_local_ray_lowers_its_bookkeeping_but_not_its_workers(ray_local):
         return sorted({os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(f"/proc/{os.getpid()}/task")})
 
     assert ray.get(worker_priorities.remote()) == [0]
+
+
+LATE = """
+import json, os, threading
+from rayft.train.quiet import quiet_late_gloo_threads, quiet_worker_threads
+
+def named(name):
+    t = threading.Thread(target=stop.wait, name=name)
+    t.start()
+    with open(f"/proc/{os.getpid()}/task/{t.native_id}/comm", "w") as fh:
+        fh.write(name)
+    return t
+
+stop = threading.Event()
+world = int(os.environ["WORLD"])
+quiet_worker_threads(world)
+late = [named("gloo_tcp_loop"), named("intra-op")]  # started while the engine is built, after the first call
+changed = quiet_late_gloo_threads(world)
+nice = {t.name: os.getpriority(os.PRIO_PROCESS, t.native_id) for t in late}
+stop.set()
+print(json.dumps({"changed": changed, "nice": nice}))
+"""
+
+
+def _late(world: int) -> dict:
+    import os
+
+    out = subprocess.run([sys.executable, "-c", LATE], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "RAYFT_QUIET_THREADS": "1", "RAYFT_RAY_NICE": "19", "WORLD": str(world)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gloo_loops_started_after_the_first_call_are_lowered_in_a_lone_worker_only():
+    lone = _late(1)
+    assert lone["nice"] == {"gloo_tcp_loop": 19, "intra-op": 0} and lone["changed"] == 1
+    with_peers = _late(2)
+    assert with_peers["nice"] == {"gloo_tcp_loop": 0, "intra-op": 0} and with_peers["changed"] == 0
