@@ -82,7 +82,7 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
     wandb_dir = Path(cfg.tracking.dir or sweep_dir / "wandb").resolve()
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return [WandbCallback(project=cfg.tracking.project, group=sweep_name, dir=str(wandb_dir),
-                                mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
+                          mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
 
 
 def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
