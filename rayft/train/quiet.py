@@ -39,8 +39,9 @@ def niceness() -> int:
     return int(os.environ.get(NICE_ENV, "19"))
 
 
-def quiet_ray_threads(keep_names: tuple[str, ...] = ()) -> int:
-    """Lower every thread of this process but the calling one (and threads named ``keep_names*``).
+def quiet_ray_threads(keep_names: tuple[str, ...] = (), only_names: tuple[str, ...] = ()) -> int:
+    """Lower every thread of this process but the calling one (and threads named ``keep_names*``; of those
+    named ``only_names*`` alone, if given).
 
     Call it from the thread that will do the work: threads it starts later inherit its priority.
     """
@@ -48,11 +49,13 @@ def quiet_ray_threads(keep_names: tuple[str, ...] = ()) -> int:
 
     if not enabled():
         return 0
+    pid = os.getpid()
     keep = {threading.get_native_id()}
-    for tid in thread_ids(os.getpid()):
-        if keep_names and _thread_name(os.getpid(), tid).startswith(keep_names):
+    for tid in thread_ids(pid):
+        name = _thread_name(pid, tid) if keep_names or only_names else ""
+        if (keep_names and name.startswith(keep_names)) or (only_names and not name.startswith(only_names)):
             keep.add(tid)
-    return renice_threads(os.getpid(), niceness(), frozenset(keep))
+    return renice_threads(pid, niceness(), frozenset(keep))
 
 
 def quiet_worker_threads(world_size: int) -> int:
@@ -72,12 +75,7 @@ def quiet_late_gloo_threads(world_size: int) -> int:
     start at the training thread's priority. Only threads named ``gloo*`` are touched, so the intra-op
     threads the training thread has started meanwhile keep theirs.
     """
-    from rayft.cluster import renice_threads, thread_ids
-
-    if world_size > 1 or not enabled():
-        return 0
-    pid = os.getpid()
-    return renice_threads(pid, niceness(), only={t for t in thread_ids(pid) if _thread_name(pid, t).startswith("gloo")})
+    return 0 if world_size > 1 else quiet_ray_threads(only_names=("gloo",))
 
 
 def quiet_processes(titles: tuple[str, ...]) -> list[int]:
