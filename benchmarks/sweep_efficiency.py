@@ -61,7 +61,8 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
                   "eval_every": max(1, steps_per_epoch // evals_per_epoch), "eval_batch_size": 128},
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
         "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": metric,
-                  "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace, "reduction_factor": args.reduction, "seed": seed, "export_best": False,
+                  "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace,
+                  "reduction_factor": args.reduction, "seed": seed, "export_best": False,
                   "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
                             "train.scheduler": {"choice": ["linear", "cosine"]},
                             "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
@@ -70,7 +71,9 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
 
 
 def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
-    """Walk every evaluation of every trial in time order; cost until the best-so-far reaches ``target``."""
+    """Walk every evaluation of every trial in time order; cost until the best-so-far reaches ``target``.
+
+    Two best accuracies come back: at a trial's last evaluation (the target's measure) and at any evaluation."""
     events = []
     for t in outcome.trials:
         for point in t.curve:
@@ -86,9 +89,9 @@ def replay(outcome: Any, target: float, started_at: float) -> dict[str, Any]:
         if reached is None and acc >= target - 1e-9:
             reached = {"trial_epochs": round(sum(epochs.values()), 3), "wall_s": round(stamp - started_at, 1)}
     total_epochs = round(sum(max((p.get("epoch", 0.0) for p in t.curve), default=0.0) for t in outcome.trials), 3)
-    return {"best_final_eval_accuracy": round(best_final_accuracy(outcome), 4),  # each trial's last evaluation (the target's measure)
-            "best_eval_accuracy_any_evaluation": round(best, 4),  # mid-trial evaluations included
-            "to_target": reached, "total_trial_epochs": total_epochs,
+    return {"best_final_eval_accuracy": round(best_final_accuracy(outcome), 4),
+            "best_eval_accuracy_any_evaluation": round(best, 4), "to_target": reached,
+            "total_trial_epochs": total_epochs,
             "sweep_wall_s": round(outcome.seconds, 1),
             "stopped_early": sum(t.status == "STOPPED" for t in outcome.trials), "trials": len(outcome.trials)}
 
