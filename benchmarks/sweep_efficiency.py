@@ -62,7 +62,8 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
         "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
         "sweep": {"num_trials": trials, "searcher": searcher, "scheduler": scheduler, "metric": metric,
                   "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace,
-                  "reduction_factor": args.reduction, "seed": seed, "export_best": False,
+                  "reduction_factor": args.reduction, "asha_promotion": args.asha_promotion, "seed": seed,
+                  "export_best": False,
                   "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
                             "train.scheduler": {"choice": ["linear", "cosine"]},
                             "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
@@ -225,6 +226,9 @@ def main() -> None:
     parser.add_argument("--evals-per-epoch", type=int, default=4, help="evaluations (ASHA rungs) per epoch")
     parser.add_argument("--grace", type=int, default=3, help="ASHA grace period, in evaluations")
     parser.add_argument("--reduction", type=int, default=3, help="ASHA reduction factor")
+    parser.add_argument("--asha-promotion", default="deferred", choices=("deferred", "eager"),
+                        help="deferred: a trial waits at a rung until it has reduction-factor results to compare "
+                             "(rayft.sweep.asha); eager: Ray's ASHA, which continues the first trials at a rung")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one pair of sweeps (random, TPE + ASHA) per seed; the report gives each seed's ratios "
                              "and their median")
@@ -266,7 +270,7 @@ def main() -> None:
                   "data": f"rotten_tomatoes {args.train_size} train / {args.val_size} val",
                   "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seeds": args.seeds,
                   "asha": {"evals_per_epoch": args.evals_per_epoch, "grace_evals": args.grace,
-                           "reduction_factor": args.reduction},
+                           "reduction_factor": args.reduction, "promotion": args.asha_promotion},
                   "space": "lr, lora r, schedule, warmup", "tpe_asha_metric": args.metric},
         "trial_epochs_ratio_median": median("trial_epochs_ratio"),
         "wall_ratio_median": median("wall_ratio"),

@@ -186,6 +186,9 @@ class SweepConfig(_Section):
     mode: Literal["max", "min"] | None = None
     grace_period: int = Field(1, ge=1, description="ASHA: evaluations before a trial can be stopped")
     reduction_factor: float = Field(2.0, gt=1)
+    asha_promotion: Literal["eager", "deferred"] = Field("eager", description=(
+        "ASHA, a trial at a rung with fewer than reduction_factor results to compare: eager continues it (Ray's "
+        "rule); deferred pauses it until the rung has them, as in the ASHA paper (rayft.sweep.asha)"))
     pbt: PBTConfig = Field(default_factory=PBTConfig, description="scheduler: pbt settings")
     seed: int = 0
     space: dict[str, SearchParam] = Field(default_factory=dict)

@@ -136,3 +136,27 @@ def check_objectives(raw: dict[str, Any]) -> list[FieldError]:
         errors.append(FieldError("sweep.metric", metric, f"one of the objectives ({', '.join(map(str, seen))}): "
                                  "the scheduler stops trials on it"))
     return errors
+
+
+def checkpoint_every_evaluation(raw: dict[str, Any], why: str) -> list[FieldError]:
+    """``train.checkpoint_every`` is 1 or unset, for a scheduler that may restart a trial at any evaluation."""
+    every = _dict(raw.get("train")).get("checkpoint_every")
+    return [] if every in (None, 1) else [FieldError("train.checkpoint_every", every, f"1 (or unset) {why}")]
+
+
+def check_asha_promotion(raw: dict[str, Any]) -> list[FieldError]:
+    """``asha_promotion: deferred`` goes with ASHA, a searcher it can limit, and a checkpoint at every evaluation."""
+    sweep = _dict(raw.get("sweep"))
+    if sweep.get("asha_promotion") != "deferred":
+        return []
+    errors = []
+    scheduler = sweep.get("scheduler", "asha")
+    if scheduler != "asha":
+        errors.append(FieldError("sweep.asha_promotion", "deferred", f"eager (or unset) with scheduler: {scheduler} "
+                                 "(deferred promotion is a rule of the asha scheduler)"))
+    if sweep.get("searcher") == "grid":
+        errors.append(FieldError("sweep.searcher", "grid", "optuna, tpe or random with asha_promotion: deferred "
+                                 "(trials waiting at a rung must not hold back new ones, and a grid's "
+                                 "concurrency cannot tell them apart)"))
+    return errors + checkpoint_every_evaluation(raw, "with asha_promotion: deferred (a trial waits at a rung "
+                                                     "and resumes from the checkpoint of that evaluation)")

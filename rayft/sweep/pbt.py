@@ -17,6 +17,7 @@ from typing import Any
 
 from rayft.config.schema import ExperimentConfig, SearchParam
 from rayft.errors import FieldError
+from rayft.sweep.checks import checkpoint_every_evaluation
 
 # Parameters a trial can take over mid-training from a cloned checkpoint (the optimizer and schedule, not the model).
 MUTABLE = ("train.lr", "train.scheduler", "train.warmup_ratio", "train.weight_decay", "train.max_grad_norm")
@@ -159,10 +160,8 @@ def check_pbt(raw: dict[str, Any]) -> list[FieldError]:
     if isinstance(trials, int) and trials < 2:
         errors.append(FieldError("sweep.num_trials", trials, "at least 2 with scheduler: pbt (a population whose "
                                  "weaker trials clone the stronger ones)"))
-    every = (raw.get("train") or {}).get("checkpoint_every") if isinstance(raw.get("train"), dict) else None
-    if every not in (None, 1):
-        errors.append(FieldError("train.checkpoint_every", every, "1 (or unset) with scheduler: pbt (any evaluation "
-                                 "may be the one a weaker trial clones)"))
+    errors += checkpoint_every_evaluation(raw, "with scheduler: pbt (any evaluation may be the one a weaker "
+                                              "trial clones)")
     return errors + _check_mutations(sweep, space)
 
 

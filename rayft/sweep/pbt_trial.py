@@ -1,14 +1,15 @@
-"""A sweep trial under population based training: a Ray Train run that hands Tune real checkpoints.
+"""A sweep trial that Tune can pause and restart: a Ray Train run that hands Tune real checkpoints.
 
-Ray's ``TuneReportCallback`` forwards a Train run's metrics (and a checkpoint *path*) to Tune, so Tune never
-holds a checkpoint and PBT could not clone a trial. Here, as in every rayft trial, the run reports through the
+Used under population based training and under ASHA with deferred promotion (:mod:`rayft.sweep.asha`), the
+schedulers that pause trials. Ray's ``TuneReportCallback`` forwards a Train run's metrics (and a checkpoint *path*)
+to Tune, so Tune never holds a checkpoint: PBT could not clone a trial, nor ASHA resume one it paused at a rung. Here, as in every rayft trial, the run reports through the
 sweep's hub (:mod:`rayft.sweep.hub`): the controller hands each report with its checkpoint to the hub and waits
 until the trial function, with ``trainer.fit()`` running in a thread, has registered it with ``tune.report(...,
 checkpoint=...)`` (Tune copies the checkpoint into the trial's own folder, out of reach of the Train run's
 retention); only then does the Train run continue.
 
 When Tune restarts the trial from a checkpoint — a clone of a better trial after an exploit step, or its own
-after a pause or a resumed sweep — ``tune.get_checkpoint()`` is that checkpoint: the trial starts a Train run
+after a pause (at a PBT step or an ASHA rung) or a resumed sweep — ``tune.get_checkpoint()`` is that checkpoint: the trial starts a Train run
 under a new name (so it cannot pick up an older checkpoint of its own) and its workers load the model and the
 optimizer state from it, continuing the step count with this trial's (mutated) learning rate and schedule.
 """

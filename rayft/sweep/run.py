@@ -14,7 +14,7 @@ from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
 from rayft.sweep.pareto import pareto_front
 from rayft.sweep.results import best_trial, result_rows, write_summary
-from rayft.sweep.search import make_scheduler, make_searcher, objectives, storage_url
+from rayft.sweep.search import limit_concurrency, make_scheduler, make_searcher, objectives, storage_url
 from rayft.sweep.space import apply_sample, flat_params
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Ray Train run
@@ -257,8 +257,9 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
 
 
 def _trial_function(cfg: ExperimentConfig) -> Any:
-    """The trial: PBT's hands Tune a checkpoint with every report (see :mod:`rayft.sweep.pbt_trial`)."""
-    if cfg.sweep.scheduler == "pbt":
+    """The trial. Under a scheduler that pauses trials (PBT, ASHA with deferred promotion) it hands Tune a
+    checkpoint with every report and resumes from the one Tune restarts it with (see :mod:`rayft.sweep.pbt_trial`)."""
+    if cfg.sweep.scheduler == "pbt" or (cfg.sweep.scheduler == "asha" and cfg.sweep.asha_promotion == "deferred"):
         from rayft.sweep.pbt_trial import rayft_pbt_trial
 
         return rayft_pbt_trial
@@ -283,10 +284,12 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
           f"{cfg.sweep.scheduler}, objective{'s' if len(pairs) > 1 else ''} "
           f"{', '.join(f'{mode} {metric}' for metric, mode in pairs)}", flush=True)
     callbacks = _callbacks(cfg, sweep_name, sweep_dir)
+    scheduler = make_scheduler(cfg, *pairs[0], max_t, concurrent)
+    searcher, max_concurrent = limit_concurrency(searcher, scheduler, concurrent)
     return tune.Tuner(
         trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(cfg, *pairs[0], max_t, concurrent),
-                                    num_samples=num_trials, max_concurrent_trials=concurrent,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_trials, max_concurrent_trials=max_concurrent,
                                     reuse_actors=False),  # a stopped trial's actor takes its Train run along
         run_config=tune.RunConfig(name=sweep_name, storage_path=str(sweep_dir.parent) if loc.local else loc.path,
                                   storage_filesystem=None if loc.local else loc.fs, verbose=verbose,

@@ -75,7 +75,8 @@ def _engine_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:
 def make_scheduler(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, concurrent: int | None = None) -> Any:
     """ASHA, median stopping or population based training on the primary metric (or none).
 
-    ``concurrent`` (trials running at once) lets PBT know whether its population shares the cluster."""
+    ``concurrent`` (trials running at once) lets PBT know whether its population shares the cluster, and tells
+    ASHA with deferred promotion (:mod:`rayft.sweep.asha`) how many trials it may resume at once."""
     if cfg.sweep.scheduler == "none":
         return None
     if cfg.sweep.scheduler == "pbt":
@@ -88,6 +89,11 @@ def make_scheduler(cfg: ExperimentConfig, metric: str, mode: str, max_t: int, co
 
         return MedianStoppingRule(time_attr="training_iteration", metric=metric, mode=mode, grace_period=grace,
                                   min_samples_required=2)
+    if cfg.sweep.asha_promotion == "deferred":
+        from rayft.sweep.asha import DeferredASHA, Parking
+
+        return DeferredASHA(metric=metric, mode=mode, max_t=max_t, grace_period=grace,
+                            reduction_factor=cfg.sweep.reduction_factor, concurrent=concurrent or 1, parking=Parking())
     from ray.tune.schedulers import ASHAScheduler
 
     return ASHAScheduler(time_attr="training_iteration", metric=metric, mode=mode, max_t=max_t, grace_period=grace,
@@ -99,3 +105,13 @@ def load_study(url: str, study_name: str) -> Any:
     import optuna
 
     return optuna.load_study(study_name=study_name, storage=url)
+
+
+def limit_concurrency(searcher: Any, scheduler: Any, concurrent: int) -> tuple[Any, int | None]:
+    """The searcher and the Tuner's ``max_concurrent_trials``: under ASHA with deferred promotion the searcher is
+    wrapped in a limiter that does not count trials waiting at a rung (Tune's own would wait for them forever)."""
+    from rayft.sweep.asha import DeferredASHA, ParkingLimiter
+
+    if isinstance(scheduler, DeferredASHA):
+        return ParkingLimiter(searcher, concurrent, scheduler.parking), None
+    return searcher, concurrent

@@ -90,3 +90,46 @@ def _wait_for_all_cpus(timeout_s: float = 20.0) -> None:
         time.sleep(0.5)
     raise AssertionError(f"placement groups left: {left}; CPUs {ray.available_resources().get('CPU')} of "
                          f"{ray.cluster_resources().get('CPU')} free")
+
+
+def test_deferred_asha_pauses_the_first_trial_at_a_rung_until_it_has_a_peer(ray_local, tiny_bert, sentiment_csv,
+                                                                            tmp_path):
+    """``asha_promotion: deferred``: the first trial to reach a rung waits (paused, its checkpoint kept) until another
+    result is there to compare; a promoted trial resumes from its own checkpoint; stopped ones, waiting or not,
+    reach Optuna with their result at the rung."""
+    import optuna
+    import yaml
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="deferred-asha",
+                     train={"max_steps": 8, "eval_every": 2, "batch_size": 8},
+                     sweep={"num_trials": 4, "scheduler": "asha", "asha_promotion": "deferred", "grace_period": 1,
+                            "reduction_factor": 2, "metric": "eval_loss", "mode": "min", "seed": 1,
+                            "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}}})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(config), "--no-export"]) == 0
+    sweep = next((tmp_path / "runs" / "deferred-asha").glob("sweep-*"))
+    summary = json.loads((sweep / "rayft_sweep.json").read_text())
+    statuses = [t["status"] for t in summary["trials"]]
+    assert len(statuses) == 4 and set(statuses) <= {"DONE", "STOPPED"} and "DONE" in statuses, statuses
+
+    rows = {t["trial_id"]: [json.loads(line) for line in next(sweep.glob(f"*{t['trial_id']}*/result.json"))
+                            .read_text().splitlines() if line.strip()] for t in summary["trials"]}
+    trace = {tid: [(r["training_iteration"], r["timestamp"], r.get("resumed_from_trial")) for r in rs]
+             for tid, rs in rows.items()}
+    reached = {tid: next(r["timestamp"] for r in rs if r["training_iteration"] == 1) for tid, rs in rows.items()}
+    went_on = {tid: next((r for r in rs if r["training_iteration"] == 2), None) for tid, rs in rows.items()}
+    waited = [tid for tid, r in went_on.items() if r and r.get("resumed_from_trial") == tid]
+    for tid, r in went_on.items():
+        if r and tid not in waited:  # decided on arrival: another trial had reached the rung by then
+            assert any(other != tid and stamp <= reached[tid] for other, stamp in reached.items()), trace
+    first = min(reached, key=reached.get)
+    if sorted(reached.values())[:2] != [reached[first]] * 2:  # strictly first at the rung (timestamps are seconds)
+        assert went_on[first] is None or first in waited, trace
+    # Promoted after waiting: it resumed from its own checkpoint at the rung, not from step 0.
+    for tid in waited:
+        before = next(r for r in rows[tid] if r["training_iteration"] == 1)
+        assert went_on[tid]["resumed_from_step"] == before["step"] > 0, trace
+    study = optuna.load_study(study_name=summary["name"], storage=summary["storage"])
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states  # none PRUNED for want of a result
