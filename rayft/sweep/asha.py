@@ -104,8 +104,7 @@ class DeferredASHA(FIFOScheduler):
 
     def on_trial_remove(self, tune_controller: Any, trial: Trial) -> None:
         # Tune calls this before it completes the trial with the searcher, which reads the parked result.
-        self.waiting.pop(trial.trial_id, None)
-        self.promoted.discard(trial.trial_id)
+        self._forget(trial.trial_id, parked_result=False)
 
     def debug_string(self) -> str:
         counts = ", ".join(f"{m}: {len(r)}" for m, r in self.rungs.items())
@@ -148,10 +147,11 @@ class DeferredASHA(FIFOScheduler):
                 tune_controller.stop_trial(by_id[trial_id])  # the limiter completes it with its parked result
             self.parking.results.pop(trial_id, None)
 
-    def _forget(self, trial_id: str) -> None:
+    def _forget(self, trial_id: str, parked_result: bool = True) -> None:
         self.waiting.pop(trial_id, None)
         self.promoted.discard(trial_id)
-        self.parking.results.pop(trial_id, None)
+        if parked_result:
+            self.parking.results.pop(trial_id, None)
 
 
 class ParkingLimiter(ConcurrencyLimiter):
