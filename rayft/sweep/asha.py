@@ -19,7 +19,8 @@ searcher is asked for a new one. The trials hand Tune a checkpoint with every ev
 (:mod:`rayft.sweep.pbt_trial`), so a paused trial loses nothing but its restart.
 
 The scheduler's state lives in the driver. A sweep resumed after the driver died starts with empty rungs: trials
-that were waiting resume and are decided again at their next rung.
+that were paused (waiting or promoted) resume from their checkpoint and are decided again at the rung they had
+reached, among the results that arrive there after the restart.
 """
 
 from __future__ import annotations
