@@ -92,7 +92,7 @@ class DeferredASHA(FIFOScheduler):
             if trial.status == Trial.PENDING:
                 return trial
         if sum(t.status in (Trial.RUNNING, Trial.PENDING) for t in trials) < self.concurrent:
-            for trial in trials:  # promoted, or paused before a resumed driver knew it
+            for trial in trials:  # promoted (a resumed driver gets the old one's paused trials back as PENDING)
                 if trial.status == Trial.PAUSED and trial.trial_id not in self.waiting:
                     return trial
         return None

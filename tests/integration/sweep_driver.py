@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,3 +41,11 @@ def resume(cmd: list[str], env: dict[str, str], cwd: Path, *extra: str,
                          timeout=timeout)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out
+
+
+def trial_results(sweep: Path, trial_id: str) -> list[dict]:
+    """The results of one trial as Tune keeps them (``result.json``, each with the config in force; after a PBT
+    clone Tune rewinds it to the cloned iteration; a resumed trial appends to it)."""
+    found = list(sweep.glob(f"*{trial_id}*/result.json"))
+    assert len(found) == 1, found
+    return [json.loads(line) for line in found[0].read_text().splitlines() if line.strip()]

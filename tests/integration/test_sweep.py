@@ -10,6 +10,7 @@ from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
 from conftest import cls_config
+from sweep_driver import kill_when, resume, sweep_command, trial_results
 from rayft.cli import main
 from rayft.store import MANIFEST
 from rayft.sweep.warm import idle_warm
@@ -113,8 +114,7 @@ def test_deferred_asha_pauses_the_first_trial_at_a_rung_until_it_has_a_peer(ray_
     statuses = [t["status"] for t in summary["trials"]]
     assert len(statuses) == 4 and set(statuses) <= {"DONE", "STOPPED"} and "DONE" in statuses, statuses
 
-    rows = {t["trial_id"]: [json.loads(line) for line in next(sweep.glob(f"*{t['trial_id']}*/result.json"))
-                            .read_text().splitlines() if line.strip()] for t in summary["trials"]}
+    rows = {t["trial_id"]: trial_results(sweep, t["trial_id"]) for t in summary["trials"]}
     trace = {tid: [(r["training_iteration"], r["timestamp"], r.get("resumed_from_trial")) for r in rs]
              for tid, rs in rows.items()}
     reached = {tid: next(r["timestamp"] for r in rs if r["training_iteration"] == 1) for tid, rs in rows.items()}
@@ -133,3 +133,49 @@ def test_deferred_asha_pauses_the_first_trial_at_a_rung_until_it_has_a_peer(ray_
     study = optuna.load_study(study_name=summary["name"], storage=summary["storage"])
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 4, states  # none PRUNED for want of a result
+
+
+@pytest.mark.slow
+def test_killed_deferred_asha_driver_resumes_the_waiting_trials(tiny_bert, sentiment_csv, tmp_path):
+    """SIGKILL the driver while a trial waits at a rung; ``--resume`` restores it from its checkpoint there, the
+    sweep runs to the end, and Optuna holds every trial once, each with a result."""
+    import optuna
+    import yaml
+
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="deferred-resume",
+                     train={"max_steps": 12, "eval_every": 2, "batch_size": 8},
+                     sweep={"num_trials": 6, "scheduler": "asha", "asha_promotion": "deferred", "grace_period": 1,
+                            "reduction_factor": 3, "metric": "eval_loss", "mode": "min", "seed": 2,
+                            "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}}})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    cmd, env = sweep_command(config, "--no-export")
+    env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # Tune saves the sweep's state every second, so a pause is on disk
+    root = tmp_path / "runs" / "deferred-resume"
+    paused: set[str] = set()
+
+    def ready() -> bool:
+        for state in root.glob("sweep-*/experiment_state-*.json"):
+            try:
+                trials = [json.loads(t[0]) for t in json.loads(state.read_text())["trial_data"]]
+            except (ValueError, KeyError, IndexError):
+                continue  # being written
+            paused.update(t["trial_id"] for t in trials if t.get("status") == "PAUSED")
+        return bool(paused)
+
+    assert kill_when(cmd, env, tmp_path, ready) and paused, "no trial waited at a rung while the driver lived"
+    sweep = next(root.glob("sweep-*"))
+    killed_at = {tid: trial_results(sweep, tid)[-1]["step"] for tid in paused}
+
+    resume(cmd, env, tmp_path)
+    summary = json.loads((sweep / "rayft_sweep.json").read_text())
+    trials = summary["trials"]
+    assert len(trials) == 6 and {t["status"] for t in trials} <= {"DONE", "STOPPED"}, trials
+    assert len({t["params"]["train.lr"] for t in trials}) == 6  # no configuration twice
+    for tid, step in killed_at.items():  # went on from the checkpoint it waited with, not from step 0
+        after = [r for r in trial_results(sweep, tid) if r.get("resumed_from_step")]
+        assert after and after[0]["resumed_from_step"] == step and after[0]["step"] == step + 2, (tid, after)
+    study = optuna.load_study(study_name=summary["name"], storage=summary["storage"])
+    assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 6
+

@@ -11,18 +11,10 @@ import pytest
 import yaml
 
 from conftest import cls_config
-from sweep_driver import kill_when, resume, sweep_command
+from sweep_driver import kill_when, resume, sweep_command, trial_results
 from rayft.cli import main
 
 pytestmark = pytest.mark.integration
-
-
-def _rows(sweep: Path, trial_id: str) -> list[dict]:
-    """The results of one trial's lineage as Tune keeps them (``result.json``, each with the config in force;
-    after a clone Tune rewinds it to the cloned iteration)."""
-    found = list(sweep.glob(f"*{trial_id}*/result.json"))
-    assert len(found) == 1, found
-    return [json.loads(line) for line in found[0].read_text().splitlines() if line.strip()]
 
 
 def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_bert, sentiment_csv, tmp_path, capsys):
@@ -53,7 +45,7 @@ def test_pbt_clones_a_checkpoint_and_continues_with_a_new_lr(ray_local, tiny_ber
     target = sorted(policies)[0]
     (donor,) = ids - {target}
 
-    rows, donor_rows = _rows(sweep, target), _rows(sweep, donor)
+    rows, donor_rows = trial_results(sweep, target), trial_results(sweep, donor)
     cloned = [r for r in rows if r.get("resumed_from_trial") == donor]
     assert cloned, [(r["training_iteration"], r["resumed_from_trial"]) for r in rows]
     first = cloned[0]
@@ -137,7 +129,7 @@ def test_killed_pbt_driver_resumes_every_trial_from_a_checkpoint(tiny_bert, sent
     started = {p.name for p in (sweep / "trials").iterdir()} - before
     for t in summary["trials"]:  # each went on in a new Train run, from a checkpoint Tune held, not from 0
         assert any(name.startswith(t["trial_id"] + "-") for name in started), (t["trial_id"], started)
-        after = [r for r in _rows(sweep, t["trial_id"]) if Path(r["checkpoint_path"]).parent.name in started]
+        after = [r for r in trial_results(sweep, t["trial_id"]) if Path(r["checkpoint_path"]).parent.name in started]
         assert after and after[0]["resumed_from_step"] > 0
         assert after[0]["step"] == after[0]["resumed_from_step"] + 2
 

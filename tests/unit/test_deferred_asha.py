@@ -125,26 +125,21 @@ def test_a_promoted_trial_waits_for_a_free_slot():
     assert sched.choose_trial_to_run(ctl) is ctl.trial("a")
 
 
-def test_after_a_driver_restart_trials_paused_at_a_rung_resume_and_are_decided_at_the_next():
-    """A resumed sweep builds a new scheduler with empty rungs; the trials the old driver had paused (waiting or
-    promoted) are PAUSED in Tune's restored state and must not be stranded there."""
+def test_after_a_driver_restart_trials_paused_at_a_rung_resume_and_are_decided_there_again():
+    """A resumed sweep builds a new scheduler with empty rungs, and Tune requeues the trials the old driver had
+    paused (waiting or promoted) as PENDING, to be restored from their checkpoints."""
     sched, ctl = make(concurrent=2), FakeController("a", "b", "c")
     for tid in "ab":
-        ctl.trial(tid).status = Trial.PAUSED
+        ctl.trial(tid).status = Trial.PENDING
         ctl.trial(tid).last_result = {"training_iteration": 2, "eval_loss": 0.5}
-    ctl.trial("c").status = Trial.RUNNING
-    assert sched.choose_trial_to_run(ctl) is ctl.trial("a")  # one slot free beside c
-    ctl.trial("a").status = Trial.RUNNING
-    assert sched.choose_trial_to_run(ctl) is None  # a and c hold both slots: b waits its turn
-    ctl.trial("c").status = Trial.TERMINATED
-    assert sched.choose_trial_to_run(ctl) is ctl.trial("b")
-    ctl.trial("b").status = Trial.RUNNING
+    assert sched.choose_trial_to_run(ctl) is ctl.trial("a")
+    ctl.trial("a").status = ctl.trial("b").status = Trial.RUNNING
     # Back from its checkpoint at evaluation 2, a's next result is its first the new rungs see: it waits at the
     # rung it had reached, now among the results that come there after the restart.
     assert report(sched, ctl, "a", 3, 0.45) == PAUSE and sched.waiting == {"a": 2}
     assert report(sched, ctl, "b", 3, 0.50) == PAUSE
-    ctl.trials.append(FakeTrial("d"))
-    assert report(sched, ctl, "d", 2, 0.60) == STOP and sched.promoted == {"a"} and ctl.stopped == ["b"]
+    assert report(sched, ctl, "c", 2, 0.60) == STOP and sched.promoted == {"a"} and ctl.stopped == ["b"]
+    assert sched.choose_trial_to_run(ctl) is ctl.trial("a")
 
 
 class RecordingSearcher(Searcher):
