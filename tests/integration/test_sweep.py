@@ -99,15 +99,8 @@ def test_deferred_asha_pauses_the_first_trial_at_a_rung_until_it_has_a_peer(ray_
     result is there to compare; a promoted trial resumes from its own checkpoint; stopped ones, waiting or not,
     reach Optuna with their result at the rung."""
     import optuna
-    import yaml
 
-    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="deferred-asha",
-                     train={"max_steps": 8, "eval_every": 2, "batch_size": 8},
-                     sweep={"num_trials": 4, "scheduler": "asha", "asha_promotion": "deferred", "grace_period": 1,
-                            "reduction_factor": 2, "metric": "eval_loss", "mode": "min", "seed": 1,
-                            "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}}})
-    config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = _deferred_sweep(tiny_bert, sentiment_csv, tmp_path, "deferred-asha", steps=8, trials=4, eta=2, seed=1)
     assert main(["sweep", str(config), "--no-export"]) == 0
     sweep = next((tmp_path / "runs" / "deferred-asha").glob("sweep-*"))
     summary = json.loads((sweep / "rayft_sweep.json").read_text())
@@ -140,16 +133,8 @@ def test_killed_deferred_asha_driver_resumes_the_waiting_trials(tiny_bert, senti
     """SIGKILL the driver while a trial waits at a rung; ``--resume`` restores it from its checkpoint there, the
     sweep runs to the end, and Optuna holds every trial once, each with a result."""
     import optuna
-    import yaml
 
-
-    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name="deferred-resume",
-                     train={"max_steps": 12, "eval_every": 2, "batch_size": 8},
-                     sweep={"num_trials": 6, "scheduler": "asha", "asha_promotion": "deferred", "grace_period": 1,
-                            "reduction_factor": 3, "metric": "eval_loss", "mode": "min", "seed": 2,
-                            "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}}})
-    config = tmp_path / "sweep.yaml"
-    config.write_text(yaml.safe_dump(raw))
+    config = _deferred_sweep(tiny_bert, sentiment_csv, tmp_path, "deferred-resume", steps=12, trials=6, eta=3, seed=2)
     cmd, env = sweep_command(config, "--no-export")
     env["TUNE_GLOBAL_CHECKPOINT_S"] = "1"  # Tune saves the sweep's state every second, so a pause is on disk
     root = tmp_path / "runs" / "deferred-resume"
@@ -179,3 +164,17 @@ def test_killed_deferred_asha_driver_resumes_the_waiting_trials(tiny_bert, senti
     study = optuna.load_study(study_name=summary["name"], storage=summary["storage"])
     assert [t.state for t in study.trials].count(optuna.trial.TrialState.COMPLETE) == 6
 
+
+def _deferred_sweep(tiny_bert, sentiment_csv, tmp_path: Path, name: str, *, steps: int, trials: int, eta: int,
+                    seed: int) -> Path:
+    """A tiny-BERT sweep over the learning rate under deferred ASHA (an evaluation every 2 steps, first rung at 1)."""
+    import yaml
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, name=name,
+                     train={"max_steps": steps, "eval_every": 2, "batch_size": 8},
+                     sweep={"num_trials": trials, "scheduler": "asha", "asha_promotion": "deferred", "grace_period": 1,
+                            "reduction_factor": eta, "metric": "eval_loss", "mode": "min", "seed": seed,
+                            "space": {"train.lr": {"loguniform": [1e-4, 3e-2]}}})
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    return config
