@@ -14,7 +14,7 @@ of it during one run and not the other moves a round's ratio by more than the 3 
 Each run's steal is reported, and the rounds where it reached ``--max-steal`` percent are set apart:
 ``ratio_quiet_rounds`` is the median over the others.
 
-    python benchmarks/train_overhead.py [--steps 120] [--warmup 20] [--rounds 3] [--threads 2]
+    python benchmarks/train_overhead.py [--steps 120] [--warmup 20] [--rounds 3] [--threads 2] [--max-steal 2]
 """
 
 from __future__ import annotations
