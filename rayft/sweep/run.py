@@ -126,8 +126,9 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
     It is named after the trial; with ``start`` (a checkpoint Tune restarts the trial from) it is a run of its
     own under a new name, so it cannot pick up an older checkpoint of the trial, and its workers begin there.
     With the lean start-up the sweep's hub frees the run's placement group should the trial be stopped (see
-    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out; with ``data["warm"]`` (the sweep's tag)
-    the workers' processes import the training stack as they start (see :mod:`rayft.sweep.warm`).
+    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out; so is its autoscaling coordinator on a Ray
+    the sweep started (``data["private"]``). With ``data["warm"]`` (the sweep's tag) the workers' processes
+    import the training stack as they start (see :mod:`rayft.sweep.warm`).
     """
     from ray import tune
 
@@ -145,7 +146,8 @@ def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, 
                         label=trial_id, worker_cpus=worker_cpus,
                         extra={"trial_started_at": started_at, "start_checkpoint": start},
                         lean_start=lean_start, storage_filesystem=storage_filesystem,
-                        clean_up_placement_groups=not lean_start, worker_env=worker_env)
+                        clean_up_placement_groups=not lean_start, autoscaling=not data.get("private"),
+                        worker_env=worker_env)
 
 
 def latest_sweep(root: Path) -> Path | None:
@@ -195,7 +197,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     import ray
     from ray import tune
 
-    from rayft.cluster import init_ray
+    from rayft.cluster import init_ray, resolve_address
     from rayft.data import prepare_data
     from rayft.sweep.hub import start_hub
     from rayft.sweep.warm import enabled as warm_enabled
@@ -220,7 +222,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     hub = start_hub(sweep_name, warm_trials=max(0, cfg.sweep.num_trials - concurrent) if warm else 0)
     tag = f"{cfg.name}/{sweep_name}"  # marks the processes prestarted for this sweep
     shared = {"ref": ray.put(data), "hub": hub, "warm": tag if warm else None,
-              "model_type": model_type(data.model_path) if warm else ""}  # read once, not per trial
+              "model_type": model_type(data.model_path) if warm else "",  # read once, not per trial
+              "private": resolve_address(address) is None}  # a Ray started here: no autoscaler to ask
     trainable = tune.with_resources(
         tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data=shared,
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,

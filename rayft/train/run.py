@@ -52,7 +52,7 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
                  worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True,
                  storage_filesystem: Any = None, clean_up_placement_groups: bool = True,
-                 worker_env: dict[str, str] | None = None):
+                 autoscaling: bool = True, worker_env: dict[str, str] | None = None):
     """A Ray Train data-parallel trainer running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
@@ -63,7 +63,9 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
     imports the whole training stack), with Ray Train's dataset machinery. ``storage_filesystem`` is the
     pyarrow filesystem of ``storage_path`` (None: local). ``clean_up_placement_groups=False`` leaves out Ray
     Train's placement-group cleaner (an actor polling the state API every second), for runs that cannot
-    outlive their Ray. ``worker_env``: environment variables of the workers' processes (their runtime environment).
+    outlive their Ray. ``autoscaling=False`` leaves out Ray Train's autoscaling coordinator, for a Ray with no
+    autoscaler (one rayft started on this machine). ``worker_env``: environment variables of the workers'
+    processes (their runtime environment).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
@@ -78,7 +80,7 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
 
         from rayft.train.quiet import QuietRun
 
-        trainer_class, backend_kwargs = _lean(DataParallelTrainer, clean_up_placement_groups), {
+        trainer_class, backend_kwargs = _lean(DataParallelTrainer, clean_up_placement_groups, autoscaling), {
             "backend_config": WorkerTorchConfig(backend=backend)}
         callbacks = [*(callbacks or []), QuietRun()]
     else:
@@ -101,9 +103,10 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
     )
 
 
-def _lean(base: type, clean_up_placement_groups: bool = True) -> type:
-    """``base`` minus the Ray Data shard callback when the run has no Ray Datasets (rayft's never do), and
-    minus the placement-group cleaner unless ``clean_up_placement_groups``.
+def _lean(base: type, clean_up_placement_groups: bool = True, autoscaling: bool = True) -> type:
+    """``base`` minus the Ray Data shard callback when the run has no Ray Datasets (rayft's never do), minus
+    the placement-group cleaner unless ``clean_up_placement_groups``, and minus the autoscaling coordinator
+    unless ``autoscaling`` (:mod:`rayft.train.scaling`).
 
     Ray Train adds the first to every run, and it starts a ``DatasetManager`` actor (one more process,
     importing Ray Data) before the workers' first step; rayft hands data over through the object store instead.
@@ -120,6 +123,15 @@ def _lean(base: type, clean_up_placement_groups: bool = True) -> type:
             callbacks = super()._create_default_callbacks()
             drop = left_out if self.datasets else (DatasetsCallback, *left_out)
             return [cb for cb in callbacks if not isinstance(cb, drop)]
+
+        def _initialize_and_run_controller(self, **controller_init_kwargs):
+            from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+            from rayft.train.scaling import LocalScalingPolicy
+
+            if not autoscaling and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
+                controller_init_kwargs["scaling_policy"] = LocalScalingPolicy(self.scaling_config)
+            return super()._initialize_and_run_controller(**controller_init_kwargs)
 
     Trainer.__name__ = base.__name__  # as Ray names it in its messages
     return Trainer
@@ -157,14 +169,16 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     data = prepare_data(cfg)
     if verbose:
         print(f"data: {data.raw_sizes} labels={data.labels} tokenized in {data.seconds:.1f}s", flush=True)
-    # A local Ray started for this one run ends with it: nothing it leaves can outlive the run, so neither the
-    # dashboard nor Ray Train's placement-group cleaner is needed, and training gets their share of the CPU.
+    # A local Ray started for this one run ends with it: nothing it leaves can outlive the run, and it has no
+    # autoscaler, so neither the dashboard nor Ray Train's placement-group cleaner and autoscaling coordinator
+    # is needed, and training gets their share of the CPU.
     private = not ray.is_initialized() and resolve_address(address) is None
     ray_started = time.perf_counter()
     init_ray(address, dashboard=not private)
     ray_start_s = time.perf_counter() - ray_started
     trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
-                           storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private)
+                           storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private,
+                           autoscaling=not private)
     result = trainer.fit()
     return TrainOutcome(dict(result.metrics or {}), loc.uri(result.checkpoint.path) if result.checkpoint else None,
                         loc.child(run_name).uri(), time.perf_counter() - start, ray_start_s)

@@ -103,7 +103,8 @@ def test_sft_on_a_tiny_llama_masks_prompts_and_learns(ray_local, tiny_llama, cha
 
 def test_a_run_on_a_ray_of_its_own_leaves_out_the_dashboard_and_the_cleaner(tiny_bert, sentiment_csv, tmp_path):
     """`rayft train` with no cluster starts a local Ray that ends with the run: nothing can outlive it, so the
-    dashboard and Ray Train's placement-group cleaner (which polls the dashboard every second) are left out."""
+    dashboard and Ray Train's placement-group cleaner (which polls the dashboard every second) are left out, and
+    it has no autoscaler, so Ray Train's autoscaling coordinator is too."""
     raw = tmp_path / "experiment.json"
     raw.write_text(json.dumps(cls_config(tiny_bert, sentiment_csv, tmp_path, train={"max_steps": 4, "eval_every": 2})))
     script = f"""
@@ -121,3 +122,4 @@ print(json.dumps({{"step": out.metrics["step"], "actors": actors,
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["step"] == 4 and not seen["dashboard"]
     assert "RayTrainWorker" in seen["actors"] and "PlacementGroupCleaner" not in seen["actors"]
+    assert not [name for name in seen["actors"] if "AutoscalingCoordinator" in name]  # no autoscaler to ask
