@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -27,8 +28,35 @@ def free_port() -> int:
 BOOKKEEPING = ("gcs_server", "dashboard.py", "log_monitor.py", "monitor.py", "ray::DashboardAgent",
                "ray::RuntimeEnvAgent", "ray-dashboard-", "raylet/raylet")
 # Periodic work a local instance can do without: Prometheus metrics (nobody scrapes them without the dashboard),
-# per-handler event statistics, and a memory check four times a second (once a second still guards against OOM).
-QUIET_SYSTEM_CONFIG = {"enable_metrics_collection": False, "event_stats": False, "memory_monitor_refresh_ms": 1000}
+# per-handler event statistics, a memory check four times a second (once a second still guards against OOM),
+# every process's task events sent to the GCS each second (for the dashboard's task views; kept when it runs),
+# the raylet's garbage-collection check and idle-worker sweep (10 and 5 times a second; once a second is plenty)
+# and the GCS's pull of resource demand for an autoscaler (a local instance has none).
+QUIET_SYSTEM_CONFIG = {"enable_metrics_collection": False, "event_stats": False, "memory_monitor_refresh_ms": 1000,
+                       "task_events_report_interval_ms": 0, "raylet_check_gc_period_milliseconds": 1000,
+                       "kill_idle_workers_interval_ms": 1000, "gcs_pull_resource_loads_period_milliseconds": 5000}
+DASHBOARD_NEEDS = ("task_events_report_interval_ms",)
+# Without the dashboard nobody reads the node and process statistics each node's agent gathers every 5 s.
+QUIET_AGENT_ENV = {"REPORTER_UPDATE_INTERVAL_MS": "60000"}
+
+
+def quiet_settings(dashboard: bool) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The system config and the environment of a quiet local instance (``RAYFT_RAY_QUIET=0``: Ray's defaults)."""
+    if os.environ.get("RAYFT_RAY_QUIET", "1") == "0":
+        return None, {}
+    config = {k: v for k, v in QUIET_SYSTEM_CONFIG.items() if not (dashboard and k in DASHBOARD_NEEDS)}
+    return config, {} if dashboard else {k: v for k, v in QUIET_AGENT_ENV.items() if k not in os.environ}
+
+
+@contextlib.contextmanager
+def environ(values: dict[str, str]):
+    """Set environment variables for the processes started inside the block, then drop them again."""
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key in values:
+            os.environ.pop(key, None)
 
 
 def renice_threads(pid: int, niceness: int, keep: frozenset[int] = frozenset(),
@@ -153,9 +181,10 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
             os.environ["RAYFT_QUIET_THREADS"] = env["RAYFT_QUIET_THREADS"] = "1"
         threads_before = thread_ids(os.getpid())
         # address="local": always a new instance; with no address Ray would join a `ray start` cluster on this machine.
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _system_config=QUIET_SYSTEM_CONFIG if os.environ.get("RAYFT_RAY_QUIET", "1") != "0" else None,
-                 **port_kwargs, **kwargs)
+        quiet_config, quiet_env = quiet_settings(dashboard)
+        with environ(quiet_env):  # read by the node's processes as they start
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     _system_config=quiet_config, **port_kwargs, **kwargs)
         lower_bookkeeping_priority(nice)
         if lowered:  # the threads ray.init started in this process; the caller's own (and torch's) keep theirs
             renice_threads(os.getpid(), nice, only=thread_ids(os.getpid()) - threads_before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -45,7 +46,9 @@ from rayft.sweep.hub import hub_callbacks  # the trial's Train callbacks (they r
 trainer = make_trainer(apply_sample(json.load(open({str(raw)!r})), {{"train.lr": 1e-3}}), None, run_name="t", storage_path={str(tmp_path)!r},
                        callbacks=hub_callbacks(None, "t@0"))
 import ray.cloudpickle
-ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker, trainer.run_config.callbacks)))
+from rayft.train.scaling import LocalScalingPolicy  # what the controller gets on a Ray started by rayft
+policy = LocalScalingPolicy(trainer.scaling_config)
+ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker, trainer.run_config.callbacks, policy)))
 print(json.dumps(sorted(m for m in ("torch", "transformers", "peft", "deepspeed") if m in sys.modules)))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -95,3 +98,43 @@ def test_deepspeed_ops_are_cached_per_environment(monkeypatch, tmp_path):
     os.environ["TORCH_EXTENSIONS_DIR"] = str(tmp_path / "mine")  # an explicit choice wins
     paths.setup_env()
     assert os.environ["TORCH_EXTENSIONS_DIR"] == str(tmp_path / "mine")
+
+
+def test_the_local_scaling_policy_decides_as_rays_fixed_one_without_a_coordinator():
+    """On a Ray rayft started there is no autoscaler: the same decisions, and no coordinator actor asked or made."""
+    from types import SimpleNamespace
+
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, NoopDecision, ResizeDecision
+
+    from rayft.train.scaling import LocalScalingPolicy
+
+    scaling = ScalingConfig(num_workers=3, resources_per_worker={"CPU": 2})
+    ours, rays = LocalScalingPolicy(scaling), FixedScalingPolicy(scaling)
+    ours.after_controller_start(SimpleNamespace(run_id="abc"))  # Ray's would create the coordinator here
+    assert ours._requester_id == "train-abc" and ours._coordinator_client is None
+    decision = ours.make_decision_for_non_running_worker_group()
+    assert isinstance(decision, ResizeDecision) and decision.num_workers == 3
+    assert decision.resources_per_worker == scaling._resources_per_worker_not_none
+    assert isinstance(ours.make_decision_for_running_worker_group(None, None), NoopDecision)
+    assert ours._get_num_workers_for_resource_request() == rays._get_num_workers_for_resource_request() == 3
+    ours.before_controller_abort()  # nothing to cancel
+
+
+def test_a_quiet_local_ray_keeps_task_events_for_the_dashboard_and_restores_the_environment(monkeypatch):
+    from rayft.cluster import DASHBOARD_NEEDS, QUIET_AGENT_ENV, QUIET_SYSTEM_CONFIG, environ, quiet_settings
+
+    monkeypatch.delenv("RAYFT_RAY_QUIET", raising=False)
+    for key in QUIET_AGENT_ENV:
+        monkeypatch.delenv(key, raising=False)
+    config, env = quiet_settings(dashboard=False)
+    assert config == QUIET_SYSTEM_CONFIG and env == QUIET_AGENT_ENV
+    config, env = quiet_settings(dashboard=True)
+    assert not set(DASHBOARD_NEEDS) & set(config) and env == {}
+    with environ({"RAYFT_TEST_ENV": "1"}):
+        assert os.environ["RAYFT_TEST_ENV"] == "1"
+    assert "RAYFT_TEST_ENV" not in os.environ
+    monkeypatch.setenv("REPORTER_UPDATE_INTERVAL_MS", "7")  # the user's own setting wins
+    assert quiet_settings(dashboard=False)[1] == {}
+    monkeypatch.setenv("RAYFT_RAY_QUIET", "0")
+    assert quiet_settings(dashboard=False) == (None, {})
