@@ -46,10 +46,6 @@ def setup_env() -> None:
     # Ray starts worker processes at niceness 15, below its own bookkeeping processes (raylet, GCS, dashboard):
     # training workers then lose the CPU to each of their wake-ups. Read by the raylets that rayft starts.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    # Ray's log monitor globs the log folder on each 0.1 s pass while it follows fewer than 1,000 files. The
-    # files it follows are still read every 0.1 s; new ones (a new worker's) are found within a second.
-    os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
-    os.environ.setdefault("LOG_NAME_UPDATE_INTERVAL_S", "1")
 
 
 def quiet_libraries() -> None:

@@ -122,19 +122,20 @@ def test_the_local_scaling_policy_decides_as_rays_fixed_one_without_a_coordinato
 
 
 def test_a_quiet_local_ray_keeps_task_events_for_the_dashboard_and_restores_the_environment(monkeypatch):
-    from rayft.cluster import DASHBOARD_NEEDS, QUIET_AGENT_ENV, QUIET_SYSTEM_CONFIG, environ, quiet_settings
+    from rayft.cluster import (DASHBOARD_NEEDS, QUIET_AGENT_ENV, QUIET_NODE_ENV, QUIET_SYSTEM_CONFIG, environ,
+                               quiet_settings)
 
     monkeypatch.delenv("RAYFT_RAY_QUIET", raising=False)
-    for key in QUIET_AGENT_ENV:
+    for key in (*QUIET_AGENT_ENV, *QUIET_NODE_ENV):
         monkeypatch.delenv(key, raising=False)
     config, env = quiet_settings(dashboard=False)
-    assert config == QUIET_SYSTEM_CONFIG and env == QUIET_AGENT_ENV
-    config, env = quiet_settings(dashboard=True)
-    assert not set(DASHBOARD_NEEDS) & set(config) and env == {}
+    assert config == QUIET_SYSTEM_CONFIG and env == {**QUIET_NODE_ENV, **QUIET_AGENT_ENV}
+    config, env = quiet_settings(dashboard=True)  # the dashboard shows task events and the agents' statistics
+    assert not set(DASHBOARD_NEEDS) & set(config) and env == QUIET_NODE_ENV
     with environ({"RAYFT_TEST_ENV": "1"}):
         assert os.environ["RAYFT_TEST_ENV"] == "1"
     assert "RAYFT_TEST_ENV" not in os.environ
     monkeypatch.setenv("REPORTER_UPDATE_INTERVAL_MS", "7")  # the user's own setting wins
-    assert quiet_settings(dashboard=False)[1] == {}
+    assert quiet_settings(dashboard=False)[1] == QUIET_NODE_ENV
     monkeypatch.setenv("RAYFT_RAY_QUIET", "0")
     assert quiet_settings(dashboard=False) == (None, {})
