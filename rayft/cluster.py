@@ -55,13 +55,17 @@ def quiet_settings(dashboard: bool) -> tuple[dict[str, Any] | None, dict[str, st
 
 @contextlib.contextmanager
 def environ(values: dict[str, str]):
-    """Set environment variables for the processes started inside the block, then drop them again."""
+    """Set environment variables for the processes started inside the block, then restore the previous ones."""
+    previous = {key: os.environ.get(key) for key in values}
     os.environ.update(values)
     try:
         yield
     finally:
-        for key in values:
-            os.environ.pop(key, None)
+        for key, value in previous.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def renice_threads(pid: int, niceness: int, keep: frozenset[int] = frozenset(),

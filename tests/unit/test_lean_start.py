@@ -132,9 +132,10 @@ def test_a_quiet_local_ray_keeps_task_events_for_the_dashboard_and_restores_the_
     assert config == QUIET_SYSTEM_CONFIG and env == {**QUIET_NODE_ENV, **QUIET_AGENT_ENV}
     config, env = quiet_settings(dashboard=True)  # the dashboard shows task events and the agents' statistics
     assert not set(DASHBOARD_NEEDS) & set(config) and env == QUIET_NODE_ENV
-    with environ({"RAYFT_TEST_ENV": "1"}):
-        assert os.environ["RAYFT_TEST_ENV"] == "1"
-    assert "RAYFT_TEST_ENV" not in os.environ
+    monkeypatch.setenv("RAYFT_TEST_KEPT", "before")
+    with environ({"RAYFT_TEST_ENV": "1", "RAYFT_TEST_KEPT": "inside"}):
+        assert os.environ["RAYFT_TEST_ENV"] == "1" and os.environ["RAYFT_TEST_KEPT"] == "inside"
+    assert "RAYFT_TEST_ENV" not in os.environ and os.environ["RAYFT_TEST_KEPT"] == "before"
     monkeypatch.setenv("REPORTER_UPDATE_INTERVAL_MS", "7")  # the user's own setting wins
     assert quiet_settings(dashboard=False)[1] == QUIET_NODE_ENV
     monkeypatch.setenv("RAYFT_RAY_QUIET", "0")
