@@ -76,12 +76,10 @@ def steal_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> 
 
 def thread_ticks(pid: int) -> dict[int, int]:
     """CPU time (user + system, in ticks) of each thread of process ``pid`` so far; empty where /proc is not."""
+    from rayft.cluster import thread_ids
+
     ticks = {}
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return ticks
-    for tid in tids:
+    for tid in thread_ids(pid):
         try:
             with open(f"/proc/{pid}/task/{tid}/stat") as fh:
                 fields = fh.read().rsplit(")", 1)[1].split()
@@ -171,9 +169,10 @@ def plain_loop(cfg, data, steps: int, warmup: int, threads: int) -> dict:
                 break
         epoch += 1
     seconds = time.perf_counter() - steady_t0
-    share = training_cpu_share(threads, (threads_at_warmup, ticks), (thread_ticks(os.getpid()), cpu_ticks()))
+    end = cpu_ticks()
+    share = training_cpu_share(threads, (threads_at_warmup, ticks), (thread_ticks(os.getpid()), end))
     return {"samples_per_s": samples / seconds, "startup_s": first_step_s, "final_loss": loss.item(),
-            "steal_pct": steal_pct(ticks, cpu_ticks()), "cpu_share": share}
+            "steal_pct": steal_pct(ticks, end), "cpu_share": share}
 
 
 def rayft_train(cfg, steps: int, threads: int, share_window: tuple[float, float]) -> dict:

@@ -143,6 +143,14 @@ def resolve_address(address: str | None = None) -> str | None:
     return None if address == "local" else address
 
 
+def starts_private_ray(address: str | None = None) -> bool:
+    """Whether :func:`init_ray` with ``address`` would start a local Ray of its own now: one that ends with this
+    process, has no autoscaler, and whose processes rayft may quiet."""
+    import ray
+
+    return not ray.is_initialized() and resolve_address(address) is None
+
+
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False,
              dashboard: bool | None = None) -> dict[str, Any]:
     """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.

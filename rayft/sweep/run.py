@@ -197,7 +197,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     import ray
     from ray import tune
 
-    from rayft.cluster import init_ray, resolve_address
+    from rayft.cluster import init_ray, starts_private_ray
     from rayft.data import prepare_data
     from rayft.sweep.hub import start_hub
     from rayft.sweep.warm import enabled as warm_enabled
@@ -214,6 +214,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     sweep_dir = root / sweep_name
     data = prepare_data(cfg)  # tokenized once for every trial, shared through the object store
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
+    private = starts_private_ray(address)  # a Ray started here: no autoscaler to ask
     resources = init_ray(address)
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
     lean_start = os.environ.get("RAYFT_LEAN_START", "1") != "0"
@@ -223,7 +224,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     tag = f"{cfg.name}/{sweep_name}"  # marks the processes prestarted for this sweep
     shared = {"ref": ray.put(data), "hub": hub, "warm": tag if warm else None,
               "model_type": model_type(data.model_path) if warm else "",  # read once, not per trial
-              "private": resolve_address(address) is None}  # a Ray started here: no autoscaler to ask
+              "private": private}
     trainable = tune.with_resources(
         tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data=shared,
                              storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,

@@ -155,7 +155,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     """
     import ray
 
-    from rayft.cluster import init_ray, resolve_address
+    from rayft.cluster import init_ray, starts_private_ray
     from rayft.data import prepare_data
     from rayft.errors import RayftError
 
@@ -172,7 +172,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     # A local Ray started for this one run ends with it: nothing it leaves can outlive the run, and it has no
     # autoscaler, so neither the dashboard nor Ray Train's placement-group cleaner and autoscaling coordinator
     # is needed, and training gets their share of the CPU.
-    private = not ray.is_initialized() and resolve_address(address) is None
+    private = starts_private_ray(address)
     ray_started = time.perf_counter()
     init_ray(address, dashboard=not private)
     ray_start_s = time.perf_counter() - ray_started
