@@ -125,23 +125,50 @@ def _comm(pid: str) -> str:
         return ""
 
 
+class PlainTrainer:
+    """What a user writes by hand, with a DeepSpeed engine's surface (``trainer(**inputs)``, ``backward``,
+    ``step``): torch AdamW (no decay on biases and norms), the same transformers schedule, the same clipping."""
+
+    def __init__(self, cfg, model, steps: int):
+        import torch
+        from transformers import get_scheduler
+
+        from rayft.train.engine import NO_DECAY
+
+        self.model, self.max_grad_norm = model, cfg.train.max_grad_norm
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW([
+            {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": cfg.train.weight_decay},
+            {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0}], lr=cfg.train.lr)
+        self.schedule = get_scheduler(cfg.train.scheduler, self.optimizer,
+                                      int(round(cfg.train.warmup_ratio * steps)), steps)
+
+    def __call__(self, **inputs):
+        return self.model(**inputs)
+
+    def backward(self, loss) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        import torch
+
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
 def plain_loop(cfg, data, steps: int, warmup: int, threads: int) -> dict:
     """What a user writes by hand: the same batches through peft + torch AdamW + the same schedule."""
     import torch
-    from transformers import get_scheduler
 
     from rayft.data import Columnar, pad_batch
-    from rayft.train.engine import NO_DECAY, build_model
+    from rayft.train.engine import build_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
-    model = build_model(cfg, data).train()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for n, p in named if not n.endswith(NO_DECAY)], "weight_decay": cfg.train.weight_decay},
-        {"params": [p for n, p in named if n.endswith(NO_DECAY)], "weight_decay": 0.0}], lr=cfg.train.lr)
-    schedule = get_scheduler(cfg.train.scheduler, optimizer, int(round(cfg.train.warmup_ratio * steps)), steps)
+    trainer = PlainTrainer(cfg, build_model(cfg, data).train(), steps)
     dataset = Columnar(data.splits["train"])
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=cfg.train.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
@@ -151,13 +178,9 @@ def plain_loop(cfg, data, steps: int, warmup: int, threads: int) -> dict:
     while step < steps:
         sampler.set_epoch(epoch)
         for batch in loader:
-            inputs = {k: v for k, v in batch.items() if k != "index"}
-            loss = model(**inputs).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            schedule.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = trainer(**{k: v for k, v in batch.items() if k != "index"}).loss
+            trainer.backward(loss)
+            trainer.step()
             step += 1
             first_step_s = first_step_s or time.perf_counter() - start
             if step == warmup:
