@@ -1,21 +1,16 @@
 """The engine-overhead benchmark's bookkeeping: phase timing and the per-pass ratio of plain over engine seconds."""
 
 import collections
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "engine_overhead.py"
+from benchmark_module import load
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("engine_overhead_bench", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # by path, not registered in sys.modules
-    return module
+    return load("engine_overhead")
 
 
 def test_a_pass_compares_the_plain_copies_seconds_with_the_engines(bench):

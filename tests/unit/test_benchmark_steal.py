@@ -1,19 +1,15 @@
 """The overhead benchmark's readings of /proc: hypervisor steal (sets noisy rounds apart), training threads' CPU share."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "train_overhead.py"
+from benchmark_module import load
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("train_overhead_bench", PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # by path, not registered in sys.modules
-    return module
+    return load("train_overhead")
 
 
 def test_steal_is_the_stolen_share_of_the_cpu_time_between_two_readings(bench):
