@@ -173,7 +173,7 @@ def plain_loop(cfg, data, steps: int, warmup: int, threads: int) -> dict:
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=cfg.train.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,
                                          collate_fn=lambda rows: pad_batch(rows, data.pad_id))
-    step, samples, first_step_s, mark, steady_t0 = 0, 0, None, time.perf_counter(), None
+    step, samples, first_step_s, steady_t0 = 0, 0, None, None
     epoch = 0
     while step < steps:
         sampler.set_epoch(epoch)
