@@ -98,10 +98,9 @@ def thread_ids(pid: int) -> set[int]:
 def lower_bookkeeping_priority(niceness: int) -> list[int]:
     """Renice the bookkeeping processes of the local Ray this process started, thread by thread; returns their pids.
 
-    On a machine with few cores their periodic wake-ups preempt the training threads, and synchronised
-    intra-op threads then all wait for the preempted one. At the lowest priority (19) a waking bookkeeping
-    thread no longer preempts a training thread; it runs in the gaps instead. ``RAYFT_RAY_NICE=0`` turns
-    this off.
+    On a machine with few cores their periodic wake-ups take CPU time from the training threads; at the lowest
+    priority (19) they get the smallest share of a busy CPU (:mod:`rayft.train.quiet`). ``RAYFT_RAY_NICE=0``
+    turns this off.
     """
     if niceness <= 0:
         return []
