@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
 import json
 import os
@@ -107,7 +108,8 @@ def main() -> None:
     from rayft.train import engine as E
 
     steps = args.blocks * args.block_steps * 2 + args.block_steps + args.profile_steps  # per copy, with warm-up
-    with tempfile.TemporaryDirectory(prefix="rayft-bench-") as tmp:
+    # stdout carries only the JSON report (DeepSpeed announces its op builds there)
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="rayft-bench-") as tmp:
         spec = experiment(steps, args.block_steps, args.threads, tmp)
         spec["scaling"]["zero_stage"] = args.zero_stage
         cfg = build_config(spec)
