@@ -23,7 +23,6 @@ import cProfile
 import json
 import os
 import pstats
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rayft.cluster import free_port  # noqa: E402
 from train_overhead import PlainTrainer, experiment  # noqa: E402
 
 PHASES = ("forward", "backward", "step")
@@ -79,12 +79,6 @@ def deepspeed_python_ms(trainer, batches: list[dict], steps: int) -> dict[str, f
             "profiled_step_ms": round(1000 * total / steps, 1)}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--blocks", type=int, default=8, help="passes over the four copies")
@@ -107,7 +101,7 @@ def main() -> None:
     from rayft.data import prepare_data
     from rayft.train import engine as E
 
-    steps = args.blocks * args.block_steps * 2 + args.block_steps + args.profile_steps  # per copy, with warm-up
+    steps = (args.blocks + 1) * args.block_steps + args.profile_steps  # the most one copy trains, warm-up included
     # stdout carries only the JSON report (DeepSpeed announces its op builds there)
     with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="rayft-bench-") as tmp:
         spec = experiment(steps, args.block_steps, args.threads, tmp)
