@@ -48,7 +48,8 @@ PHASES = ("startup_launch_s", "startup_import_s", "startup_data_s", "startup_mod
 
 
 def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, scheduler: str,
-               trials: int, epochs: float, metric: str = "eval_accuracy", seed: int = 0) -> dict[str, Any]:
+               trials: int, epochs: float, metric: str = "eval_accuracy", seed: int = 0,
+               startup_trials: int | None = None) -> dict[str, Any]:
     evals_per_epoch = args.evals_per_epoch
     steps_per_epoch = -(-args.train_size // 16)
     return {
@@ -64,6 +65,7 @@ def experiment(args: argparse.Namespace, out: str, name: str, searcher: str, sch
                   "mode": "min" if metric.endswith("loss") else "max", "grace_period": args.grace,
                   "reduction_factor": args.reduction, "seed": seed, "export_best": False,
                   **({"asha_promotion": args.asha_promotion} if scheduler == "asha" else {}),
+                  **({"startup_trials": startup_trials} if startup_trials else {}),
                   "space": {"train.lr": {"loguniform": [1e-5, 1e-2]}, "method.r": {"choice": [2, 8, 16]},
                             "train.scheduler": {"choice": ["linear", "cosine"]},
                             "train.warmup_ratio": {"uniform": [0.0, 0.2]}}},
@@ -185,34 +187,68 @@ def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
         return run_sweep(build_config(cfg_raw), verbose=0), started_at
 
 
-def compare(args: argparse.Namespace, tmp: str, seed: int) -> dict[str, Any]:
-    """One seed: random search with no early stopping, then TPE + ASHA, both seeded with ``seed``; the trial-epochs
-    and wall time each needed to reach the best validation accuracy the random search found, and their ratios."""
+def compare(args: argparse.Namespace, tmp: str, seed: int) -> list[dict[str, Any]]:
+    """One seed: random search with no early stopping, then TPE + ASHA once per ``--tpe-startup`` value, all seeded
+    with ``seed``; per TPE + ASHA sweep, the trial-epochs and wall time each needed to reach the best validation
+    accuracy the random search found, and their ratios."""
     rand, rand_t0 = run(experiment(args, tmp, f"random-{seed}", "random", "none", args.trials, args.epochs,
                                    seed=seed), lean=True)
     target = best_final_accuracy(rand)
     r = {**replay(rand, target, rand_t0), "any_order": expected_random_cost(accuracy_curves(rand), target)}
     # Each part as soon as it is measured (stderr), so a run cut short keeps what it found.
     print(f"# seed {seed} random " + json.dumps({**r, "trials_detail": trial_rows(rand)}), file=sys.stderr, flush=True)
-    tpe, tpe_t0 = run(experiment(args, tmp, f"tpe-asha-{seed}", "tpe", "asha", args.trials, args.epochs, args.metric,
-                                 seed=seed), lean=True)
-    a = replay(tpe, target, tpe_t0)
-    print(f"# seed {seed} tpe-asha " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr, flush=True)
+    pairs = []
+    for startup_trials in args.tpe_startup:
+        label = f"tpe-asha-{seed}" + (f"-startup{startup_trials}" if startup_trials else "")
+        tpe, tpe_t0 = run(experiment(args, tmp, label, "tpe", "asha", args.trials, args.epochs, args.metric,
+                                     seed=seed, startup_trials=startup_trials), lean=True)
+        a = replay(tpe, target, tpe_t0)
+        print(f"# seed {seed} {label} " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr,
+              flush=True)
+        pair = {"seed": seed, "tpe_startup_trials": startup_trials or default_startup(args),
+                "target_eval_accuracy": round(target, 4), "random_no_stopping": r, "tpe_asha": a,
+                **ratios(a, r)}
+        print(f"# seed {seed} {label}: trial-epochs ratio {pair['trial_epochs_ratio']} (against random search's "
+              f"expectation over orders {pair['trial_epochs_ratio_any_order']}), wall ratio {pair['wall_ratio']}",
+              file=sys.stderr, flush=True)
+        pairs.append(pair)
+    pairs[0]["random_outcome"] = rand
+    return pairs
+
+
+def ratios(a: dict[str, Any], r: dict[str, Any]) -> dict[str, float | None]:
+    """TPE + ASHA's cost to the target over random search's: in the order random search drew its trials, in wall
+    time, and against random search's expected cost over every order of its trials (see above); None when TPE +
+    ASHA never reached it."""
     reached = a["to_target"] and r["to_target"]
-    pair = {"seed": seed, "target_eval_accuracy": round(target, 4), "random_no_stopping": r, "tpe_asha": a,
-            "trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
+    expected = r["any_order"]["expected_trial_epochs"]
+    return {"trial_epochs_ratio": (round(a["to_target"]["trial_epochs"] / r["to_target"]["trial_epochs"], 3)
                                    if reached else None),
             "wall_ratio": (round(a["to_target"]["wall_s"] / r["to_target"]["wall_s"], 3)
                            if reached and r["to_target"]["wall_s"] > 0 else None),
-            # TPE + ASHA against random search's expected cost over every order of its trials (see above)
             "trial_epochs_ratio_any_order": (round(a["to_target"]["trial_epochs"] / expected, 3)
-                                             if a["to_target"] and (expected := r["any_order"]["expected_trial_epochs"])
-                                             else None),
-            "random_outcome": rand}
-    print(f"# seed {seed}: trial-epochs ratio {pair['trial_epochs_ratio']} (against random search's expectation "
-          f"over orders {pair['trial_epochs_ratio_any_order']}), wall ratio {pair['wall_ratio']}",
-          file=sys.stderr, flush=True)
-    return pair
+                                             if a["to_target"] and expected else None)}
+
+
+def default_startup(args: argparse.Namespace) -> int:
+    """TPE's random start when the config leaves it unset (rayft.sweep.search.tpe_startup_trials)."""
+    from rayft.sweep.search import tpe_startup_trials
+
+    return tpe_startup_trials(build_config(experiment(args, "/tmp", "probe", "tpe", "asha", args.trials,
+                                                      args.epochs, args.metric)))
+
+
+def medians(pairs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median over seeds of each ratio; a seed whose TPE + ASHA sweep never reached the target counts as infinitely
+    slow."""
+    def median(key: str) -> float | None:
+        value = statistics.median(math.inf if p[key] is None else p[key] for p in pairs)
+        return round(value, 3) if math.isfinite(value) else None
+
+    return {"trial_epochs_ratio_median": median("trial_epochs_ratio"), "wall_ratio_median": median("wall_ratio"),
+            "trial_epochs_ratios": [p["trial_epochs_ratio"] for p in pairs],
+            "trial_epochs_ratio_any_order_median": median("trial_epochs_ratio_any_order"),
+            "trial_epochs_ratios_any_order": [p["trial_epochs_ratio_any_order"] for p in pairs]}
 
 
 def main() -> None:
@@ -232,6 +268,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one pair of sweeps (random, TPE + ASHA) per seed; the report gives each seed's ratios "
                              "and their median")
+    parser.add_argument("--tpe-startup", type=int, nargs="+", default=[0], metavar="N",
+                        help="TPE's random start (sweep.startup_trials; 0: the config's default); several values run "
+                             "one TPE + ASHA sweep each against the same random search, and the report gives each "
+                             "value's medians")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--metric", default="eval_loss", choices=("eval_loss", "eval_accuracy"),
                         help="what TPE and ASHA optimize (the target is validation accuracy either way); validation "
@@ -256,14 +296,10 @@ def main() -> None:
                               "goal_startup_s": 10}, indent=2))
             return
         init_ray(num_cpus=args.cpus, quiet=True)  # the sweeps themselves on a local Ray as rayft starts it
-        pairs = [compare(args, tmp, seed) for seed in args.seeds]
-        in_random = startup([p.pop("random_outcome") for p in pairs])
-
-    def median(key: str) -> float | None:
-        """Median over seeds; a seed whose TPE + ASHA sweep never reached the target counts as infinitely slow."""
-        value = statistics.median(math.inf if p[key] is None else p[key] for p in pairs)
-        return round(value, 3) if math.isfinite(value) else None
-
+        pairs = [pair for seed in args.seeds for pair in compare(args, tmp, seed)]
+        in_random = startup([p.pop("random_outcome") for p in pairs if "random_outcome" in p])
+    by_startup = {n: [p for p in pairs if p["tpe_startup_trials"] == n] for n in dict.fromkeys(
+        p["tpe_startup_trials"] for p in pairs)}
     report = {
         "benchmark": "sweep_efficiency",
         "setup": {"model": "minilm-l6", "method": "lora",
@@ -271,11 +307,11 @@ def main() -> None:
                   "trials": args.trials, "max_epochs_per_trial": args.epochs, "cpus": args.cpus, "seeds": args.seeds,
                   "asha": {"evals_per_epoch": args.evals_per_epoch, "grace_evals": args.grace,
                            "reduction_factor": args.reduction, "promotion": args.asha_promotion},
-                  "space": "lr, lora r, schedule, warmup", "tpe_asha_metric": args.metric},
-        "trial_epochs_ratio_median": median("trial_epochs_ratio"),
-        "wall_ratio_median": median("wall_ratio"),
-        "trial_epochs_ratios": [p["trial_epochs_ratio"] for p in pairs],
-        "trial_epochs_ratio_any_order_median": median("trial_epochs_ratio_any_order"),
+                  "space": "lr, lora r, schedule, warmup", "tpe_asha_metric": args.metric,
+                  "tpe_startup_trials": list(by_startup)},
+        **medians(next(iter(by_startup.values()))),  # the first --tpe-startup value's
+        "by_tpe_startup_trials": ({n: medians(group) for n, group in by_startup.items()} if len(by_startup) > 1
+                                  else None),
         "goal_ratio": 0.333,
         "per_seed": pairs,
         "startup_before": before, "startup_after": after,

@@ -174,6 +174,8 @@ class SweepConfig(_Section):
     num_trials: int = Field(6, ge=1, le=100000, description="trials to run (grid: ignored, the grid decides)")
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
     searcher: Literal["optuna", "tpe", "random", "grid"] = "optuna"  # optuna = tpe (Optuna's TPE sampler)
+    startup_trials: int | None = Field(None, ge=1, description=(
+        "tpe: trials drawn at random before the model proposes (default: a third of num_trials, at least 2)"))
     scheduler: Literal["asha", "median", "pbt", "none"] = "asha"
     objectives: list[Objective] = Field(default_factory=list, description=(
         "multi-objective: the Pareto front over these is reported; the first one (or `metric`) drives the scheduler"))

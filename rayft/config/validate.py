@@ -174,11 +174,12 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         valid = [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metrics]
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
-    from rayft.sweep.checks import check_asha_promotion, check_conditional_space, check_objectives
+    from rayft.sweep.checks import (check_asha_promotion, check_conditional_space, check_objectives,
+                                    check_startup_trials)
     from rayft.sweep.pbt import check_pbt
 
     return (errors + check_conditional_space(raw) + check_objectives(raw) + check_pbt(raw)
-            + check_asha_promotion(raw))
+            + check_asha_promotion(raw) + check_startup_trials(raw))
 
 
 def _searches_method(sweep: dict[str, Any]) -> bool:

@@ -160,3 +160,14 @@ def check_asha_promotion(raw: dict[str, Any]) -> list[FieldError]:
                                  "concurrency cannot tell them apart)"))
     return errors + checkpoint_every_evaluation(raw, "with asha_promotion: deferred (a trial waits at a rung "
                                                      "and resumes from the checkpoint of that evaluation)")
+
+
+def check_startup_trials(raw: dict[str, Any]) -> list[FieldError]:
+    """``startup_trials`` sets TPE's random start, so it goes with the ``tpe`` (or ``optuna``) searcher."""
+    sweep = _dict(raw.get("sweep"))
+    value = sweep.get("startup_trials")
+    searcher = sweep.get("searcher", "optuna")
+    if value is None or searcher in ("tpe", "optuna"):
+        return []
+    return [FieldError("sweep.startup_trials", value, f"unset with searcher: {searcher} (it is the number of random "
+                       "trials before TPE models the results; only the tpe searcher has them)")]

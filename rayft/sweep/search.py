@@ -55,7 +55,7 @@ def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tu
         sampler = optuna.samplers.RandomSampler(seed=cfg.sweep.seed)
     else:
         # group=True models each method's branch separately; constant_liar keeps parallel trials apart.
-        sampler = optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=max(2, cfg.sweep.num_trials // 3),
+        sampler = optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=tpe_startup_trials(cfg),
                                              multivariate=True, group=True, constant_liar=True)
     pairs = objectives(cfg)
     metric: Any = [m for m, _ in pairs] if len(pairs) > 1 else pairs[0][0]
@@ -65,6 +65,12 @@ def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tu
     searcher = OptunaSearch(space=define_by_run(cfg), metric=metric, mode=mode, sampler=sampler,
                             study_name=study_name, storage=storage)
     return searcher, cfg.sweep.num_trials, {}
+
+
+def tpe_startup_trials(cfg: ExperimentConfig) -> int:
+    """Trials TPE draws at random before it models the results: ``sweep.startup_trials``, else a third of the sweep
+    (at least 2)."""
+    return cfg.sweep.startup_trials or max(2, cfg.sweep.num_trials // 3)
 
 
 def _engine_kwargs(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from rayft.config import build_config
 from rayft.errors import ConfigError
 from rayft.methods import METHODS, MethodParams
 from rayft.sweep import apply_sample, define_by_run, grid_points, pareto_front
-from rayft.sweep.search import objectives
+from rayft.sweep.search import make_searcher, objectives, tpe_startup_trials
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -136,6 +136,21 @@ def test_objectives_put_the_scheduler_metric_first(tiny_bert, sentiment_csv, tmp
         "metric": "eval_accuracy", "objectives": [{"metric": "trainable_params", "mode": "min"},
                                                   {"metric": "eval_accuracy", "mode": "max"}]})
     assert objectives(build_config(raw)) == [("eval_accuracy", "max"), ("trainable_params", "min")]
+
+
+def test_tpe_startup_trials_default_and_setting(tiny_bert, sentiment_csv, tmp_path):
+    def cfg(**sweep):
+        return build_config(cls_config(tiny_bert, sentiment_csv, tmp_path, sweep=sweep))
+
+    assert tpe_startup_trials(cfg(num_trials=20)) == 6  # a third of the sweep
+    assert tpe_startup_trials(cfg(num_trials=3)) == 2  # at least 2
+    assert tpe_startup_trials(cfg(num_trials=20, searcher="tpe", startup_trials=3)) == 3
+    searcher, _, _ = make_searcher(cfg(num_trials=20, startup_trials=3), tmp_path / "sweep", "s")
+    assert searcher._sampler._n_startup_trials == 3  # what Optuna's TPE is given
+    with pytest.raises(ConfigError, match=r"sweep.startup_trials: unset with searcher: random .*\(got 3\)"):
+        cfg(searcher="random", startup_trials=3)
+    with pytest.raises(ConfigError, match="sweep.startup_trials"):
+        cfg(startup_trials=0)
 
 
 class _T:
