@@ -20,6 +20,9 @@ before), and where the time goes (``startup_*`` phases); goal: <= 10 s.
 Full size (about 2 h on 2 cores; ``--no-startup`` skips the start-up part, whose figures it also gives
 for the random sweep's own trials; ``--seeds 0 1 2`` runs one pair of sweeps per seed and reports the median ratio):
     python benchmarks/sweep_efficiency.py --trials 20 --epochs 2 --train-size 1000 --val-size 300 --grace 2
+TPE's random start against a shorter one, each TPE + ASHA sweep against the same random search per seed:
+    python benchmarks/sweep_efficiency.py --no-startup --trials 20 --epochs 2 --train-size 800 --val-size 300 \
+        --grace 2 --seeds 5 6 7 --tpe-startup 0 3
 Start-up only (before/after, 6 short trials per sweep, 2 at a time):
     python benchmarks/sweep_efficiency.py --startup-only --train-size 400 --val-size 200
 Quick check:
