@@ -175,7 +175,8 @@ class SweepConfig(_Section):
     max_concurrent: int | None = Field(None, ge=1, description="default: as many as the cluster fits")
     searcher: Literal["optuna", "tpe", "random", "grid"] = "optuna"  # optuna = tpe (Optuna's TPE sampler)
     startup_trials: int | None = Field(None, ge=1, description=(
-        "tpe: trials drawn at random before the model proposes (default: a third of num_trials, at least 2)"))
+        "tpe: finished trials before TPE models their results; until then it draws at random (default: a third "
+        "of num_trials, at least 2)"))
     scheduler: Literal["asha", "median", "pbt", "none"] = "asha"
     objectives: list[Objective] = Field(default_factory=list, description=(
         "multi-objective: the Pareto front over these is reported; the first one (or `metric`) drives the scheduler"))

@@ -169,5 +169,5 @@ def check_startup_trials(raw: dict[str, Any]) -> list[FieldError]:
     searcher = sweep.get("searcher", "optuna")
     if value is None or searcher in ("tpe", "optuna"):
         return []
-    return [FieldError("sweep.startup_trials", value, f"unset with searcher: {searcher} (it is the number of random "
-                       "trials before TPE models the results; only the tpe searcher has them)")]
+    return [FieldError("sweep.startup_trials", value, f"unset with searcher: {searcher} (it is the number of finished "
+                       "trials before TPE models their results; only the tpe searcher has them)")]

@@ -68,8 +68,8 @@ def make_searcher(cfg: ExperimentConfig, sweep_dir: Path, study_name: str) -> tu
 
 
 def tpe_startup_trials(cfg: ExperimentConfig) -> int:
-    """Trials TPE draws at random before it models the results: ``sweep.startup_trials``, else a third of the sweep
-    (at least 2)."""
+    """Finished trials TPE needs before it models their results (it draws at random until then; Optuna counts
+    completed and pruned trials): ``sweep.startup_trials``, else a third of the sweep (at least 2)."""
     return cfg.sweep.startup_trials or max(2, cfg.sweep.num_trials // 3)
 
 
