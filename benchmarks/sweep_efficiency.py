@@ -190,10 +190,11 @@ def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
         return run_sweep(build_config(cfg_raw), verbose=0), started_at
 
 
-def compare(args: argparse.Namespace, tmp: str, seed: int) -> list[dict[str, Any]]:
+def compare(args: argparse.Namespace, tmp: str, seed: int, default_start: int) -> list[dict[str, Any]]:
     """One seed: random search with no early stopping, then TPE + ASHA once per ``--tpe-startup`` value, all seeded
     with ``seed``; per TPE + ASHA sweep, the trial-epochs and wall time each needed to reach the best validation
-    accuracy the random search found, and their ratios."""
+    accuracy the random search found, and their ratios. ``default_start``: TPE's start when the config leaves it
+    unset, the value a ``--tpe-startup 0`` sweep is reported under."""
     rand, rand_t0 = run(experiment(args, tmp, f"random-{seed}", "random", "none", args.trials, args.epochs,
                                    seed=seed), lean=True)
     target = best_final_accuracy(rand)
@@ -208,7 +209,7 @@ def compare(args: argparse.Namespace, tmp: str, seed: int) -> list[dict[str, Any
         a = replay(tpe, target, tpe_t0)
         print(f"# seed {seed} {label} " + json.dumps({**a, "trials_detail": trial_rows(tpe)}), file=sys.stderr,
               flush=True)
-        pair = {"seed": seed, "tpe_startup_trials": startup_trials or default_startup(args),
+        pair = {"seed": seed, "tpe_startup_trials": startup_trials or default_start,
                 "target_eval_accuracy": round(target, 4), "random_no_stopping": r, "tpe_asha": a,
                 **ratios(a, r)}
         print(f"# seed {seed} {label}: trial-epochs ratio {pair['trial_epochs_ratio']} (against random search's "
@@ -299,7 +300,8 @@ def main() -> None:
                               "goal_startup_s": 10}, indent=2))
             return
         init_ray(num_cpus=args.cpus, quiet=True)  # the sweeps themselves on a local Ray as rayft starts it
-        pairs = [pair for seed in args.seeds for pair in compare(args, tmp, seed)]
+        default_start = default_startup(args)
+        pairs = [pair for seed in args.seeds for pair in compare(args, tmp, seed, default_start)]
         in_random = startup([p.pop("random_outcome") for p in pairs if "random_outcome" in p])
     by_startup = {n: [p for p in pairs if p["tpe_startup_trials"] == n] for n in dict.fromkeys(
         p["tpe_startup_trials"] for p in pairs)}
