@@ -235,3 +235,15 @@ class ExperimentConfig(_Section):
     def method_params(self) -> dict[str, Any]:
         """The method's own keys (everything in ``method`` except ``name``)."""
         return dict(self.method.model_extra or {})
+
+
+def default(path: str) -> Any:
+    """The schema's default of a dotted field path, e.g. ``default("task.name") == "sequence_classification"``.
+
+    Checks that read raw YAML mappings use it for keys the user left out, so every default has one source.
+    """
+    model: Any = ExperimentConfig
+    *sections, name = path.split(".")
+    for section in sections:
+        model = model.model_fields[section].annotation
+    return model.model_fields[name].get_default(call_default_factory=True)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from rayft.config import schema
+from rayft.config.checks import run_registered
 from rayft.errors import FieldError, RayftError
 
 SEARCHABLE: dict[str, type[BaseModel]] = {
@@ -20,6 +21,18 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def section_name(raw: dict[str, Any], section: str) -> Any:
+    """``<section>.name`` of a raw config mapping (``task`` or ``method``), or the schema's default."""
+    return _section(raw, section).get("name", schema.default(f"{section}.name"))
+
+
+def task_metrics(task: str) -> list[str]:
+    """The metrics a registered task reports (``eval_<m>`` and ``test_<m>`` for each of its metrics)."""
+    from rayft.tasks import TASKS
+
+    return [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metrics]
+
+
 def check_names(raw: dict[str, Any]) -> list[FieldError]:
     """Model, task and method names; the method's own parameters; model/task compatibility."""
     from rayft.models.catalog import MODELS, describe_valid_models, model_kind
@@ -27,7 +40,7 @@ def check_names(raw: dict[str, Any]) -> list[FieldError]:
 
     errors: list[FieldError] = []
     model = _section(raw, "model").get("name")
-    task = _section(raw, "task").get("name", "sequence_classification")
+    task = section_name(raw, "task")
     if isinstance(model, str) and model and model_kind(model) is None:
         errors.append(FieldError("model.name", model, f"one of {describe_valid_models()}"))
     if isinstance(task, str) and task not in TASKS:
@@ -49,18 +62,19 @@ def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
     from rayft.tasks import TASKS
 
     method = _section(raw, "method")
-    name = method.get("name", "lora")
-    task = _section(raw, "task").get("name", "sequence_classification")
+    name, task = section_name(raw, "method"), section_name(raw, "task")
     scaling, model = _section(raw, "scaling"), _section(raw, "model")
     if not isinstance(name, str) or name not in METHODS:
         return []
     try:
         params = METHODS.get(name).params.model_validate({k: v for k, v in method.items() if k != "name"})
-        stage, workers = int(scaling.get("zero_stage", 2)), int(scaling.get("num_workers", 1))
+        stage = int(scaling.get("zero_stage", schema.default("scaling.zero_stage")))
+        workers = int(scaling.get("num_workers", schema.default("scaling.num_workers")))
     except (ValidationError, TypeError, ValueError):
         return []  # reported by the schema / check_method
     ctx = MethodContext(task=str(task), peft_task_type=TASKS.get(task).peft_task_type if task in TASKS else None,
-                        zero_stage=stage, num_workers=workers, dtype=str(model.get("dtype", "float32")))
+                        zero_stage=stage, num_workers=workers,
+                        dtype=str(model.get("dtype", schema.default("model.dtype"))))
     problems = method_problems(METHODS.get(name), params, ctx)
     return [FieldError(path, value, expected) for path, value, expected in problems]
 
@@ -70,7 +84,7 @@ def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]
     from rayft.methods import METHODS
     from rayft.tasks import TASKS, TaskParams, method_problem
 
-    name = task.get("name", "sequence_classification")
+    name = task.get("name", schema.default("task.name"))
     if not isinstance(name, str) or name not in TASKS:
         return []  # reported by check_names
     entry = TASKS.get(name)
@@ -83,7 +97,7 @@ def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]
                               f"unknown parameter for task {name!r}; it takes: "
                               f"{', '.join(['name', 'labels', *schema_cls.model_fields])}"
                               if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
-    method_name = method.get("name", "lora")
+    method_name = method.get("name", schema.default("method.name"))
     why = method_problem(entry, method_name) if isinstance(method_name, str) else None
     if why:
         usable = [m for m in METHODS.names() if not method_problem(entry, m)]
@@ -95,7 +109,7 @@ def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]
 def check_method(method: dict[str, Any]) -> list[FieldError]:
     from rayft.methods import METHODS
 
-    name = method.get("name", "lora")
+    name = method.get("name", schema.default("method.name"))
     if not isinstance(name, str) or name not in METHODS:
         return [FieldError("method.name", name, f"a registered method: one of {', '.join(METHODS.names())}")]
     params = {k: v for k, v in method.items() if k != "name"}
@@ -119,7 +133,7 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
 
     data = _section(raw, "data")
     source = data.get("source")
-    task_name = _section(raw, "task").get("name", "sequence_classification")
+    task_name = section_name(raw, "task")
     if not isinstance(source, str) or not source:
         return []
     try:
@@ -152,7 +166,7 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
 
     sweep = _section(raw, "sweep")
     errors: list[FieldError] = []
-    method = _section(raw, "method").get("name", "lora")
+    method = section_name(raw, "method")
     for key, dist in (sweep.get("space") or {}).items() if isinstance(sweep.get("space"), dict) else []:
         section, _, field = str(key).partition(".")
         if key == "method.name" or (section == "method" and _searches_method(sweep)):
@@ -167,19 +181,14 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
             known += [f"task.{f}" for f in getattr(_task_schema(raw), "model_fields", {})]
             errors.append(FieldError(f"sweep.space.{key}", dist, f"a searchable parameter: one of {', '.join(known)}"))
             continue
-        errors += _check_values(f"sweep.space.{key}", target, field, dist)
-    task = _section(raw, "task").get("name", "sequence_classification")
+        errors += _check_distribution(f"sweep.space.{key}", target, field, dist)
+    task = section_name(raw, "task")
     metric = sweep.get("metric")
     if metric is not None and task in TASKS:
-        valid = [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metrics]
+        valid = task_metrics(task)
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
-    from rayft.sweep.checks import (check_asha_promotion, check_conditional_space, check_objectives,
-                                    check_startup_trials)
-    from rayft.sweep.pbt import check_pbt
-
-    return (errors + check_conditional_space(raw) + check_objectives(raw) + check_pbt(raw)
-            + check_asha_promotion(raw) + check_startup_trials(raw))
+    return errors
 
 
 def _searches_method(sweep: dict[str, Any]) -> bool:
@@ -191,17 +200,26 @@ def _task_schema(raw: dict[str, Any]) -> type[BaseModel] | None:
     """The configured task's own parameter schema (searchable as ``task.<name>``), if the task is known."""
     from rayft.tasks import TASKS, TaskParams
 
-    name = _section(raw, "task").get("name", "sequence_classification")
+    name = section_name(raw, "task")
     return getattr(TASKS.get(name), "params", TaskParams) if isinstance(name, str) and name in TASKS else None
 
 
-def _check_values(path: str, model: type[BaseModel], field: str, dist: Any) -> list[FieldError]:
-    from rayft.sweep.checks import _check_values as check_each
-
+def _check_distribution(path: str, model: type[BaseModel], field: str, dist: Any) -> list[FieldError]:
     if not isinstance(dist, dict):
         return []
     values = [v for k in ("loguniform", "uniform", "int") for v in (dist.get(k) or [])] + list(dist.get("choice") or [])
-    return check_each(path, model, field, values)
+    return check_values(path, model, field, values)
+
+
+def check_values(path: str, model: type[BaseModel], field: str, values: list[Any]) -> list[FieldError]:
+    """One error at ``path`` per value that ``model`` would refuse for ``field``."""
+    errors = []
+    for value in values:
+        try:
+            model.__pydantic_validator__.validate_assignment(model.model_construct(), field, value)
+        except ValidationError as exc:
+            errors.append(FieldError(path, value, f"values valid for {field}: {exc.errors()[0]['msg']}"))
+    return errors
 
 
 def check_storage(raw: dict[str, Any]) -> list[FieldError]:
@@ -222,8 +240,10 @@ def semantic_checks(cfg: schema.ExperimentConfig) -> list[FieldError]:
 
 
 def partial_checks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]:
-    """Semantic checks on raw data, skipping fields the schema already rejected."""
-    errors = check_names(raw) + check_sweep(raw) + check_storage(raw)
+    """Semantic checks on raw data, skipping fields the schema already rejected.
+
+    The stages' own checks (:mod:`rayft.config.checks`) run after the sweep space's, as one list of errors."""
+    errors = check_names(raw) + check_sweep(raw) + run_registered(raw) + check_storage(raw)
     if not any(p.startswith(("data.source", "task.name")) for p in bad_paths):
         errors += check_data(raw)
     return [e for e in errors if e.path not in bad_paths]

@@ -1,8 +1,10 @@
-"""Config checks for conditional spaces, searchers and objectives (run with the other semantic checks).
+"""Config checks for conditional spaces, searchers, schedulers and objectives.
 
-They work on the raw YAML mapping so that every problem is reported at once with its YAML path.
-Methods are looked up in the :data:`rayft.methods.METHODS` registry and each method's pydantic params
-model decides which parameters exist and which values are valid — nothing here names a method.
+Importing this module registers them with the config validator (:func:`rayft.config.checks.register_check`),
+which runs them with the other semantic checks. They work on the raw YAML mapping so that every problem is
+reported at once with its YAML path. Methods are looked up in the :data:`rayft.methods.METHODS` registry and
+each method's pydantic params model decides which parameters exist and which values are valid — nothing here
+names a method.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from rayft.config.checks import register_check
+from rayft.config.schema import SearchParam, default
+from rayft.config.validate import check_values, section_name, task_metrics
 from rayft.errors import FieldError
 
 METHOD_KEY = "method.name"
@@ -30,7 +35,7 @@ def _chosen_methods(raw: dict[str, Any]) -> tuple[list[str], bool]:
     if METHOD_KEY in space:
         choices = _dict(dist).get("choice")
         return ([m for m in choices if isinstance(m, str)] if isinstance(choices, list) else []), True
-    return [_dict(raw.get("method")).get("name", "lora")], False
+    return [section_name(raw, "method")], False
 
 
 def check_conditional_space(raw: dict[str, Any]) -> list[FieldError]:
@@ -70,8 +75,6 @@ def check_conditional_space(raw: dict[str, Any]) -> list[FieldError]:
 
 
 def _check_branch(path: str, model: type[BaseModel], method: str, params: dict[str, Any]) -> list[FieldError]:
-    from rayft.config.schema import SearchParam
-
     errors: list[FieldError] = []
     for field, value in params.items():
         if field not in model.model_fields:
@@ -88,17 +91,7 @@ def _check_branch(path: str, model: type[BaseModel], method: str, params: dict[s
             candidates = list(bounds) if isinstance(bounds, (list, tuple)) else []
         else:
             candidates = [value]
-        errors += _check_values(f"{path}.{field}", model, field, candidates)
-    return errors
-
-
-def _check_values(path: str, model: type[BaseModel], field: str, values: list[Any]) -> list[FieldError]:
-    errors = []
-    for value in values:
-        try:
-            model.__pydantic_validator__.validate_assignment(model.model_construct(), field, value)
-        except ValidationError as exc:
-            errors.append(FieldError(path, value, f"values valid for {field}: {exc.errors()[0]['msg']}"))
+        errors += check_values(f"{path}.{field}", model, field, candidates)
     return errors
 
 
@@ -118,10 +111,10 @@ def check_objectives(raw: dict[str, Any]) -> list[FieldError]:
 
     sweep = _dict(raw.get("sweep"))
     objectives = sweep.get("objectives")
-    task = _dict(raw.get("task")).get("name", "sequence_classification")
+    task = section_name(raw, "task")
     if not isinstance(objectives, list) or task not in TASKS:
         return []
-    valid = [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metrics] + list(COST_METRICS)
+    valid = task_metrics(task) + list(COST_METRICS)
     errors = []
     seen = set()
     for i, obj in enumerate(objectives):
@@ -150,7 +143,7 @@ def check_asha_promotion(raw: dict[str, Any]) -> list[FieldError]:
     if sweep.get("asha_promotion") != "deferred":
         return []
     errors = []
-    scheduler = sweep.get("scheduler", "asha")
+    scheduler = sweep.get("scheduler", default("sweep.scheduler"))
     if scheduler != "asha":
         errors.append(FieldError("sweep.asha_promotion", "deferred", f"eager (or unset) with scheduler: {scheduler} "
                                  "(deferred promotion is a rule of the asha scheduler)"))
@@ -166,8 +159,18 @@ def check_startup_trials(raw: dict[str, Any]) -> list[FieldError]:
     """``startup_trials`` sets TPE's random start, so it goes with the ``tpe`` (or ``optuna``) searcher."""
     sweep = _dict(raw.get("sweep"))
     value = sweep.get("startup_trials")
-    searcher = sweep.get("searcher", "optuna")
+    searcher = sweep.get("searcher", default("sweep.searcher"))
     if value is None or searcher in ("tpe", "optuna"):
         return []
     return [FieldError("sweep.startup_trials", value, f"unset with searcher: {searcher} (it is the number of finished "
                        "trials before TPE models their results; only the tpe searcher has them)")]
+
+
+def _check_pbt(raw: dict[str, Any]) -> list[FieldError]:
+    from rayft.sweep.pbt import check_pbt  # imported here: rayft.sweep.pbt imports this module
+
+    return check_pbt(raw)
+
+
+for _check in (check_conditional_space, check_objectives, _check_pbt, check_asha_promotion, check_startup_trials):
+    register_check(_check)

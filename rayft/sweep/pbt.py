@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rayft.config.schema import ExperimentConfig, SearchParam
+from rayft.config.schema import ExperimentConfig, SearchParam, default
 from rayft.errors import FieldError
 from rayft.sweep.checks import checkpoint_every_evaluation
 
@@ -144,7 +144,7 @@ def check_pbt(raw: dict[str, Any]) -> list[FieldError]:
         return []
     space = sweep.get("space") if isinstance(sweep.get("space"), dict) else {}
     errors: list[FieldError] = []
-    searcher = sweep.get("searcher", "optuna")
+    searcher = sweep.get("searcher", default("sweep.searcher"))
     if searcher != SEARCHER:
         errors.append(FieldError("sweep.searcher", searcher, "random with scheduler: pbt (PBT draws its population "
                                  "at random and searches by mutating it; Tune cannot pair it with a model-based "
@@ -156,7 +156,7 @@ def check_pbt(raw: dict[str, Any]) -> list[FieldError]:
     if sweep.get("methods"):
         errors.append(FieldError("sweep.methods", sweep["methods"], "no per-method spaces with scheduler: pbt "
                                  "(put the method's parameters in sweep.space as method.<param>)"))
-    trials = sweep.get("num_trials", 6)
+    trials = sweep.get("num_trials", default("sweep.num_trials"))
     if isinstance(trials, int) and trials < 2:
         errors.append(FieldError("sweep.num_trials", trials, "at least 2 with scheduler: pbt (a population whose "
                                  "weaker trials clone the stronger ones)"))

@@ -13,7 +13,7 @@ import itertools
 import json
 from typing import Any, Callable
 
-from rayft.config.schema import ExperimentConfig, SearchParam
+from rayft.config.schema import ExperimentConfig, SearchParam, default
 
 METHOD_KEY = "method.name"
 DIST_KEYS = ("loguniform", "uniform", "int", "choice")
@@ -158,7 +158,7 @@ def apply_sample(base: dict[str, Any], sample: dict[str, Any]) -> ExperimentConf
     for section, values in sample.items():
         if isinstance(values, dict):
             raw.setdefault(section, {}).update(values)
-    method = flat.get(METHOD_KEY, raw.get("method", {}).get("name", "lora"))
+    method = flat.get(METHOD_KEY, raw.get("method", {}).get("name", default("method.name")))
     if method != raw.get("method", {}).get("name"):
         raw["method"] = {"name": method}
     fixed = {k: v for k, v in (sweep.get("methods", {}).get(method) or {}).items() if not is_distribution(v)}

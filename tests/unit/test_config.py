@@ -126,3 +126,43 @@ def test_wandb_is_offline_unless_a_key_is_configured(monkeypatch, tiny_bert, sen
     assert cfg.tracking.resolved_mode() == "online"
     cfg.tracking.mode = "offline"
     assert cfg.tracking.resolved_mode() == "offline"
+
+
+def test_config_imports_no_execution_stage():
+    code = ("import sys, rayft.config.validate, rayft.config.checks; "
+            "print(sorted(m for m in sys.modules if m.startswith(('rayft.train', 'rayft.sweep', 'rayft.serve'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_stages_register_their_checks_with_the_validator(tiny_bert, sentiment_csv, tmp_path, monkeypatch):
+    from rayft.config import checks
+    from rayft.errors import FieldError
+
+    names = [c.__name__ for c in checks.registered_checks()]  # importing rayft.sweep.checks registers the sweep's
+    assert names == ["check_conditional_space", "check_objectives", "_check_pbt", "check_asha_promotion",
+                     "check_startup_trials"]
+    monkeypatch.setattr(checks, "_CHECKS", list(checks._CHECKS))
+
+    def no_big_batches(raw):
+        size = (raw.get("train") or {}).get("batch_size")
+        return [FieldError("train.batch_size", size, "at most 8 here")] if size and size > 8 else []
+
+    assert checks.register_check(no_big_batches) is no_big_batches
+    checks.register_check(no_big_batches)  # registering again (a reloaded module) keeps one copy
+    assert [c.__name__ for c in checks.registered_checks()].count("no_big_batches") == 1
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path, train={"batch_size": 16})
+    raw["sweep"] = {"scheduler": "median", "asha_promotion": "deferred"}  # a registered sweep check fails too
+    with pytest.raises(ConfigError) as info:
+        build_config(raw)
+    assert [e.path for e in info.value.errors] == ["sweep.asha_promotion", "train.batch_size"]
+
+
+def test_defaults_come_from_the_schema():
+    from rayft.config.schema import ExperimentConfig, default
+
+    cfg = ExperimentConfig.model_validate({"model": {"name": "m"}, "data": {"source": "s"}})
+    assert default("task.name") == cfg.task.name == "sequence_classification"
+    assert default("sweep.scheduler") == cfg.sweep.scheduler and default("store.path") == cfg.store.path
+    assert default("sweep.pbt.perturbation_interval") == cfg.sweep.pbt.perturbation_interval
+    assert default("output_dir") == cfg.output_dir
