@@ -100,6 +100,7 @@ def main() -> None:
     from rayft.config import build_config
     from rayft.data import prepare_data
     from rayft.train import engine as E
+    from rayft.train.recipe import Recipe
 
     steps = (args.blocks + 1) * args.block_steps + args.profile_steps  # the most one copy trains, warm-up included
     # stdout carries only the JSON report (DeepSpeed announces its op builds there)
@@ -107,16 +108,17 @@ def main() -> None:
         spec = experiment(steps, args.block_steps, args.threads, tmp)
         spec["scaling"]["zero_stage"] = args.zero_stage
         cfg = build_config(spec)
+        recipe = Recipe.of(cfg)
         data = prepare_data(cfg)
         torch.set_num_threads(args.threads)
         dist.init_process_group("gloo", rank=0, world_size=1)
-        loader = E.make_loader(data.splits["train"], cfg, data.pad_id, 0, 1, train=True)
+        loader = E.make_loader(data.splits["train"], recipe, data.pad_id, 0, 1, train=True)
         batches = [E.model_inputs(b, torch.device("cpu")) for _, b in zip(range(args.block_steps), loader)]
         copies = []
         for kind in ORDER:  # every copy starts from the same weights
             torch.manual_seed(cfg.train.seed)
-            model = E.build_model(cfg, data).train()
-            copies.append(E.build_engine(model, cfg, steps) if kind == "engine" else PlainTrainer(cfg, model, steps))
+            model = E.build_model(recipe, data).train()
+            copies.append(E.build_engine(model, recipe, steps) if kind == "engine" else PlainTrainer(cfg, model, steps))
         print(f"# {len(ORDER)} copies (plain, engine, engine, plain), {args.blocks} passes of {args.block_steps} "
               f"steps x batch {cfg.train.batch_size}, ZeRO-{args.zero_stage}, {args.threads} threads",
               file=sys.stderr, flush=True)

@@ -93,8 +93,9 @@ def measure(cfg, data, rank: int, world: int, warmup: int) -> dict:
     import psutil
     import torch
 
-    from rayft.methods import get_method, method_summary
+    from rayft.methods import method_summary
     from rayft.train import engine as E
+    from rayft.train.recipe import Recipe
 
     proc, peak, stop = psutil.Process(), [0], threading.Event()
     idle = proc.memory_info().rss
@@ -106,10 +107,11 @@ def measure(cfg, data, rank: int, world: int, warmup: int) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     torch.manual_seed(cfg.train.seed)
-    model = E.build_model(cfg, data)
-    info = method_summary(get_method(cfg.method.name), model, E.method_params(cfg))
-    loader = E.make_loader(data.splits["train"], cfg, data.pad_id, rank, world, train=True)
-    engine = E.build_engine(model, cfg, cfg.train.max_steps, steps_per_epoch=len(loader))
+    recipe = Recipe.of(cfg)
+    model = E.build_model(recipe, data)
+    info = method_summary(recipe.method, model, recipe.method_params)
+    loader = E.make_loader(data.splits["train"], recipe, data.pad_id, rank, world, train=True)
+    engine = E.build_engine(model, recipe, cfg.train.max_steps, steps_per_epoch=len(loader))
     samples, t0, epoch = 0, None, 0
     while engine.global_steps < cfg.train.max_steps:
         loader.sampler.set_epoch(epoch)
@@ -127,7 +129,8 @@ def measure(cfg, data, rank: int, world: int, warmup: int) -> dict:
     seconds = time.perf_counter() - t0
     stop.set()
     sampler.join()
-    test = E.evaluate(engine, cfg, E.make_loader(data.splits["test"], cfg, data.pad_id, rank, world, train=False))
+    test = E.evaluate(engine, recipe, E.make_loader(data.splits["test"], recipe, data.pad_id, rank, world,
+                                                    train=False))
     del engine, model
     return {"method": cfg.method.name, "trainable_params": info["trainable_params"],
             "trainable_pct": info["trainable_pct"], "samples_per_s": samples * world / seconds,

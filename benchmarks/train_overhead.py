@@ -164,11 +164,12 @@ def plain_loop(cfg, data, steps: int, warmup: int, threads: int) -> dict:
 
     from rayft.data import Columnar, pad_batch
     from rayft.train.engine import build_model
+    from rayft.train.recipe import Recipe
 
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.train.seed)
     start = time.perf_counter()
-    trainer = PlainTrainer(cfg, build_model(cfg, data).train(), steps)
+    trainer = PlainTrainer(cfg, build_model(Recipe.of(cfg), data).train(), steps)
     dataset = Columnar(data.splits["train"])
     sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=cfg.train.seed)
     loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=sampler,

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Literal
 import torch
 from pydantic import Field
 
-from rayft.methods.base import MethodParams, register_method
+from rayft.methods.base import Method, MethodParams, register_method
 from rayft.methods.layers import is_head
 
 CONFIG_FILE = "bottleneck_config.json"
@@ -104,7 +104,7 @@ def _norm_params(model: torch.nn.Module) -> set[int]:
     return {id(p) for m in norms for p in m.parameters(False)}
 
 
-class Adapter:
+class Adapter(Method):
     name = "adapter"
     params = AdapterParams
     is_peft = False

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rayft.methods.base import MethodParams, register_method
+from rayft.methods.base import Method, MethodParams, register_method
 from rayft.methods.layers import is_head
 
 
@@ -13,7 +13,7 @@ class BitFitParams(MethodParams):
     norms: bool = Field(False, description="also train the LayerNorm/RMSNorm weights")
 
 
-class BitFit:
+class BitFit(Method):
     name = "bitfit"
     params = BitFitParams
     is_peft = False

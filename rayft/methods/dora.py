@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rayft.methods.base import register_method
+from rayft.methods.base import Method, register_method
 from rayft.methods.lora import LoraParams, lora_config
 
 
@@ -12,7 +12,7 @@ class DoraParams(LoraParams):
     pass
 
 
-class Dora:
+class Dora(Method):
     name = "dora"
     params = DoraParams
     is_peft = True

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from rayft.methods.base import register_method
+from rayft.methods.base import Method, register_method
 from rayft.methods.layers import LayerLrParams
 
 
@@ -15,7 +15,7 @@ class FullParams(LayerLrParams):
     pass
 
 
-class Full:
+class Full(Method):
     name = "full"
     params = FullParams
     is_peft = False

@@ -6,7 +6,7 @@ from typing import Literal
 
 import torch
 
-from rayft.methods.base import MethodParams, register_method
+from rayft.methods.base import Method, MethodParams, register_method
 
 
 class Ia3Params(MethodParams):
@@ -14,7 +14,7 @@ class Ia3Params(MethodParams):
     feedforward_modules: list[str] | None = None  # must be a subset of target_modules when given
 
 
-class Ia3:
+class Ia3(Method):
     name = "ia3"
     params = Ia3Params
     is_peft = True

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from rayft.methods.base import MethodParams, register_method
+from rayft.methods.base import Method, MethodParams, register_method
 
 
 class LoraParams(MethodParams):
@@ -29,7 +29,7 @@ def lora_config(params: LoraParams, task_type: str, **extra):
     )
 
 
-class Lora:
+class Lora(Method):
     name = "lora"
     params = LoraParams
     is_peft = True

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from rayft.methods.base import register_method
+from rayft.methods.base import Method, register_method
 from rayft.methods.prompt import PromptLearningParams
 
 
@@ -14,7 +14,7 @@ class PrefixParams(PromptLearningParams):
     encoder_hidden_size: int | None = Field(None, ge=1, description="with projection: MLP width; default hidden size")
 
 
-class Prefix:
+class Prefix(Method):
     name = "prefix"
     params = PrefixParams
     is_peft = True

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from rayft.methods.base import MethodContext, MethodParams, register_method
+from rayft.methods.base import Method, MethodContext, MethodParams, register_method
 
 SHIFTING_TASK_TYPES = ("TOKEN_CLS", "QUESTION_ANS")  # heads that label token positions
 
@@ -34,7 +34,7 @@ class PromptParams(PromptLearningParams):
     init_text: str | None = Field(None, description="with init=text: the words whose embeddings start the prompt")
 
 
-class Prompt:
+class Prompt(Method):
     name = "prompt"
     params = PromptParams
     is_peft = True

@@ -7,7 +7,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from rayft.methods.base import MethodContext, register_method
+from rayft.methods.base import Method, MethodContext, register_method
 from rayft.methods.prompt import PromptLearningParams, reject_position_heads
 
 
@@ -18,7 +18,7 @@ class PTuningParams(PromptLearningParams):
     encoder_dropout: float = Field(0.0, ge=0, lt=1)
 
 
-class PTuning:
+class PTuning(Method):
     name = "ptuning"
     params = PTuningParams
     is_peft = True

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from rayft.methods.base import MethodContext, register_method
+from rayft.methods.base import Method, MethodContext, register_method
 from rayft.methods.layers import is_head
 from rayft.methods.lora import LoraParams, lora_config
 
@@ -46,7 +46,7 @@ def quantize_backbone(model: torch.nn.Module, params: QloraParams) -> torch.nn.M
     return model
 
 
-class Qlora:
+class Qlora(Method):
     name = "qlora"
     params = QloraParams
     is_peft = True

@@ -14,7 +14,7 @@ from typing import Callable, Literal
 import torch
 from pydantic import Field
 
-from rayft.methods.base import register_method
+from rayft.methods.base import Method, register_method
 from rayft.methods.layers import LayerLrParams, depth, is_head, num_blocks
 
 
@@ -41,7 +41,7 @@ def gate(params: UnfreezeParams, blocks: int, steps_per_epoch: int) -> Callable[
     return fn
 
 
-class Unfreeze:
+class Unfreeze(Method):
     name = "unfreeze"
     params = UnfreezeParams
     is_peft = False

@@ -60,8 +60,8 @@ def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.M
             if manifest.kind == "modules":
                 model = method.load(base, folder)
             else:
-                prepare = getattr(method, "prepare_base", None)  # e.g. QLoRA: the 4-bit base it trained on
-                model = PeftModel.from_pretrained(prepare(base, params) if prepare else base, folder)
+                # the base as it trained (e.g. QLoRA's 4-bit layers), then the stored adapter on it
+                model = PeftModel.from_pretrained(method.prepare_base(base, params), folder)
         else:
             model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels)
             tokenizer = load_tokenizer(folder)

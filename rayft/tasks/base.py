@@ -1,14 +1,16 @@
-"""The Task protocol and its registry: one module per task registers itself here."""
+"""The Task base class and its registry: one module per task registers itself here."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from abc import ABC, abstractmethod
+from typing import Any
 
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from rayft.config.schema import ExperimentConfig
+from rayft.data.collate import pad_batch
 from rayft.registry import Registry
 
 
@@ -18,45 +20,82 @@ class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Task(Protocol):
-    """What a task provides to the data, train and serve stages."""
+class Task(ABC):
+    """What a task provides to the data, train and serve stages.
+
+    Every task subclasses this and sets the class attributes below. The abstract methods are what each task must
+    provide; the other hooks are real methods whose defaults say what a task without them does (as peft's
+    ``BaseTuner`` does for its tuners).
+    """
 
     name: str
     peft_task_type: str  # peft.TaskType name
     metrics: tuple[str, ...]  # names reported with an ``eval_`` prefix
     default_metric: str
     default_mode: str
-    stratify: bool
+    stratify: bool = False
     roles: dict[str, str]  # role -> DataConfig key naming its column (e.g. {"text": "text_column"})
-    optional_roles: dict[str, str]
+    optional_roles: dict[str, str] = {}  # role -> DataConfig key, for columns a dataset may lack
     default_columns: dict[str, str]  # role -> column name when the config names none
+    params: type[TaskParams] = TaskParams  # the task's own keys under ``task:``
+    unsupported_methods: dict[str, str] = {}  # method name -> why it cannot serve this task
+    serves_as: str | None = None  # the task whose serving routes answer for this one; None: its own
 
     def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> list[str] | None:
-        """Label names in id order, or None for tasks without a label vocabulary."""
+        """Label names in id order, or None for tasks without a label vocabulary (the default)."""
+        return None
 
+    @abstractmethod
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
                  labels: list[str] | None) -> dict[str, list[Any]]:
         """Tokenize a split into columns (``input_ids``, ``labels``, ...), unpadded."""
 
+    @abstractmethod
     def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
         """Load the base model with the head this task needs."""
 
+    @abstractmethod
     def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Per-batch partial results (sums, predictions) that :meth:`finish_eval` combines."""
 
+    @abstractmethod
     def finish_eval(self, parts: list[dict[str, Any]]) -> dict[str, float]:
         """Combine partial results from every batch of every rank into metrics (no prefix)."""
 
-    # Optional members (looked up with getattr; tasks without them get the defaults below):
-    #   params: type[TaskParams]                      the task's own keys under ``task:``
-    #   unsupported_methods: dict[str, str]           method name -> why it cannot serve this task
-    #   roles_for(data: dict, task: dict, present: list[str]) -> (roles, optional_roles, default_columns)
-    #                                                 column roles that depend on the data layout
-    #   collate(features, pad_id) -> batch            instead of :func:`rayft.data.collate.pad_batch`
-    #   compute_loss(model, batch, cfg) -> loss       instead of ``model(**batch).loss``
-    #   prepare_model(model, cfg) -> model            after the method is applied (e.g. a frozen reference)
-    #   finish_eval_columns(parts, columns) -> dict   instead of finish_eval, with the split's columns
-    #   serves_as: str                                the task whose serving routes answer for this one
+    def roles_for(self, data: dict[str, Any], task: dict[str, Any],
+                  present: list[str]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        """(required roles, optional roles, default columns) for this data layout.
+
+        Default: the fixed ``roles``, ``optional_roles`` and ``default_columns``; tasks that read several layouts
+        (e.g. ``sft``) choose them from the data section, the task section and the columns ``present``.
+        """
+        return self.roles, self.optional_roles, self.default_columns
+
+    def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        """One batch from tokenized rows. Default: dynamic padding (:func:`rayft.data.collate.pad_batch`)."""
+        return pad_batch(features, pad_id)
+
+    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], params: TaskParams) -> torch.Tensor:
+        """The training loss of one batch (already on the model's device) under the task's parameters.
+
+        Default: the model's own loss.
+        """
+        return model(**{k: v for k, v in batch.items() if k != "index"}).loss
+
+    def prepare_model(self, model: torch.nn.Module, params: TaskParams) -> torch.nn.Module:
+        """The task's last touch on the model after the method is applied (e.g. DPO's frozen reference), under the
+        task's parameters.
+
+        Default: the model unchanged.
+        """
+        return model
+
+    def finish_eval_columns(self, parts: list[dict[str, Any]], columns: dict[str, list[Any]]) -> dict[str, float]:
+        """Metrics from the partial results and the split's columns (for metrics that need the raw text).
+
+        Default: :meth:`finish_eval`, which needs only the partial results.
+        """
+        return self.finish_eval(parts)
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -78,17 +117,14 @@ def get_task(name: str) -> Task:
 
 def task_params(task: Task, cfg: ExperimentConfig) -> TaskParams:
     """The task's own parameters from ``cfg.task`` (validated by its schema)."""
-    return getattr(task, "params", TaskParams).model_validate(cfg.task.params())
+    return task.params.model_validate(cfg.task.params())
 
 
 def task_roles(task: Task, data: dict[str, Any], present: list[str],
                task_section: dict[str, Any] | None = None) -> tuple[dict, dict, dict]:
     """(required roles, optional roles, default columns) for this data: fixed for most tasks,
     chosen by the data layout for tasks that read several layouts (e.g. ``sft``)."""
-    hook = getattr(task, "roles_for", None)
-    if hook is not None:
-        return hook(data, task_section or {}, present)
-    return task.roles, task.optional_roles, task.default_columns
+    return task.roles_for(data, task_section or {}, present)
 
 
 def pick_column(data: dict[str, Any], role: str, key: str, catalog: dict[str, str], defaults: dict[str, str],
@@ -113,9 +149,9 @@ def resolve_columns(task: Task, cfg: ExperimentConfig, catalog_columns: dict[str
 
 def serving_task(name: str) -> str:
     """The task whose routes serve results of task ``name`` (a DPO-tuned model completes text like an SFT one)."""
-    return getattr(TASKS.get(name), "serves_as", name) if name in TASKS else name
+    return (TASKS.get(name).serves_as or name) if name in TASKS else name
 
 
 def method_problem(task: Task, method: str) -> str | None:
     """Why ``method`` cannot be used for ``task``, or None when it can."""
-    return (getattr(task, "unsupported_methods", None) or {}).get(method)
+    return task.unsupported_methods.get(method)

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX, REJECTED, pad_pairs
-from rayft.tasks.base import TaskParams, register_task, task_params
+from rayft.tasks.base import Task, TaskParams, register_task
 from rayft.tasks.sft import render_example
 
 REFERENCE_ATTR = "_rayft_reference"  # kept outside nn.Module registration: never trained, saved or sharded
@@ -71,7 +71,7 @@ def dpo_loss(logits: torch.Tensor, label_smoothing: float) -> torch.Tensor:
     return -(1 - label_smoothing) * F.logsigmoid(logits) - label_smoothing * F.logsigmoid(-logits)
 
 
-class DPO:
+class DPO(Task):
     name = "dpo"
     peft_task_type = "CAUSAL_LM"
     metrics = ("loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward")
@@ -79,13 +79,9 @@ class DPO:
     default_mode = "min"
     stratify = False
     roles = {"prompt": "prompt_column", "chosen": "chosen_column", "rejected": "rejected_column"}
-    optional_roles: dict[str, str] = {}
     default_columns = {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected"}
     params = DPOParams
     serves_as = "sft"  # the result is a causal LM: served by the completion and chat routes
-
-    def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
-        return None
 
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
                  labels: list[str] | None) -> dict[str, list[Any]]:
@@ -114,16 +110,15 @@ class DPO:
 
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
-    def prepare_model(self, model: torch.nn.Module, cfg: ExperimentConfig) -> torch.nn.Module:
+    def prepare_model(self, model: torch.nn.Module, params: DPOParams) -> torch.nn.Module:
         """Hold a frozen reference copy unless the model can switch its adapters off."""
         if not hasattr(model, "disable_adapter"):
             reference = copy.deepcopy(model).eval().requires_grad_(False)
             model.__dict__[REFERENCE_ATTR] = reference
-        model.__dict__[PARAMS_ATTR] = task_params(self, cfg)  # evaluation sees the run's beta too
+        model.__dict__[PARAMS_ATTR] = params  # evaluation sees the run's beta too
         return model
 
-    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> torch.Tensor:
-        params = task_params(self, cfg)
+    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], params: DPOParams) -> torch.Tensor:
         _, _, logits = preference_terms(model, batch, params.beta)
         return dpo_loss(logits, params.label_smoothing).mean()
 

@@ -21,7 +21,7 @@ from pydantic import Field
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import pad_batch
 from rayft.errors import DataError
-from rayft.tasks.base import TaskParams, register_task, task_params
+from rayft.tasks.base import Task, TaskParams, register_task, task_params
 from rayft.tasks.token_classification import VIRTUAL_TOKEN_REASON
 
 N_BEST = 20
@@ -70,7 +70,7 @@ def squad_scores(pred: str, golds: list[str]) -> tuple[float, float]:
     return (max(float(normalize(pred) == normalize(g)) for g in golds), max(token_f1(pred, g) for g in golds))
 
 
-class ExtractiveQA:
+class ExtractiveQA(Task):
     name = "extractive_qa"
     peft_task_type = "QUESTION_ANS"
     metrics = ("loss", "exact_match", "f1")
@@ -78,14 +78,10 @@ class ExtractiveQA:
     default_mode = "max"
     stratify = False
     roles = {"context": "context_column", "question": "question_column", "answers": "answers_column"}
-    optional_roles: dict[str, str] = {}
     default_columns = {"context": "context", "question": "question", "answers": "answers"}
     params = QAParams
     unsupported_methods = {m: VIRTUAL_TOKEN_REASON.replace("per-token head", "start/end heads")
                            for m in ("prompt", "prefix", "ptuning")}
-
-    def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
-        return None
 
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
                  labels: list[str] | None) -> dict[str, list[Any]]:

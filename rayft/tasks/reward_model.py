@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import REJECTED, pad_pairs
-from rayft.tasks.base import register_task
+from rayft.tasks.base import Task, TaskParams, register_task
 
 
-class RewardModel:
+class RewardModel(Task):
     name = "reward_model"
     peft_task_type = "SEQ_CLS"
     metrics = ("loss", "accuracy", "margin")
@@ -24,9 +24,6 @@ class RewardModel:
     roles = {"chosen": "chosen_column", "rejected": "rejected_column"}
     optional_roles = {"prompt": "prompt_column"}
     default_columns = {"chosen": "chosen", "rejected": "rejected", "prompt": "prompt"}
-
-    def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
-        return None
 
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
                  labels: list[str] | None) -> dict[str, list[Any]]:
@@ -62,7 +59,7 @@ class RewardModel:
         n = len(batch["index"])
         return scores[:n], scores[n:]
 
-    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], cfg: ExperimentConfig) -> torch.Tensor:
+    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], params: TaskParams) -> torch.Tensor:
         chosen, rejected = self.rewards(model, batch)
         return -F.logsigmoid(chosen - rejected).mean()
 

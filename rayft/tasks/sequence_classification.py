@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from rayft.config.schema import ExperimentConfig
-from rayft.tasks.base import register_task
+from rayft.tasks.base import Task, register_task
 
 
-class SequenceClassification:
+class SequenceClassification(Task):
     name = "sequence_classification"
     peft_task_type = "SEQ_CLS"
     metrics = ("loss", "accuracy", "f1_macro")

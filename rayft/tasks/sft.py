@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX
-from rayft.tasks.base import register_task, task_params
+from rayft.tasks.base import Task, register_task, task_params
 from rayft.tasks.sft_formats import SFTParams, alpaca_prompt, detect_layout, layout_roles, render_messages
 
 FALLBACK_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -54,7 +54,7 @@ def render_example(tokenizer: Any, prompt: str, response: str, system: str | Non
     return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + eos, len(prompt_ids)
 
 
-class InstructionTuning:
+class InstructionTuning(Task):
     name = "sft"
     peft_task_type = "CAUSAL_LM"
     metrics = ("loss", "perplexity")
@@ -62,16 +62,12 @@ class InstructionTuning:
     default_mode = "min"
     stratify = False
     roles = {"prompt": "prompt_column", "response": "response_column"}
-    optional_roles: dict[str, str] = {}
     default_columns = {"prompt": "prompt", "response": "response"}
     params = SFTParams
 
     def roles_for(self, data: dict[str, Any], task: dict[str, Any], present: list[str]) -> tuple[dict, dict, dict]:
         """The column roles of the layout in use (``task.format``, or detected from the columns)."""
         return layout_roles(detect_layout(task.get("format", "auto"), data, present), data, present)
-
-    def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> None:
-        return None
 
     def rows(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str]):
         """(token ids, labels) per row for whichever layout ``columns`` describes."""

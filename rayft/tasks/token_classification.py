@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX
 from rayft.errors import DataError
-from rayft.tasks.base import TaskParams, register_task, task_params
+from rayft.tasks.base import Task, TaskParams, register_task, task_params
 
 VIRTUAL_TOKEN_REASON = ("its virtual tokens are prepended to the input and shift every token position, so the "
                         "per-token head no longer lines up with the words")
@@ -58,7 +58,7 @@ def align_labels(word_ids: list[int | None], word_tags: list[int], inside: dict[
     return out
 
 
-class TokenClassification:
+class TokenClassification(Task):
     name = "token_classification"
     peft_task_type = "TOKEN_CLS"
     metrics = ("loss", "f1", "precision", "recall", "accuracy")
@@ -66,7 +66,6 @@ class TokenClassification:
     default_mode = "max"
     stratify = False
     roles = {"tokens": "tokens_column", "tags": "tags_column"}
-    optional_roles: dict[str, str] = {}
     default_columns = {"tokens": "tokens", "tags": "tags"}
     params = TokenClassificationParams
     unsupported_methods = {m: VIRTUAL_TOKEN_REASON for m in ("prompt", "prefix", "ptuning")}

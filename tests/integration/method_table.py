@@ -34,17 +34,19 @@ def table_loop(config: dict[str, Any]) -> None:
 
 def train_case(cfg, data, rank: int, world: int, out_dir: str) -> dict[str, Any]:
     """Train one method for ``cfg.train.max_steps`` steps; save it; return what the driver checks."""
-    from rayft.methods import get_method, method_summary
+    from rayft.methods import method_summary
     from rayft.train import engine as E
+    from rayft.train.recipe import Recipe
     from rayft.train.worker import _unfreeze_hook
 
     torch.manual_seed(cfg.train.seed)
-    model = E.build_model(cfg, data)
-    info = method_summary(get_method(cfg.method.name), model, E.method_params(cfg))
+    recipe = Recipe.of(cfg)
+    model = E.build_model(recipe, data)
+    info = method_summary(recipe.method, model, recipe.method_params)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    loader = E.make_loader(data.splits["train"], cfg, data.pad_id, rank, world, train=True)
-    engine = E.build_engine(model, cfg, cfg.train.max_steps, steps_per_epoch=len(loader))
-    hook = _unfreeze_hook(engine, cfg, len(loader), lambda message: None)
+    loader = E.make_loader(data.splits["train"], recipe, data.pad_id, rank, world, train=True)
+    engine = E.build_engine(model, recipe, cfg.train.max_steps, steps_per_epoch=len(loader))
+    hook = _unfreeze_hook(engine, recipe, len(loader), lambda message: None)
     losses: list[float] = []
     while engine.global_steps < cfg.train.max_steps:
         for batch in loader:
@@ -58,7 +60,7 @@ def train_case(cfg, data, rank: int, world: int, out_dir: str) -> dict[str, Any]
     changed = changed_parameters(engine.module, before, cfg.scaling.zero_stage == 3)
     model_dir = os.path.join(out_dir, "model")
     os.makedirs(out_dir, exist_ok=True)
-    E.save_model(engine, cfg, data, model_dir, rank)
+    E.save_model(engine, recipe, data, model_dir, rank)
     engine.eval()
     with torch.no_grad():
         logits = engine.module(**E.model_inputs(probe_batch(data), engine.device)).logits.float()

@@ -12,6 +12,7 @@ from rayft.config.validate import check_sweep
 from rayft.errors import ConfigError
 from rayft.methods import METHODS, MethodContext, get_method, method_problems, method_summary
 from rayft.train import engine as E
+from rayft.train.recipe import Recipe
 
 
 def _cfg(tiny_bert, sentiment_csv, tmp_path, method: dict, **sections):
@@ -97,8 +98,9 @@ def test_layer_decay_and_head_lr_make_one_group_per_depth(tiny_bert, sentiment_c
 
     cfg = _cfg(tiny_bert, sentiment_csv, tmp_path, {"name": "full", "layer_decay": 0.5, "head_lr": 0.1},
                train={"lr": 1e-2, "weight_decay": 0.01})
-    model = E.build_model(cfg, prepare_data(cfg))
-    groups = E.param_groups(model, cfg)
+    recipe = Recipe.of(cfg)
+    model = E.build_model(recipe, prepare_data(cfg))
+    groups = E.param_groups(model, recipe)
     lrs = {(g["depth"], g["weight_decay"] > 0): g["lr"] for g in groups}
     assert lrs[(0, True)] == pytest.approx(1e-2 * 0.5 ** 3)  # embeddings, 2 blocks below the top
     assert lrs[(1, True)] == pytest.approx(1e-2 * 0.5 ** 2) and lrs[(2, True)] == pytest.approx(1e-2 * 0.5)
@@ -116,11 +118,12 @@ def test_gradual_unfreezing_opens_one_block_at_a_time(tiny_bert, sentiment_csv, 
 
     cfg = _cfg(tiny_bert, sentiment_csv, tmp_path, {"name": "unfreeze", "every": 2, "unit": "epoch"},
                train={"lr": 1e-2, "scheduler": "constant"})
-    model = E.build_model(cfg, prepare_data(cfg))
-    info = method_summary(get_method("unfreeze"), model, E.method_params(cfg))
+    recipe = Recipe.of(cfg)
+    model = E.build_model(recipe, prepare_data(cfg))
+    info = method_summary(get_method("unfreeze"), model, recipe.method_params)
     assert 0 < info["trainable_pct"] < 10  # the head (and pooler) only, at the start
-    optimizer = torch.optim.AdamW(E.param_groups(model, cfg), lr=1e-2)
-    sched = E.gate_schedule(get_scheduler("constant", optimizer), model, cfg, steps_per_epoch=3)
+    optimizer = torch.optim.AdamW(E.param_groups(model, recipe), lr=1e-2)
+    sched = E.gate_schedule(get_scheduler("constant", optimizer), model, recipe, steps_per_epoch=3)
     open_depths = []
     for _ in range(13):  # 2 blocks + embeddings open at epochs 2, 4, 6 = steps 6, 12, 18
         open_depths.append(sorted({g["depth"] for g in optimizer.param_groups if g["lr"] > 0}))
@@ -223,5 +226,5 @@ def test_models_train_with_dropout_from_the_first_step(tiny_bert, sentiment_csv,
     from rayft.data import prepare_data
 
     cfg = _cfg(tiny_bert, sentiment_csv, tmp_path, {"name": method})
-    model = E.build_model(cfg, prepare_data(cfg))
+    model = E.build_model(Recipe.of(cfg), prepare_data(cfg))
     assert all(m.training for m in model.modules())

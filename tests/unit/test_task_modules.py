@@ -121,11 +121,13 @@ def test_dpo_loss_is_log2_at_the_reference_and_falls_with_the_margin(tiny_llama,
     cfg = _cfg(tiny_llama, data, tmp_path, {"name": "dpo", "beta": 0.3})
     prepared = prepare_data(cfg)
     from rayft.train.engine import build_model
+    from rayft.train.recipe import Recipe
 
-    model = build_model(cfg, prepared)  # full fine-tune: a frozen reference copy is attached
+    recipe = Recipe.of(cfg)
+    model = build_model(recipe, prepared)  # full fine-tune: a frozen reference copy is attached
     rows = [{k: v[i] for k, v in prepared.splits["train"].items()} | {"index": i} for i in range(4)]
     batch = get_task("dpo").collate(rows, prepared.pad_id)
-    loss = get_task("dpo").compute_loss(model, batch, cfg)
+    loss = get_task("dpo").compute_loss(model, batch, recipe.task_params)
     assert loss.item() == pytest.approx(0.6931, abs=1e-4) and loss.requires_grad
     assert not any(p.requires_grad for p in model.__dict__["_rayft_reference"].parameters())
 
