@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -10,66 +9,42 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from rayft.config.schema import ExperimentConfig
-from rayft.data.collate import Columnar, pad_batch
+from rayft.data.collate import Columnar
 from rayft.data.prepare import PreparedData
-from rayft.methods import get_method
-from rayft.tasks import get_task
 from rayft.train.ds_config import deepspeed_config
+from rayft.train.recipe import Recipe
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
 
-def build_model(cfg: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
-    """Base model with the task's head, adapted by the configured method."""
-    task, method = get_task(cfg.task.name), get_method(cfg.method.name)
-    model = task.build_model(data.model_path, cfg, data.labels)
+def build_model(recipe: Recipe, data: PreparedData) -> torch.nn.Module:
+    """Base model with the task's head, adapted by the configured method, then the task's last touch on it
+    (e.g. DPO's frozen reference)."""
+    task = recipe.task
+    model = task.build_model(data.model_path, recipe.cfg, data.labels)
     # from_pretrained hands the base back in eval mode: train from the first step (dropout on).
-    model = method.apply(model, method_params(cfg), task.peft_task_type).train()
-    return prepare_for_task(model, cfg)
+    model = recipe.method.apply(model, recipe.method_params, task.peft_task_type).train()
+    return task.prepare_model(model, recipe.task_params)
 
 
-def method_params(cfg: ExperimentConfig) -> Any:
-    """The configured method's typed parameters."""
-    return get_method(cfg.method.name).params.model_validate(cfg.method_params())
-
-
-def prepare_for_task(model: torch.nn.Module, cfg: ExperimentConfig) -> torch.nn.Module:
-    """The task's last touch on the adapted model (e.g. DPO's frozen reference), if it has one."""
-    hook = getattr(get_task(cfg.task.name), "prepare_model", None)
-    return hook(model, cfg) if hook is not None else model
-
-
-def collate_fn(cfg: ExperimentConfig, pad_id: int):
-    """The task's collator (pairs, spans) or plain dynamic padding."""
-    task_collate = getattr(get_task(cfg.task.name), "collate", None)
-    return (lambda rows: task_collate(rows, pad_id)) if task_collate else (lambda rows: pad_batch(rows, pad_id))
-
-
-def train_loss(engine, cfg: ExperimentConfig, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def train_loss(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The training loss of one batch: the task's own (pairwise, preference) or the model's."""
-    compute = getattr(get_task(cfg.task.name), "compute_loss", None)
-    if compute is not None:
-        return compute(engine, {k: v.to(engine.device) for k, v in batch.items()}, cfg)
-    return engine(**model_inputs(batch, engine.device)).loss
+    return recipe.task.compute_loss(engine, {k: v.to(engine.device) for k, v in batch.items()}, recipe.task_params)
 
 
-def make_loader(columns: dict[str, list[Any]], cfg: ExperimentConfig, pad_id: int, rank: int, world: int,
+def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank: int, world: int,
                 *, train: bool) -> DataLoader:
-    """A loader over this rank's shard; evaluation shards pad to equal length (duplicates dedupe later)."""
+    """A loader over this rank's shard with the task's collator; evaluation shards pad to equal length
+    (duplicates dedupe later)."""
+    cfg, task = recipe.cfg, recipe.task
     dataset = Columnar(columns)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
                                  drop_last=False)
     return DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
-                      sampler=sampler, collate_fn=collate_fn(cfg, pad_id))
+                      sampler=sampler, collate_fn=lambda rows: task.collate(rows, pad_id))
 
 
-def total_steps(cfg: ExperimentConfig, batches_per_epoch: int) -> int:
-    """Optimizer steps of the whole run (``max_steps`` wins over ``epochs``)."""
-    per_epoch = max(1, math.ceil(batches_per_epoch / cfg.train.grad_accum))
-    return cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * per_epoch))
-
-
-def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, steps: int, steps_per_epoch: int | None = None):
+def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_epoch: int | None = None):
     """A DeepSpeed engine with a torch AdamW (decay off for biases/norms) and a transformers schedule.
 
     ``steps_per_epoch`` (optimizer steps) drives epoch-based gradual unfreezing; default: the whole run is one epoch.
@@ -77,19 +52,20 @@ def build_engine(model: torch.nn.Module, cfg: ExperimentConfig, steps: int, step
     import deepspeed
     from transformers import get_scheduler
 
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.train.lr)
+    cfg = recipe.cfg
+    optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=cfg.train.lr)
     warmup = int(round(cfg.train.warmup_ratio * steps))
 
     def schedule(opt: torch.optim.Optimizer):
         sched = get_scheduler(cfg.train.scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
-        return gate_schedule(sched, model, cfg, steps_per_epoch)
+        return gate_schedule(sched, model, recipe, steps_per_epoch)
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg))
     return engine
 
 
-def param_groups(model: torch.nn.Module, cfg: ExperimentConfig) -> list[dict[str, Any]]:
+def param_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict[str, Any]]:
     """Optimizer groups: weight decay off for biases/norms. With ``method.layer_decay``/``method.head_lr`` (full,
     unfreeze) or gradual unfreezing, one group per depth: block ``i`` of ``n`` at ``lr * decay^(n - i)``, the
     embeddings at ``lr * decay^(n + 1)``, the head at ``head_lr``.
@@ -99,9 +75,10 @@ def param_groups(model: torch.nn.Module, cfg: ExperimentConfig) -> list[dict[str
     """
     from rayft.methods.layers import depth, is_head, num_blocks
 
+    cfg = recipe.cfg
     extra = cfg.method_params()
     decay, head_lr = float(extra.get("layer_decay", 1.0)), extra.get("head_lr")
-    by_depth = decay != 1.0 or head_lr is not None or hasattr(get_method(cfg.method.name), "lr_gate")
+    by_depth = decay != 1.0 or head_lr is not None or recipe.gates_lr
     blocks = num_blocks(model)
     groups: dict[tuple[int, bool, bool], dict[str, Any]] = {}
     for name, p in model.named_parameters():
@@ -120,15 +97,13 @@ def param_groups(model: torch.nn.Module, cfg: ExperimentConfig) -> list[dict[str
     return [groups[k] for k in sorted(groups)]
 
 
-def gate_schedule(sched, model: torch.nn.Module, cfg: ExperimentConfig, steps_per_epoch: int | None):
-    """Multiply each group's schedule by the method's unfreezing gate (learning rate 0 while frozen)."""
+def gate_schedule(sched, model: torch.nn.Module, recipe: Recipe, steps_per_epoch: int | None):
+    """Multiply each group's schedule by the method's unfreezing gate (learning rate 0 while frozen), if it has one."""
     from rayft.methods.layers import num_blocks
 
-    method = get_method(cfg.method.name)
-    if not hasattr(method, "lr_gate"):
+    gate = recipe.lr_gate(num_blocks(model), steps_per_epoch or 10**12)
+    if gate is None:
         return sched
-    params = method.params.model_validate(cfg.method_params())
-    gate = method.lr_gate(params, num_blocks(model), steps_per_epoch or 10**12)
     depths = [g.get("depth") for g in sched.optimizer.param_groups]
     if None in depths:
         raise RuntimeError("the optimizer's parameter groups lost their 'depth'; cannot gate unfreezing")
@@ -174,9 +149,9 @@ def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[s
 
 
 @torch.no_grad()
-def evaluate(engine, cfg: ExperimentConfig, loader: DataLoader) -> dict[str, float]:
+def evaluate(engine, recipe: Recipe, loader: DataLoader) -> dict[str, float]:
     """Task metrics over the whole split: every rank evaluates its shard, rank results are gathered."""
-    task = get_task(cfg.task.name)
+    task = recipe.task
     engine.eval()
     parts = [task.eval_batch(engine, {k: v.to(engine.device) for k, v in b.items()}) for b in loader]
     engine.train()
@@ -184,18 +159,17 @@ def evaluate(engine, cfg: ExperimentConfig, loader: DataLoader) -> dict[str, flo
         gathered: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(gathered, parts)
         parts = [p for rank_parts in gathered for p in rank_parts]
-    finish_with_columns = getattr(task, "finish_eval_columns", None)  # metrics that need the split's raw text
-    return finish_with_columns(parts, loader.dataset.columns) if finish_with_columns else task.finish_eval(parts)
+    return task.finish_eval_columns(parts, loader.dataset.columns)  # some metrics need the split's raw text
 
 
-def save_model(engine, cfg: ExperimentConfig, data: PreparedData, out_dir: str, rank: int) -> None:
+def save_model(engine, recipe: Recipe, data: PreparedData, out_dir: str, rank: int) -> None:
     """Write the result as ``save_pretrained`` does (adapter for peft methods, full model otherwise).
 
     Under ZeRO-3 the needed parameters are gathered first; every rank must call this.
     """
     import deepspeed
 
-    method = get_method(cfg.method.name)
+    cfg, method = recipe.cfg, recipe.method
     module = engine.module
     params = list(module.parameters()) if method.artifact == "full" else [p for p in module.parameters()
                                                                            if p.requires_grad]
