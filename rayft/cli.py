@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from rayft.config.schema import default as schema_default
 from rayft.errors import RayftError
 
 
@@ -78,34 +79,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rayft.storage import is_uri
-    from rayft.store import AdapterStore, export_checkpoint
+    from rayft.store import AdapterStore, export_one, export_trials, sweep_summary
 
-    source = args.source if is_uri(args.source) else Path(args.source)  # a sweep or run on s3://... too
     store = AdapterStore(args.store)
-    data = _sweep_summary(source)
-    if data is not None and (args.top_k or args.all):
-        from rayft.sweep.export import export_trials
-
-        for m in export_trials(source, store, top_k=args.top_k, overwrite=args.overwrite):
+    if (args.top_k or args.all) and sweep_summary(args.source) is not None:
+        for m in export_trials(args.source, store, top_k=args.top_k, overwrite=args.overwrite):
             print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, trial {m.trial_id}) to {store.root}")
         return 0
-    if data is not None:
-        trial_id = args.trial or data.get("best")
-        trial = next((t for t in data["trials"] if t["trial_id"] == trial_id), None)
-        if trial is None or not trial.get("checkpoint_path"):
-            raise RayftError(f"--trial {trial_id!r}: no checkpoint in sweep {source}; trials: "
-                             f"{', '.join(t['trial_id'] for t in data['trials'])}")
-        m = export_checkpoint(trial["checkpoint_path"], None, store, adapter_id=args.id, sweep_id=data["name"],
-                              trial_id=trial_id, metrics=trial["metrics"], overwrite=args.overwrite)
-    elif is_uri(source):
-        from rayft.storage import resolve
-
-        ckpt = source if resolve(source).exists("model") else _latest_checkpoint(source)
-        m = export_checkpoint(str(ckpt), None, store, adapter_id=args.id, overwrite=args.overwrite)
-    else:
-        ckpt = source if (source / "model").is_dir() else _latest_checkpoint(source)
-        m = export_checkpoint(str(ckpt), None, store, adapter_id=args.id, overwrite=args.overwrite)
+    m = export_one(args.source, store, trial=args.trial, adapter_id=args.id, overwrite=args.overwrite)
     print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, {m.task}) to {store.root}")
     return 0
 
@@ -120,31 +101,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _latest_checkpoint(run_dir: Path | str) -> Path | str:
-    from rayft.storage import is_uri
-    from rayft.train.checkpoints import latest_checkpoint
-
-    found = latest_checkpoint(str(run_dir))  # the newest one Ray published, never a half-copied folder
-    if not found:
-        raise RayftError(f"{run_dir}: not a sweep folder (no rayft_sweep.json), a run folder or a checkpoint")
-    return found if is_uri(found) else Path(found)
-
-
-def _sweep_summary(source: Path | str) -> dict[str, Any] | None:
-    """The summary of the finished sweep at ``source`` (a local folder or a URI), or None if it is no sweep."""
-    from rayft.sweep.results import SUMMARY_FILE, read_summary
-
-    if isinstance(source, Path):
-        return read_summary(source) if (source / SUMMARY_FILE).is_file() else None
-    from rayft.storage import resolve
-
-    return read_summary(source) if resolve(source).is_file(SUMMARY_FILE) else None
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from rayft import serve
+    from rayft.storage import resolve
 
     # Background jobs of a script ignore SIGINT: stop on SIGTERM too, shutting Serve (and its Ray) down cleanly.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -155,7 +116,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     url = serve.start(args.store, host=args.host, port=args.port, max_adapters=args.max_adapters,
                       num_replicas=args.replicas, address=args.address, admin_token=args.admin_token,
                       max_batch_size=args.max_batch_size)
-    print(f"serving {Path(args.store).resolve()} at {url} (Ctrl-C or SIGTERM to stop)", flush=True)
+    print(f"serving {resolve(args.store).uri()} at {url} (Ctrl-C or SIGTERM to stop)", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -362,8 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     def with_config(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_)
         p.add_argument("config", help="experiment YAML")
-        p.add_argument("overrides", nargs="*", metavar="key.path=value", help="override config fields")
-        p.set_defaults(fn=fn)
+        p.add_argument("overrides", nargs="*", metavar="key.path=value",
+                       help="override config fields (anywhere on the line)")
+        p.set_defaults(fn=fn, command_parser=p)
         return p
 
     with_config("validate", cmd_validate, "check an experiment config and report every problem")
@@ -388,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a sweep's best (or chosen) trial or a run's checkpoint to the store")
     p.add_argument("source", help="sweep folder, run folder or checkpoint folder")
-    p.add_argument("--store", default="store")
+    p.add_argument("--store", default=schema_default("store.path"))
     p.add_argument("--trial", help="trial id (default: the sweep's best)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top-k", type=int, metavar="K", help="export the sweep's K best trials (<sweep>-<trial> ids)")
@@ -398,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("serve", help="serve the store's adapters over an OpenAI-compatible HTTP API")
-    p.add_argument("--store", default="store")
+    p.add_argument("--store", default=schema_default("store.path"))
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-adapters", type=int, default=8, help="adapters resident per replica (LRU)")
@@ -442,27 +404,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_query)
 
     p = sub.add_parser("models", help="list the adapter store")
-    p.add_argument("--store", default="store")
+    p.add_argument("--store", default=schema_default("store.path"))
     p.set_defaults(fn=cmd_models)
     _add_job_commands(sub, with_config)
     return parser
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; ``key.path=value`` overrides may stand anywhere after a config's subcommand
+    (``rayft submit CONFIG --address URL train.lr=3e-4``).
+
+    Exits 2 with the subcommand's usage for an argument that is neither one of its options nor an override.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if not hasattr(args, "overrides"):
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        return args
+    from rayft.config.loader import parse_override
+    from rayft.errors import ConfigError
+
+    for token in [*args.overrides, *extra]:
+        if token.startswith("-"):
+            args.command_parser.error(f"unrecognized arguments: {token}")
+        try:
+            parse_override(token)
+        except ConfigError:
+            args.command_parser.error(f"argument {token!r} is neither an option of `rayft {args.command}` nor an "
+                                      "override: overrides are key.path=value (e.g. train.lr=3e-4)")
+    args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rayft`` console script; user mistakes exit 2 with a message, no traceback."""
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.fn(args)
-    except RayftError as exc:
+    except RayftError as exc:  # registry misses too (UnknownNameError lists the valid names)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyError as exc:  # registry misses raise UnknownNameError (a KeyError) with a full message
-        from rayft.registry import UnknownNameError
-
-        if isinstance(exc, UnknownNameError):
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

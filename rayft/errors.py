@@ -50,6 +50,15 @@ class StoreError(RayftError):
     """An adapter store entry that is missing or inconsistent."""
 
 
+class UnknownNameError(RayftError, KeyError):
+    """A name no registry holds (method, task, model, dataset); the message lists the valid names.
+
+    It is still a ``KeyError``, the error of a failed lookup, for code that catches that."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0])
+
+
 class MissingExtraError(RayftError):
     """An optional dependency is not installed."""
 

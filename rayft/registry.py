@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Generic, Iterator, TypeVar
 
+from rayft.errors import UnknownNameError
+
+__all__ = ["Registry", "UnknownNameError"]
+
 T = TypeVar("T")
-
-
-class UnknownNameError(KeyError):
-    """Raised when a name is not registered; the message lists the valid names."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):

@@ -62,45 +62,12 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
 
 def _local_checkpoint(checkpoint_dir: str) -> Path:
     """The checkpoint as a local folder: itself, or a download of a remote (``s3://...``) checkpoint."""
-    from rayft.storage import is_uri, local_copy
-
-    if not is_uri(checkpoint_dir):
-        return Path(checkpoint_dir)
     import hashlib
+
+    from rayft.storage import local_copy
 
     return local_copy(checkpoint_dir, "checkpoints/" + hashlib.sha256(checkpoint_dir.encode()).hexdigest()[:16])
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def export_sweep(sweep_dir: str, store: AdapterStore) -> list[tuple[str, bool]]:
-    """Export every finished trial of a sweep that left a checkpoint; already exported trials are kept.
-
-    Returns:
-        ``(adapter_id, newly_exported)`` per trial, in the sweep's order.
-
-    Raises:
-        StoreError: if ``sweep_dir`` holds no ``rayft_sweep.json``.
-    """
-    from rayft.storage import resolve
-
-    where = resolve(sweep_dir)  # a local folder or a URI (s3://...)
-    if not where.is_file("rayft_sweep.json"):
-        raise StoreError(f"{sweep_dir} is not a sweep folder (no rayft_sweep.json); run `rayft sweep` first")
-    data = json.loads(where.read_text("rayft_sweep.json"))
-    cfg = ExperimentConfig.model_validate(data["config"])
-    out = []
-    for trial in data.get("trials", []):
-        ckpt = trial.get("checkpoint_path")
-        if str(trial.get("status", "")).upper() == "ERROR" or not ckpt or not resolve(ckpt).exists(MODEL_DIR):
-            continue
-        adapter_id = default_adapter_id(cfg, trial["trial_id"])
-        if store.exists(adapter_id):
-            out.append((adapter_id, False))
-            continue
-        m = export_checkpoint(ckpt, None, store, adapter_id=adapter_id, sweep_id=data.get("name"),
-                              trial_id=trial["trial_id"], metrics=trial.get("metrics"))
-        out.append((m.adapter_id, True))
-    return out

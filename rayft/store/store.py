@@ -76,10 +76,11 @@ class AdapterStore:
     """
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
-        from rayft.storage import is_uri, resolve
+        from rayft.storage import resolve
 
-        self.remote = resolve(root) if is_uri(root) else None
-        self.root: Any = str(root) if self.remote else Path(root).expanduser().resolve()
+        where = resolve(root)
+        self.remote = None if where.local else where
+        self.root: Any = Path(where.path) if where.local else str(root)
 
     def path(self, adapter_id: str) -> Path:
         """Folder of ``adapter_id`` (validated; never outside the store); for a remote store, its local copy."""
