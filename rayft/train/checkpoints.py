@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rayft.train.handoff import MODEL_DIR, STATE_FILE
+
 SNAPSHOT = "checkpoint_manager_snapshot.json"
-STATE_FILE = "rayft_state.json"
-MODEL_DIR = "model"
 
 
 def is_complete(checkpoint: Any) -> bool:

@@ -16,14 +16,19 @@ QUANTIZED_METHODS = frozenset({"qlora"})
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point; see :func:`rayft.train.worker.train_loop_per_worker`."""
+    """Ray Train entry point (``config``: a :class:`~rayft.train.handoff.LoopConfig`'s dict); see
+    :func:`rayft.train.worker.train_loop_per_worker`."""
     import time
+    from dataclasses import replace
+
+    from rayft.train.handoff import LoopConfig
 
     entered_at = time.time()  # start-up timing: what follows is importing the training stack
-    skip_unused_imports(config["experiment"]["method"]["name"])
+    loop = LoopConfig.parse(config)
+    skip_unused_imports(loop.method)
     from rayft.train.worker import train_loop_per_worker as train
 
-    train({**config, "entered_at": entered_at})
+    train(replace(loop, entered_at=entered_at))
 
 
 def skip_unused_imports(method: str) -> None:

@@ -3,11 +3,10 @@ set up → build model and DeepSpeed engine → restore → train, evaluating an
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
@@ -15,69 +14,71 @@ import ray.train
 import torch
 
 from rayft.config.schema import ExperimentConfig
-from rayft.methods import get_method, method_summary
+from rayft.methods import method_summary
 from rayft.paths import quiet_libraries, setup_env
 from rayft.train import engine as E
+from rayft.train.handoff import MODEL_DIR, CheckpointState, LoopConfig, LoopState
 from rayft.train.quiet import quiet_late_gloo_threads, quiet_worker_threads
+from rayft.train.recipe import Recipe
+from rayft.train.steps import steps_per_epoch, total_steps
 
 DS_TAG = "ds"
-STATE_FILE = "rayft_state.json"
-MODEL_DIR = "model"
 HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s")  # learning curves
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config`` holds the resolved experiment and a reference to the data."""
+def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: the :class:`~rayft.train.handoff.LoopConfig` (or Ray's dict of it)."""
     started, marks = time.perf_counter(), {"loop_start": time.time()}  # start-up timeline (wall clock)
+    loop = LoopConfig.parse(config)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     quiet_worker_threads(world)  # local Ray: its threads here (and gloo's, without peers) yield to this one
     setup_env()
     quiet_libraries()
-    cfg = ExperimentConfig.model_validate(config["experiment"])
-    data = config["data"]
-    data = ray.get(data) if isinstance(data, ray.ObjectRef) else data
+    cfg = ExperimentConfig.model_validate(loop.experiment)
+    recipe = Recipe.of(cfg)  # task, method and their parameters, resolved once for the whole loop
+    data = ray.get(loop.data) if isinstance(loop.data, ray.ObjectRef) else loop.data
     torch.set_num_threads(max(1, int(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
-    say = _printer(rank == 0 and config.get("verbose", False), config.get("label", "train"))
+    say = _printer(rank == 0 and loop.verbose, loop.label)
 
     marks["data_ready"] = time.time()
-    model = E.build_model(cfg, data)
+    model = E.build_model(recipe, data)
     marks["model_ready"] = time.time()
-    info = method_summary(get_method(cfg.method.name), model, E.method_params(cfg))
+    info = method_summary(recipe.method, model, recipe.method_params)
     say(f"{cfg.method.name}: {info['trainable_params']:,} of {info['total_params']:,} parameters trainable "
         f"({info['trainable_pct']:.2f}%)")
-    train_loader = E.make_loader(data.splits["train"], cfg, data.pad_id, rank, world, train=True)
-    eval_loader = E.make_loader(data.splits["validation"], cfg, data.pad_id, rank, world, train=False)
-    steps = E.total_steps(cfg, len(train_loader))
-    eval_every = cfg.train.eval_every or max(1, math.ceil(len(train_loader) / cfg.train.grad_accum))  # once an epoch
-    steps_per_epoch = math.ceil(len(train_loader) / cfg.train.grad_accum)
-    engine = E.build_engine(model, cfg, steps, steps_per_epoch=steps_per_epoch)
+    train_loader = E.make_loader(data.splits["train"], recipe, data.pad_id, rank, world, train=True)
+    eval_loader = E.make_loader(data.splits["validation"], recipe, data.pad_id, rank, world, train=False)
+    steps, per_epoch = total_steps(cfg, len(train_loader)), steps_per_epoch(cfg, len(train_loader))
+    eval_every = cfg.train.eval_every or per_epoch  # once an epoch
+    engine = E.build_engine(model, recipe, steps, steps_per_epoch=per_epoch)
     quiet_late_gloo_threads(world)  # DeepSpeed's own groups started loop threads of their own
     marks["engine_ready"] = time.time()
-    unfreezing = _unfreeze_hook(engine, cfg, steps_per_epoch, say)
+    unfreezing = _unfreeze_hook(engine, recipe, per_epoch, say)
+    run = WorkerRun(engine, recipe, data, eval_loader, info, rank, world)
 
-    state = _restore(engine, cfg, config.get("start_checkpoint"))
-    resumed_from_step = state["step"]  # 0 on a fresh start; > 0 after a restart (lost worker, resumed sweep)
-    resumed_from_trial, state["trial"] = state["trial"], config.get("label", "train")  # who wrote what we loaded
-    if state["step"]:
-        say(f"resumed at step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
-    window = _new_window()
+    state = _restore(engine, loop.start_checkpoint)
+    resumed_from_step = state.step  # 0 on a fresh start; > 0 after a restart (lost worker, resumed sweep)
+    resumed_from_trial, state = state.trial, replace(state, trial=loop.label)  # who wrote what we loaded
+    if state.step:
+        say(f"resumed at step {state.step} (epoch {state.epoch}, batch {state.batch})")
+    window = _Window()
     first_step_s = first_step_at = None
     mark = time.perf_counter()
     while engine.global_steps < steps:
-        train_loader.sampler.set_epoch(state["epoch"])
+        train_loader.sampler.set_epoch(state.epoch)
         for i, batch in enumerate(train_loader):
-            if i < state["batch"]:
+            if i < state.batch:
                 continue  # trained on before the checkpoint we resumed from
             before = engine.global_steps
-            loss = E.train_loss(engine, cfg, batch)
+            loss = E.train_loss(engine, recipe, batch)
             engine.backward(loss)
             engine.step()
             now = time.perf_counter()
-            _tally(window, loss.item(), len(batch["index"]), now - mark)  # includes loading the batch
+            window.add(loss.item(), len(batch["index"]), now - mark)  # includes loading the batch
             mark = now
-            state["batch"] = i + 1
+            state = state.trained(i)
             if first_step_s is None:
                 first_step_s, first_step_at = now - started, time.time()
             if engine.global_steps == before:
@@ -85,28 +86,56 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             step = engine.global_steps
             unfreezing(step)
             if step % cfg.train.log_every == 0:
-                say(f"step {step}/{steps} loss {window['loss'] / window['n']:.4f} lr {engine.get_lr()[0]:.2e} "
-                    f"{window['samples'] / max(window['seconds'], 1e-9):.1f} samples/s")
+                say(f"step {step}/{steps} loss {window.loss / window.n:.4f} lr {engine.get_lr()[0]:.2e} "
+                    f"{window.samples / max(window.seconds, 1e-9):.1f} samples/s")
             if step % eval_every == 0 or step >= steps:
-                state["evals"] += 1
-                state["progress"] = state["epoch"] + state["batch"] / len(train_loader)
+                state = state.evaluating(len(train_loader))
                 final = step >= steps
-                metrics = _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world)
+                metrics = _metrics(run, window, state, final)
                 metrics.update(startup_s=first_step_s, first_step_at=first_step_at,
                                resumed_from_step=resumed_from_step, resumed_from_trial=resumed_from_trial,
-                               **_startup_phases(marks, first_step_at, config))
-                state["history"].append({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
-                keep = final or state["evals"] % (cfg.train.checkpoint_every or 1) == 0
-                _report(engine, cfg, data, metrics, state, rank, checkpoint=keep)
+                               **_startup_phases(marks, first_step_at, loop))
+                state = state.recorded({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
+                keep = final or state.evals % (cfg.train.checkpoint_every or 1) == 0
+                _report(run, metrics, state, checkpoint=keep)
                 say(_summary(metrics))
-                window, mark = _new_window(), time.perf_counter()  # evaluation time is not training time
+                window, mark = _Window(), time.perf_counter()  # evaluation time is not training time
             if step >= steps:
                 break
-        if state["batch"] >= len(train_loader):
-            state["epoch"], state["batch"] = state["epoch"] + 1, 0
+        if state.batch >= len(train_loader):
+            state = state.next_epoch()
 
 
-def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[str, Any]) -> dict[str, float]:
+@dataclass(frozen=True)
+class WorkerRun:
+    """What this worker's evaluations and reports work on; fixed for the whole loop."""
+
+    engine: Any  # the DeepSpeed engine
+    recipe: Recipe
+    data: Any  # the PreparedData
+    eval_loader: Any  # this rank's validation batches
+    info: dict[str, Any]  # the method's parameter counts (reported with every evaluation)
+    rank: int
+    world: int
+
+
+@dataclass(slots=True)
+class _Window:
+    """Training since the last evaluation: summed step losses, optimizer micro-steps, samples and seconds."""
+
+    loss: float = 0.0
+    n: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, samples: int, seconds: float) -> None:
+        self.loss += loss
+        self.n += 1
+        self.samples += samples
+        self.seconds += seconds
+
+
+def _startup_phases(marks: dict[str, float], first_step_at: float, loop: LoopConfig) -> dict[str, float]:
     """Where the time before the first step went, in seconds (``startup_*`` metrics).
 
     ``startup_launch_s``: from the Tune trial function's start to this worker's entry point (the Ray
@@ -121,7 +150,7 @@ def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[
               "startup_engine_s": marks["engine_ready"] - marks["model_ready"],
               "startup_first_step_s": first_step_at - marks["engine_ready"]}
     # Without the lean entry point the training stack was imported while unpickling, before the loop.
-    entered_at, trial_started_at = config.get("entered_at") or marks["loop_start"], config.get("trial_started_at")
+    entered_at, trial_started_at = loop.entered_at or marks["loop_start"], loop.trial_started_at
     phases["startup_import_s"] = marks["loop_start"] - entered_at
     if trial_started_at:
         from rayft.train.preload import prestarted, started_warm
@@ -133,83 +162,67 @@ def _startup_phases(marks: dict[str, float], first_step_at: float, config: dict[
     return {k: round(v, 3) for k, v in phases.items()}
 
 
-def _new_window() -> dict[str, float]:
-    return {"loss": 0.0, "n": 0, "samples": 0, "seconds": 0.0}
-
-
-def _tally(window: dict[str, float], loss: float, samples: int, seconds: float) -> None:
-    window["loss"] += loss
-    window["n"] += 1
-    window["samples"] += samples
-    window["seconds"] += seconds
-
-
-def _restore(engine, cfg: ExperimentConfig, start: Any = None) -> dict[str, Any]:
+def _restore(engine, start: Any = None) -> LoopState:
     """Load this run's latest Ray checkpoint into the engine, else ``start``; returns the loop position.
 
     ``start`` is a checkpoint of another run (population based training: a clone of a better trial). From it
     the model and the optimizer state are loaded and the step count continues, but this config's learning
     rates and schedule are kept — the schedule picks up at the restored step.
     """
-    state: dict[str, Any] = {"step": 0, "epoch": 0, "batch": 0, "evals": 0, "progress": 0.0, "history": [],
-                             "trial": ""}
     own = ray.train.get_checkpoint()
     checkpoint = own or start
     if checkpoint is None:
-        return state
+        return LoopState()
     settings = E.optimizer_settings(engine)
     with checkpoint.as_directory() as path:
         engine.load_checkpoint(path, tag=DS_TAG, load_module_strict=False, load_lr_scheduler_states=own is not None)
-        with open(os.path.join(path, STATE_FILE)) as fh:
-            state.update({k: v for k, v in json.load(fh).items() if k in state})  # the loop position only
+        state = CheckpointState.read(path).position  # the loop position only
     if own is None:
         E.continue_schedule(engine, settings)
     return state
 
 
-def _metrics(engine, cfg, data, eval_loader, window, state, info, final, rank, world) -> dict[str, Any]:
+def _metrics(run: WorkerRun, window: _Window, state: LoopState, final: bool) -> dict[str, Any]:
     """Evaluate on validation (and on test at the end) and assemble the report."""
+    engine, recipe, data, eval_loader, world = run.engine, run.recipe, run.data, run.eval_loader, run.world
     timer = time.perf_counter()
-    metrics: dict[str, Any] = {f"eval_{k}": v for k, v in E.evaluate(engine, cfg, eval_loader).items()}
+    metrics: dict[str, Any] = {f"eval_{k}": v for k, v in E.evaluate(engine, recipe, eval_loader).items()}
     # Measured inference latency: milliseconds per validation example (batched forward passes, this rank).
     metrics["latency_ms"] = 1000 * (time.perf_counter() - timer) / max(1, len(eval_loader.sampler))
     if final and data.size("test"):
-        test_loader = E.make_loader(data.splits["test"], cfg, data.pad_id, rank, world, train=False)
-        metrics.update({f"test_{k}": v for k, v in E.evaluate(engine, cfg, test_loader).items()})
-    samples_per_s = window["samples"] * world / max(window["seconds"], 1e-9)
+        test_loader = E.make_loader(data.splits["test"], recipe, data.pad_id, run.rank, world, train=False)
+        metrics.update({f"test_{k}": v for k, v in E.evaluate(engine, recipe, test_loader).items()})
+    samples_per_s = window.samples * world / max(window.seconds, 1e-9)
     metrics.update(
-        step=engine.global_steps, epoch=round(state["progress"], 4),
-        train_loss=window["loss"] / max(window["n"], 1), lr=float(engine.get_lr()[0]),
-        samples_per_s=samples_per_s, final=final, **info,
+        step=engine.global_steps, epoch=round(state.progress, 4),
+        train_loss=window.loss / max(window.n, 1), lr=float(engine.get_lr()[0]),
+        samples_per_s=samples_per_s, final=final, **run.info,
     )
     return metrics
 
 
-def _report(engine, cfg: ExperimentConfig, data, metrics: dict[str, Any], state: dict[str, Any], rank: int,
-            *, checkpoint: bool) -> None:
+def _report(run: WorkerRun, metrics: dict[str, Any], state: LoopState, *, checkpoint: bool) -> None:
     """Report to Ray Train; with a checkpoint, every rank saves its DeepSpeed shard and rank 0 the model."""
     if not checkpoint:
         ray.train.report(metrics)
         return
+    engine = run.engine
     with tempfile.TemporaryDirectory(prefix="rayft-ckpt-") as tmp:
-        position = {**state, "step": engine.global_steps}
+        position = replace(state, step=engine.global_steps)
         engine.save_checkpoint(tmp, tag=DS_TAG, exclude_frozen_parameters=True)  # frozen = the base's own
-        E.save_model(engine, cfg, data, os.path.join(tmp, MODEL_DIR), rank)
-        if rank == 0:
-            with open(os.path.join(tmp, STATE_FILE), "w") as fh:
-                json.dump({**position, "metrics": metrics, "labels": data.labels, "config": cfg.model_dump(mode="json")},
-                          fh, default=float)
+        E.save_model(engine, run.recipe, run.data, os.path.join(tmp, MODEL_DIR), run.rank)
+        if run.rank == 0:
+            CheckpointState(position, metrics, run.data.labels, run.recipe.cfg.model_dump(mode="json")).write(tmp)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
-def _unfreeze_hook(engine, cfg: ExperimentConfig, steps_per_epoch: int, say):
+def _unfreeze_hook(engine, recipe: Recipe, steps_per_epoch: int, say):
     """Gradual unfreezing: announce the training depths whenever they change (the gate lives in the schedule)."""
     from rayft.methods.layers import num_blocks
 
-    method = get_method(cfg.method.name)
-    if not hasattr(method, "lr_gate"):
+    gate = recipe.lr_gate(num_blocks(engine.module), steps_per_epoch)
+    if gate is None:
         return lambda step: None
-    gate = method.lr_gate(E.method_params(cfg), num_blocks(engine.module), steps_per_epoch)
     depths = {g["depth"] for g in engine.optimizer.param_groups}
     seen: list[list[int]] = []
 

@@ -57,3 +57,24 @@ def test_export_of_a_run_folder_uses_the_published_checkpoint(tmp_path: Path, ca
     _snapshot(run)
     assert main(["export", str(run), "--store", str(tmp_path / "store")]) == 2
     assert "not a sweep folder" in capsys.readouterr().err
+
+
+def test_the_state_file_is_built_and_read_through_one_typed_object(tmp_path: Path):
+    """The loop position, report, labels and config are one JSON object on disk, its position at the top level
+    (as exports and older checkpoints have it); reading it back gives the same position."""
+    from dataclasses import replace
+
+    from rayft.train.handoff import STATE_FILE, CheckpointState, LoopState
+
+    state = LoopState().trained(3).evaluating(8).recorded({"step": 2, "eval_loss": 0.5})
+    assert (state.batch, state.evals, state.progress, state.history) == (4, 1, 0.5, ({"step": 2, "eval_loss": 0.5},))
+    assert state.next_epoch() == replace(state, epoch=1, batch=0)
+    saved = CheckpointState(replace(state, step=2, trial="trial_1"), {"eval_loss": 0.5}, ["neg", "pos"], {"name": "x"})
+    saved.write(str(tmp_path))
+    raw = json.loads((tmp_path / STATE_FILE).read_text())
+    assert list(raw) == ["step", "epoch", "batch", "evals", "progress", "history", "trial", "metrics", "labels",
+                         "config"]
+    assert raw["history"] == [{"step": 2, "eval_loss": 0.5}] and raw["trial"] == "trial_1"
+    assert CheckpointState.read(str(tmp_path)) == saved
+    older = LoopState.from_json({"step": 5, "epoch": 1, "unknown": True})  # missing entries at their defaults
+    assert older == LoopState(step=5, epoch=1)
