@@ -86,7 +86,7 @@ def build_submission(config: str | os.PathLike[str], overrides: Iterable[str] = 
     import rayft
     from rayft.cluster import WORKER_ENV
     from rayft.config import load_config
-    from rayft.storage import is_uri
+    from rayft.storage import is_relative_path
 
     workdir = Path(working_dir or Path.cwd()).resolve()
     config_path = Path(config).resolve()
@@ -97,7 +97,7 @@ def build_submission(config: str | os.PathLike[str], overrides: Iterable[str] = 
         cfg = load_config(config_path, list(overrides))  # the same checks `rayft validate` runs
     warnings = _outside_files(cfg, workdir)
     for name, value in (("output_dir", cfg.output_dir), ("store.path", cfg.store.path)):
-        if not is_uri(value) and not Path(value).is_absolute():
+        if is_relative_path(value):
             warnings.append(f"{name}={value!r} is relative: results land in the job's working dir on the head node "
                             "and are deleted with it; use shared storage (s3://..., an NFS path)")
     args = [python, "-m", "rayft.cli", command, config_path.relative_to(workdir).as_posix(), *overrides, *extra_args]

@@ -27,10 +27,17 @@ import pyarrow.fs as pafs
 from rayft.errors import RayftError
 
 
-def is_uri(location: str | os.PathLike[str]) -> bool:
-    """True for ``scheme://...`` locations other than ``file://`` (those are plain local paths)."""
+def _is_uri(location: str | os.PathLike[str]) -> bool:
+    """True for ``scheme://...`` locations other than ``file://`` (those are plain local paths).
+
+    Callers use :func:`resolve` (a :class:`Location` knows whether it is local) rather than forking on this."""
     scheme = urlsplit(str(location)).scheme
     return len(scheme) > 1 and scheme != "file"  # one letter: a Windows drive
+
+
+def is_relative_path(location: str | os.PathLike[str]) -> bool:
+    """True for a relative local path: it names a different folder in each working directory."""
+    return not _is_uri(location) and not str(location).startswith("file://") and not Path(location).is_absolute()
 
 
 @dataclass(frozen=True)
@@ -124,7 +131,7 @@ def resolve(location: str | os.PathLike[str]) -> Location:
         RayftError: if pyarrow cannot open the URI (unknown scheme, bad option, missing support).
     """
     text = str(location)
-    if not is_uri(text):
+    if not _is_uri(text):
         if text.startswith("file://"):
             text = urlsplit(text).path
         return Location(pafs.LocalFileSystem(), str(Path(text).expanduser().resolve()))
@@ -144,7 +151,7 @@ def check_location(location: str) -> str | None:
 
     Only the form is checked: nothing is contacted, so a config validates offline.
     """
-    if not is_uri(location):
+    if not _is_uri(location):
         return None
     parts = urlsplit(location)
     if parts.scheme not in SCHEMES:

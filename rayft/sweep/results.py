@@ -81,15 +81,10 @@ def read_summary(sweep_dir: str | Path) -> dict[str, Any]:
         RayftError: if the folder holds no finished sweep.
     """
     from rayft.errors import RayftError
-    from rayft.storage import is_uri, resolve
+    from rayft.storage import resolve
 
-    if is_uri(str(sweep_dir)):
-        where = resolve(str(sweep_dir))
-        if not where.is_file(SUMMARY_FILE):
-            raise RayftError(f"{sweep_dir}: not a finished sweep folder (no {SUMMARY_FILE})")
-        return json.loads(where.read_text(SUMMARY_FILE))
-    path = Path(sweep_dir) / SUMMARY_FILE
-    if not path.is_file():
-        raise RayftError(f"{sweep_dir}: not a finished sweep folder (no {SUMMARY_FILE}); "
-                         "pass runs/<experiment>/sweep-<time>")
-    return json.loads(path.read_text())
+    where = resolve(str(sweep_dir))  # a local folder or a URI (s3://...)
+    if not where.is_file(SUMMARY_FILE):
+        hint = "; pass runs/<experiment>/sweep-<time>" if where.local else ""
+        raise RayftError(f"{sweep_dir}: not a finished sweep folder (no {SUMMARY_FILE}){hint}")
+    return json.loads(where.read_text(SUMMARY_FILE))

@@ -160,12 +160,12 @@ def write_report(sweep_dir: str | Path, out: str | Path | None = None) -> Path |
     Raises:
         RayftError: if ``sweep_dir`` is not a finished sweep.
     """
-    from rayft.storage import is_uri, resolve
+    from rayft.storage import resolve
     from rayft.sweep.results import read_summary
 
     summary = read_summary(sweep_dir)
-    if is_uri(str(sweep_dir)) and not out:
-        where = resolve(str(sweep_dir))
+    where = resolve(str(sweep_dir))
+    if not where.local and not out:
         where.write_text("report.html", render_html(summary))
         return where.uri(where.child("report.html").path)
     path = Path(out) if out else Path(sweep_dir) / "report.html"

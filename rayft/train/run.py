@@ -27,10 +27,8 @@ def storage_root(cfg: ExperimentConfig) -> Path:
 
 def storage_location(cfg: ExperimentConfig):
     """This experiment's runs folder (``output_dir/name``) on its filesystem: local, NFS or ``s3://...``."""
-    from rayft.storage import is_uri, resolve
+    from rayft.storage import resolve
 
-    if not is_uri(cfg.output_dir):
-        return resolve(storage_root(cfg))
     return resolve(cfg.output_dir).child(cfg.name)
 
 

@@ -117,3 +117,14 @@ def test_a_store_location_is_resolved_once_local_or_remote(tmp_path):
     assert AdapterStore(tmp_path / "s").remote is None
     remote = AdapterStore("s3://bucket/store?endpoint_override=127.0.0.1:9&scheme=http")
     assert remote.remote is not None and remote.root.startswith("s3://bucket/store")
+
+
+def test_locations_not_forks_on_path_or_uri(tmp_path):
+    from rayft.storage import is_relative_path
+    from rayft.sweep.results import read_summary
+
+    assert is_relative_path("runs") and is_relative_path("./store")
+    assert not is_relative_path(str(tmp_path)) and not is_relative_path("s3://bucket/runs")
+    assert not is_relative_path(f"file://{tmp_path}")
+    with pytest.raises(RayftError, match=r"not a finished sweep folder \(no rayft_sweep.json\); pass runs/"):
+        read_summary(tmp_path)
