@@ -13,31 +13,15 @@ import pytest
 import torch
 
 from conftest import cls_config
+from method_cases import CASES, HEAD
 from rayft.config import build_config
 from rayft.data import prepare_data
 from rayft.methods import METHODS, get_method
 from rayft.store import AdapterStore, export_checkpoint, load_for_inference
 
 pytestmark = pytest.mark.integration
-HEAD = r"classifier\.|pooler\."  # a new head (and BERT's pooler feeding it) trains with every method
-CASES = {  # method → (its parameters, the parameters allowed to change)
-    "full": ({"layer_decay": 0.8, "head_lr": 2e-2}, r"."),
-    "lora": ({"r": 4, "alpha": 8, "target_modules": ["query", "value"]}, r"lora_|classifier"),
-    "dora": ({"r": 4, "alpha": 8, "target_modules": ["query", "value"]}, r"lora_|classifier"),
-    "qlora": ({"r": 4, "alpha": 8, "target_modules": ["query", "value"]}, r"lora_|classifier"),
-    "ia3": ({}, r"ia3_|classifier"),
-    "prefix": ({"num_virtual_tokens": 4}, r"prompt_encoder|classifier"),
-    "prompt": ({"num_virtual_tokens": 4}, r"prompt_encoder|classifier"),
-    "ptuning": ({"num_virtual_tokens": 4, "encoder_hidden_size": 16}, r"prompt_encoder|classifier"),
-    "adapter": ({"placement": "houlsby", "size": 8}, r"bottleneck_adapters|classifier"),
-    "bitfit": ({}, r"\.bias$|classifier"),
-    # 2 blocks, one more every 8 steps from the top: block 1 opens at step 8, block 0 and embeddings never.
-    "unfreeze": ({"every": 8, "unit": "step", "layer_decay": 0.9}, r"layer\.1\.|" + HEAD),
-}
 STEPS = 16
 LR = {"full": 3e-3}  # everything moves with full fine-tuning: a smaller step
-
-
 
 
 def _case_config(name: str, tiny_bert: Path, sentiment_csv: Path, tmp: Path, stage: int = 2) -> dict:
