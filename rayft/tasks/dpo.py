@@ -22,7 +22,7 @@ from pydantic import Field
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX, REJECTED, pad_pairs
 from rayft.tasks.base import Task, TaskParams, register_task
-from rayft.tasks.sft import render_example
+from rayft.tasks.sft import render_example, token_logits
 
 REFERENCE_ATTR = "_rayft_reference"  # kept outside nn.Module registration: never trained, saved or sharded
 PARAMS_ATTR = "_rayft_dpo_params"
@@ -35,8 +35,7 @@ class DPOParams(TaskParams):
 
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Summed log-probabilities of each row's labelled (response) tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-    logits, labels = logits[:, :-1], batch["labels"][:, 1:]
+    logits, labels = token_logits(model, batch)[:, :-1], batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (token_logps * mask).sum(-1)

@@ -80,7 +80,8 @@ class ExtractiveQA(Task):
     roles = {"context": "context_column", "question": "question_column", "answers": "answers_column"}
     default_columns = {"context": "context", "question": "question", "answers": "answers"}
     params = QAParams
-    unsupported_methods = {m: VIRTUAL_TOKEN_REASON.replace("per-token head", "start/end heads")
+    unsupported_methods = {m: VIRTUAL_TOKEN_REASON.replace("the per-token head no longer lines up",
+                                                           "the start/end heads no longer line up")
                            for m in ("prompt", "prefix", "ptuning")}
 
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],

@@ -54,6 +54,16 @@ def render_example(tokenizer: Any, prompt: str, response: str, system: str | Non
     return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + eos, len(prompt_ids)
 
 
+def token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The causal LM's logits at the batch's own token positions (float32).
+
+    Prompt-learning adapters (``prompt``, ``ptuning``) prepend virtual tokens whose outputs come first: they are
+    dropped, so position ``i`` of the result always predicts token ``i + 1`` of ``input_ids``.
+    """
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return logits[:, -batch["input_ids"].size(1):].float()
+
+
 class InstructionTuning(Task):
     name = "sft"
     peft_task_type = "CAUSAL_LM"
@@ -105,7 +115,7 @@ class InstructionTuning(Task):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
     def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        logits = token_logits(model, batch)
         shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
         loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
                                ignore_index=IGNORE_INDEX, reduction="none").view(shift_labels.shape)
