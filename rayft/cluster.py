@@ -8,11 +8,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from rayft.options import QUIET_THREADS_VAR, StartupOptions, forwarded_env, startup_options, thread_env
 from rayft.paths import setup_env
 
-WORKER_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "RAYFT_CACHE", "WANDB_MODE",
+# Variables of the driver's environment that rayft's workers get too (rayft's own: rayft.options.forwarded_env).
+WORKER_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "WANDB_MODE",
               "HF_HUB_OFFLINE", "RAY_TRAIN_V2_ENABLED", "RAY_TRAIN_ENABLE_PRINT_PATCH", "HF_HUB_DISABLE_PROGRESS_BARS",
-              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT", "RAYFT_RAY_NICE")
+              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT")
 
 
 def free_port() -> int:
@@ -43,10 +45,10 @@ QUIET_NODE_ENV = {"RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0", "LOG_NAME_UPDATE_
 QUIET_AGENT_ENV = {"REPORTER_UPDATE_INTERVAL_MS": "60000"}
 
 
-def quiet_settings(dashboard: bool) -> tuple[dict[str, Any] | None, dict[str, str]]:
-    """The system config and the environment of a quiet local instance (``RAYFT_RAY_QUIET=0``: Ray's defaults).
-    Variables the user set keep their values."""
-    if os.environ.get("RAYFT_RAY_QUIET", "1") == "0":
+def quiet_settings(dashboard: bool, quiet: bool = True) -> tuple[dict[str, Any] | None, dict[str, str]]:
+    """The system config and the environment of a local instance: a quiet one, or with ``quiet=False``
+    (:attr:`rayft.options.StartupOptions.quiet_ray`) Ray's defaults. Variables the user set keep their values."""
+    if not quiet:
         return None, {}
     config = {k: v for k, v in QUIET_SYSTEM_CONFIG.items() if not (dashboard and k in DASHBOARD_NEEDS)}
     env = {**QUIET_NODE_ENV, **({} if dashboard else QUIET_AGENT_ENV)}
@@ -99,8 +101,8 @@ def lower_bookkeeping_priority(niceness: int) -> list[int]:
     """Renice the bookkeeping processes of the local Ray this process started, thread by thread; returns their pids.
 
     On a machine with few cores their periodic wake-ups take CPU time from the training threads; at the lowest
-    priority (19) they get the smallest share of a busy CPU (:mod:`rayft.train.quiet`). ``RAYFT_RAY_NICE=0``
-    turns this off.
+    priority (19) they get the smallest share of a busy CPU (:mod:`rayft.train.quiet`). ``niceness`` 0
+    (:attr:`rayft.options.StartupOptions.nice`) turns this off.
     """
     if niceness <= 0:
         return []
@@ -151,20 +153,23 @@ def starts_private_ray(address: str | None = None) -> bool:
 
 
 def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: bool = False,
-             dashboard: bool | None = None) -> dict[str, Any]:
+             dashboard: bool | None = None, options: StartupOptions | None = None) -> dict[str, Any]:
     """Start (or connect to) Ray with the environment rayft's workers need; returns cluster resources.
 
     ``address`` is ``None`` for a local Ray started here, or ``auto`` / ``HOST:PORT`` / ``ray://HOST:PORT``.
-    ``dashboard`` (local instances only; default: off unless ``RAYFT_DASHBOARD=1``) serves the web UI and the
-    Jobs and state APIs. Nothing rayft runs needs it: sweeps free the placement groups of stopped trials
-    through their hub (:mod:`rayft.sweep.hub`), not through Ray Train's cleaner, which polls the state API.
+    ``options`` (default: :func:`rayft.options.startup_options`) say how quiet a local instance is and how low
+    Ray's own threads run there. ``dashboard`` (local instances only; default: ``options.dashboard``, off)
+    serves the web UI and the Jobs and state APIs. Nothing rayft runs needs it: sweeps free the placement groups
+    of stopped trials through their hub (:mod:`rayft.sweep.hub`), not through Ray Train's cleaner, which polls
+    the state API.
     """
     import ray
 
     setup_env()
     if ray.is_initialized():
         return ray.cluster_resources()
-    env = {k: os.environ[k] for k in WORKER_ENV if k in os.environ}
+    options = options or startup_options()
+    env = {**{k: os.environ[k] for k in WORKER_ENV if k in os.environ}, **forwarded_env()}
     address = resolve_address(address)
     env = {k: v for k, v in env.items() if k not in _job_env_vars()}  # Ray refuses to merge duplicate keys
     kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": not quiet,
@@ -175,14 +180,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
         # folder with it). Everything relative was read by now: leave it for a folder nobody deletes.
         os.chdir(Path.home())
     if address:
-        os.environ.pop("RAYFT_QUIET_THREADS", None)  # a shared cluster's processes keep their priorities
+        os.environ.pop(QUIET_THREADS_VAR, None)  # a shared cluster's processes keep their priorities
         if "RAY_AUTH_MODE" not in os.environ and (Path.home() / ".ray" / "auth_token").is_file():
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters enable token auth when a token exists
         ray.init(address=address, **kwargs)
     else:
         # Without the dashboard (and its module processes) a 2-core machine trains a few percent faster.
         if dashboard is None:
-            dashboard = os.environ.get("RAYFT_DASHBOARD", "0") == "1"
+            dashboard = options.dashboard
         port_kwargs: dict[str, Any] = {}
         if dashboard:
             # Pin the state API's address for this instance: without it, Ray's state clients (the cleaner
@@ -191,13 +196,14 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
             os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
             env["RAY_API_SERVER_ADDRESS"] = os.environ["RAY_API_SERVER_ADDRESS"]
             port_kwargs["dashboard_port"] = port
-        nice = int(os.environ.get("RAYFT_RAY_NICE", "19"))
+        nice = options.nice
         lowered = nice > 0
         if lowered:  # Ray's own threads in this instance's processes yield to training (rayft.train.quiet)
-            os.environ["RAYFT_QUIET_THREADS"] = env["RAYFT_QUIET_THREADS"] = "1"
+            os.environ.update(thread_env(nice))
+            env.update(thread_env(nice))
         threads_before = thread_ids(os.getpid())
         # address="local": always a new instance; with no address Ray would join a `ray start` cluster on this machine.
-        quiet_config, quiet_env = quiet_settings(dashboard)
+        quiet_config, quiet_env = quiet_settings(dashboard, options.quiet_ray)
         with environ(quiet_env):  # read by the node's processes as they start
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
                      _system_config=quiet_config, **port_kwargs, **kwargs)

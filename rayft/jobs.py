@@ -149,7 +149,7 @@ def _own_package(runtime_env: dict[str, Any], tmp: Path) -> dict[str, Any]:
     workdir = runtime_env.get("working_dir")
     if not workdir or not Path(workdir).is_dir():
         return runtime_env
-    from ray._private.runtime_env.packaging import create_package
+    from rayft.ray_internals import create_package
 
     package = tmp / f"working_dir_{uuid.uuid4().hex[:12]}.zip"
     create_package(str(workdir), package, include_gitignore=True, excludes=list(runtime_env.get("excludes") or []))

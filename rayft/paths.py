@@ -10,8 +10,9 @@ from pathlib import Path
 
 def cache_dir(*parts: str) -> Path:
     """``$RAYFT_CACHE`` (default ``~/.cache/rayft``) joined with ``parts``, created on demand."""
-    root = Path(os.environ.get("RAYFT_CACHE") or Path.home() / ".cache" / "rayft")
-    path = root.joinpath(*parts)
+    from rayft.options import cache_root
+
+    path = cache_root().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from rayft.serve.api import ServeError
 
-TOKEN_ENV = "RAYFT_ADMIN_TOKEN"
+from rayft.options import ADMIN_TOKEN_VAR as TOKEN_ENV
+from rayft.options import admin_token
 
 
 def token_digest(token: str | None) -> str | None:
@@ -24,7 +24,7 @@ def token_digest(token: str | None) -> str | None:
 
 def configured_digest(token: str | None = None) -> str | None:
     """The digest of ``token``, else of ``$RAYFT_ADMIN_TOKEN``, else None."""
-    return token_digest(token or os.environ.get(TOKEN_ENV))
+    return token_digest(token or admin_token())
 
 
 def check_bearer(authorization: str | None, digest: str | None) -> None:

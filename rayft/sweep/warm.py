@@ -11,29 +11,26 @@ trial's processes got; the workers' environment names :mod:`rayft.train.preload`
 the training stack as they start. A prestarted process has run nothing of any trial.
 
 The hub prestarts for at most ``num_trials - concurrent`` later trials (the first ones start cold), and
-:func:`release_unused` ends the warm worker processes no trial took once the sweep is over. ``RAYFT_WARM=0`` turns
-it all off. Where the raylet refuses (another Ray version, a cluster that forbids it), trials start cold, as before.
+:func:`release_unused` ends the warm worker processes no trial took once the sweep is over. With
+``StartupOptions(warm_pool=False)`` (:mod:`rayft.options`; ``rayft sweep --no-warm-pool``, ``RAYFT_WARM=0``) it is
+all off. Where the raylet refuses (another Ray version, a cluster that forbids it), trials start cold, as before.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from typing import Any
 
 import ray
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+from rayft.ray_internals import WorkerGroupCallback, current_runtime_env, prestart_workers
 
 logger = logging.getLogger(__name__)
 
 KEEP_ALIVE_S = 3600  # Ray keeps an unused prestarted process at least this long
 PRESTART_SPACING_S = 1.0  # between two prestarts: a raylet starts as many processes at once as it has CPUs
 CONTROLLER_PROCESSES = 2  # the Train controller and its synchronisation actor share the controller's environment
-
-
-def enabled() -> bool:
-    return os.environ.get("RAYFT_WARM", "1") != "0"
 
 
 def warm_env(cfg: Any, model_type: str, tag: str) -> dict[str, str]:
@@ -46,8 +43,7 @@ def warm_env(cfg: Any, model_type: str, tag: str) -> dict[str, str]:
 
 def _process_env() -> tuple[str, str]:
     """(node id, serialized runtime environment) of the calling Ray process."""
-    core = ray._private.worker.global_worker.core_worker
-    return ray.get_runtime_context().get_node_id(), core.get_current_runtime_env()
+    return ray.get_runtime_context().get_node_id(), current_runtime_env()
 
 
 class WarmProcesses(WorkerGroupCallback):
@@ -72,24 +68,11 @@ def prestart(node_id: str, job_id: str, runtime_env: str, count: int, keep_alive
         LookupError: no live node has that id.
         grpc.RpcError: the raylet refused or could not be reached.
     """
-    from ray._private.grpc_utils import init_grpc_channel
-    from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc, runtime_environment_pb2
-    from ray.runtime_env import RuntimeEnvConfig
-
     node = next((n for n in ray.nodes() if n["Alive"] and n["NodeID"] == node_id), None)
     if node is None:
         raise LookupError(f"no live Ray node {node_id}")
-    channel = init_grpc_channel(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}")
-    try:
-        info = runtime_environment_pb2.RuntimeEnvInfo(
-            serialized_runtime_env=runtime_env,
-            runtime_env_config=RuntimeEnvConfig.default_config().build_proto_runtime_env_config())
-        node_manager_pb2_grpc.NodeManagerServiceStub(channel).PrestartWorkers(
-            node_manager_pb2.PrestartWorkersRequest(language=common_pb2.PYTHON, job_id=bytes.fromhex(job_id),
-                                                    runtime_env_info=info, keep_alive_duration_secs=keep_alive_s,
-                                                    num_workers=count), timeout=10)
-    finally:
-        channel.close()
+    prestart_workers(f"{node['NodeManagerAddress']}:{node['NodeManagerPort']}", job_id, runtime_env, count,
+                     keep_alive_s)
 
 
 def idle_warm(tag: str) -> list[int]:
@@ -99,12 +82,13 @@ def idle_warm(tag: str) -> list[int]:
     """
     import psutil
 
-    from rayft.train.preload import TAG_VAR
+    from rayft.options import worker_preload
 
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         try:
-            if (proc.info.get("cmdline") or [""])[0].startswith("ray::IDLE") and proc.environ().get(TAG_VAR) == tag:
+            idle = (proc.info.get("cmdline") or [""])[0].startswith("ray::IDLE")
+            if idle and worker_preload(proc.environ()).tag == tag:
                 found.append(proc.pid)
         except (psutil.Error, OSError):
             continue  # gone meanwhile, or not ours to read

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import sys
 
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
+from ray.air.integrations.wandb import WandbLoggerCallback
+
+from rayft.ray_internals import RayWandbLoggingActor
 
 
-class WandbLoggingActor(_WandbLoggingActor):
+class WandbLoggingActor(RayWandbLoggingActor):
     """Ray's per-trial logging actor that also shuts W&B's service down when the trial's run is finished."""
 
     def run(self) -> None:

@@ -11,7 +11,6 @@ Raises nothing of its own: process-group errors surface from the workers as Ray 
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -20,22 +19,17 @@ from typing import Any
 import ray
 from ray.train.backend import Backend, BackendConfig
 
+from rayft import ray_internals
+
 logger = logging.getLogger(__name__)
 
-TORCH_CONFIG = "ray.train.torch.config"
-# The functions of ``ray.train.torch.config`` called in the workers (a unit test checks they exist).
-WORKER_FUNCTIONS = ("_set_torch_distributed_env_vars", "_setup_torch_process_group", "_shutdown_torch",
-                    "TorchConfigContextManager")
 SHUTDOWN_TIMEOUT_S = 30
 
 
-def _torch_config_attr(name: str) -> Any:
-    """``ray.train.torch.config.<name>``; importing that module imports torch, so only workers call this."""
-    return getattr(importlib.import_module(TORCH_CONFIG), name)
-
-
 def _call_in_worker(name: str, **kwargs: Any) -> Any:
-    return _torch_config_attr(name)(**kwargs)
+    """``ray.train.torch.config``'s function ``name`` (see :data:`rayft.ray_internals.PRIVATE`); resolving it
+    imports torch, so only workers call this."""
+    return getattr(ray_internals, name)(**kwargs)
 
 
 def _set_master(addr: str, port: int) -> None:
@@ -47,7 +41,7 @@ class WorkerDeviceContext:
     """Ray's ``TorchConfigContextManager`` around the training function (selects a GPU worker's device)."""
 
     def __enter__(self) -> Any:
-        self._inner = _torch_config_attr("TorchConfigContextManager")()
+        self._inner = ray_internals.TorchConfigContextManager()
         return self._inner.__enter__()
 
     def __exit__(self, *exc: Any) -> Any:
@@ -76,9 +70,7 @@ class WorkerTorchConfig(BackendConfig):
 
     @property
     def framework(self) -> Any:
-        from ray.train.v2._internal.util import TrainingFramework
-
-        return TrainingFramework.TORCH
+        return ray_internals.TrainingFramework.TORCH
 
     def to_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}
@@ -90,12 +82,10 @@ class WorkerTorchBackend(Backend):
     share_cuda_visible_devices: bool = True
 
     def on_start(self, worker_group: Any, backend_config: WorkerTorchConfig) -> None:
-        from ray.train._internal.utils import get_address_and_port
-
-        addr, port = worker_group.execute_single(0, get_address_and_port)
+        addr, port = worker_group.execute_single(0, ray_internals.get_address_and_port)
         worker_group.execute(_set_master, addr=addr, port=port)
-        worker_group.execute(_call_in_worker, name="_set_torch_distributed_env_vars")
-        ray.get([worker_group.execute_single_async(i, _call_in_worker, name="_setup_torch_process_group",
+        worker_group.execute(_call_in_worker, name="set_torch_distributed_env_vars")
+        ray.get([worker_group.execute_single_async(i, _call_in_worker, name="setup_torch_process_group",
                                                    backend=backend_config.backend, world_rank=i,
                                                    world_size=len(worker_group), init_method="env://",
                                                    timeout_s=backend_config.timeout_s)
@@ -104,7 +94,7 @@ class WorkerTorchBackend(Backend):
     def on_shutdown(self, worker_group: Any, backend_config: WorkerTorchConfig) -> None:
         from ray.exceptions import GetTimeoutError
 
-        futures = worker_group.execute_async(_call_in_worker, name="_shutdown_torch",
+        futures = worker_group.execute_async(_call_in_worker, name="shutdown_torch",
                                              destroy_process_group=len(worker_group) > 1)
         try:
             ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)

@@ -14,24 +14,24 @@ training loop itself.
 from __future__ import annotations
 
 import importlib
-import os
 import time
 
+from rayft.options import WorkerPreload, worker_preload
+
 HOOK = "rayft.train.preload.import_training_stack"
-# Ray's (private) variable naming a process's setup hook; ``ray.init`` sets it only job-wide, Train workers need
-# it per actor. A unit test checks it against ``ray._private.ray_constants``.
-SETUP_HOOK_VAR = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
-MODEL_TYPE_VAR = "RAYFT_PRELOAD_MODEL_TYPE"  # e.g. "bert": transformers.models.bert.modeling_bert
-QUANTIZED_VAR = "RAYFT_PRELOAD_QUANTIZED"  # "1": the method uses bitsandbytes
-TAG_VAR = "RAYFT_PRELOAD_TAG"  # the sweep the process was started for (to find its unused ones at the end)
 
 warm_since: float | None = None  # when this process finished importing the training stack (None: never)
 
 
 def preload_env(model_type: str, quantized: bool, tag: str) -> dict[str, str]:
-    """Environment variables that make a Ray worker process import the training stack as it starts."""
-    return {SETUP_HOOK_VAR: HOOK, MODEL_TYPE_VAR: model_type, QUANTIZED_VAR: "1" if quantized else "0",
-            TAG_VAR: tag}
+    """Environment variables that make a Ray worker process import the training stack as it starts.
+
+    Ray's variable naming a process's setup hook is private: ``ray.init`` sets it only job-wide, Train workers
+    need it per actor.
+    """
+    from rayft.ray_internals import SETUP_HOOK_VAR
+
+    return {SETUP_HOOK_VAR: HOOK, **WorkerPreload(model_type, quantized, tag).env()}
 
 
 def import_training_stack() -> None:
@@ -39,14 +39,15 @@ def import_training_stack() -> None:
     global warm_since
     from rayft.train.entry import keep_out_bitsandbytes
 
-    if os.environ.get(QUANTIZED_VAR) != "1":
+    preload = worker_preload()
+    if not preload.quantized:
         keep_out_bitsandbytes()
     for name in ("rayft.train.worker", "peft", "deepspeed", "deepspeed.runtime.engine",
                  "deepspeed.runtime.zero.stage_1_and_2", "transformers.optimization",
                  # DeepSpeed's optimizer check imports its Muon optimizer, which calls torch.compile at import
                  # time and so imports torch's inductor: about 3 s of the engine's start on two cores.
                  "deepspeed.runtime.zero.muon.muon_optimizer",
-                 _modeling_module(os.environ.get(MODEL_TYPE_VAR, ""))):
+                 _modeling_module(preload.model_type)):
         if name:
             try:
                 importlib.import_module(name)

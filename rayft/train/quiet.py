@@ -14,8 +14,9 @@ training threads changed throughput by nothing measurable, see docs/benchmarks.m
   threads;
 - the Ray Train controller and the run's synchronisation actor (:class:`QuietRun`).
 
-Only local instances (``RAYFT_QUIET_THREADS=1``, set by :func:`rayft.cluster.init_ray`) do this: on a shared
-cluster rayft leaves other processes' priorities alone. Linux only; elsewhere it does nothing.
+Only local instances do this (:func:`rayft.cluster.init_ray` hands the niceness to their processes, read back by
+:func:`rayft.options.thread_niceness`): on a shared cluster rayft leaves other processes' priorities alone.
+Linux only; elsewhere it does nothing.
 """
 
 from __future__ import annotations
@@ -24,20 +25,15 @@ import os
 import threading
 from typing import Any
 
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
+from rayft.options import thread_niceness
+from rayft.ray_internals import ControllerCallback, WorkerGroupCallback
 
-ENV = "RAYFT_QUIET_THREADS"
-NICE_ENV = "RAYFT_RAY_NICE"
 # Ray Train's helper actors of a run, by process title: they coordinate, they never compute.
 HELPERS = ("ray::SynchronizationActor", "ray::_AutoscalingCoordinatorActor")
 
 
 def enabled() -> bool:
-    return os.environ.get(ENV) == "1" and hasattr(os, "setpriority")
-
-
-def niceness() -> int:
-    return int(os.environ.get(NICE_ENV, "19"))
+    return thread_niceness() > 0 and hasattr(os, "setpriority")
 
 
 def quiet_ray_threads(keep_names: tuple[str, ...] = (), only_names: tuple[str, ...] = ()) -> int:
@@ -56,7 +52,7 @@ def quiet_ray_threads(keep_names: tuple[str, ...] = (), only_names: tuple[str, .
         name = _thread_name(pid, tid) if keep_names or only_names else ""
         if (keep_names and name.startswith(keep_names)) or (only_names and not name.startswith(only_names)):
             keep.add(tid)
-    return renice_threads(pid, niceness(), frozenset(keep))
+    return renice_threads(pid, thread_niceness(), frozenset(keep))
 
 
 def quiet_worker_threads(world_size: int) -> int:
@@ -90,7 +86,7 @@ def quiet_processes(titles: tuple[str, ...]) -> list[int]:
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or [""]
-        if cmdline and cmdline[0].startswith(titles) and renice_threads(proc.info["pid"], niceness()):
+        if cmdline and cmdline[0].startswith(titles) and renice_threads(proc.info["pid"], thread_niceness()):
             found.append(proc.info["pid"])
     return found
 
@@ -102,7 +98,7 @@ class QuietRun(ControllerCallback, WorkerGroupCallback):
         if enabled():
             from rayft.cluster import renice_threads
 
-            renice_threads(os.getpid(), niceness())
+            renice_threads(os.getpid(), thread_niceness())
 
     def after_worker_group_start(self, worker_group: Any) -> None:
         quiet_processes(HELPERS)

@@ -11,17 +11,16 @@ from conftest import cls_config
 
 
 def test_worker_side_functions_of_ray_torch_config_exist():
-    import ray.train.torch.config as torch_config
+    from rayft import ray_internals
 
-    from rayft.train.backend import WORKER_FUNCTIONS
-
-    assert all(callable(getattr(torch_config, name, None)) for name in WORKER_FUNCTIONS)
+    shipped = [name for name, (module, _) in ray_internals.PRIVATE.items() if module == "ray.train.torch.config"]
+    assert len(shipped) == 4 and all(callable(getattr(ray_internals, name)) for name in shipped)
 
 
 def test_worker_torch_config_describes_itself_as_ray_torch_config_does():
     from ray.train.torch import TorchConfig
-    from ray.train.v2._internal.util import TrainingFramework
 
+    from rayft.ray_internals import TrainingFramework
     from rayft.train.backend import WorkerDeviceContext, WorkerTorchBackend, WorkerTorchConfig
 
     ours, rays = WorkerTorchConfig(backend="gloo", timeout_s=60), TorchConfig(backend="gloo", timeout_s=60)
@@ -40,15 +39,17 @@ def test_the_trial_and_controller_side_never_import_torch(tiny_bert, sentiment_c
     raw.write_text(json.dumps(dump_config(build_config(cls_config(tiny_bert, sentiment_csv, tmp_path)))))
     script = f"""
 import json, pickle, sys
-from rayft.sweep.run import apply_sample, rayft_trial  # noqa: F401  (the trial function's module)
+from rayft.sweep.run import apply_sample
+from rayft.sweep.trial import rayft_trial  # noqa: F401  (the trial function's module)
 from rayft.train.run import make_trainer
 from rayft.sweep.hub import hub_callbacks  # the trial's Train callbacks (they run on the controller)
 trainer = make_trainer(apply_sample(json.load(open({str(raw)!r})), {{"train.lr": 1e-3}}), None, run_name="t", storage_path={str(tmp_path)!r},
                        callbacks=hub_callbacks(None, "t@0"))
 import ray.cloudpickle
-from rayft.train.scaling import LocalScalingPolicy  # what the controller gets on a Ray started by rayft
+from rayft.ray_internals import LocalScalingPolicy  # what the controller gets on a Ray started by rayft
 policy = LocalScalingPolicy(trainer.scaling_config)
-ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker, trainer.run_config.callbacks, policy)))
+shipped = ray.cloudpickle.loads(ray.cloudpickle.dumps((trainer.backend_config, trainer.train_loop_per_worker, trainer.run_config.callbacks, policy)))
+assert type(shipped[3]) is LocalScalingPolicy  # by reference: the controller imports rayft.ray_internals
 print(json.dumps(sorted(m for m in ("torch", "transformers", "peft", "deepspeed") if m in sys.modules)))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -105,9 +106,9 @@ def test_the_local_scaling_policy_decides_as_rays_fixed_one_without_a_coordinato
     from types import SimpleNamespace
 
     from ray.train import ScalingConfig
-    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, NoopDecision, ResizeDecision
+    from ray.train.v2._internal.execution.scaling_policy import NoopDecision, ResizeDecision
 
-    from rayft.train.scaling import LocalScalingPolicy
+    from rayft.ray_internals import FixedScalingPolicy, LocalScalingPolicy
 
     scaling = ScalingConfig(num_workers=3, resources_per_worker={"CPU": 2})
     ours, rays = LocalScalingPolicy(scaling), FixedScalingPolicy(scaling)
@@ -125,7 +126,6 @@ def test_a_quiet_local_ray_keeps_task_events_for_the_dashboard_and_restores_the_
     from rayft.cluster import (DASHBOARD_NEEDS, QUIET_AGENT_ENV, QUIET_NODE_ENV, QUIET_SYSTEM_CONFIG, environ,
                                quiet_settings)
 
-    monkeypatch.delenv("RAYFT_RAY_QUIET", raising=False)
     for key in (*QUIET_AGENT_ENV, *QUIET_NODE_ENV):
         monkeypatch.delenv(key, raising=False)
     config, env = quiet_settings(dashboard=False)
@@ -138,5 +138,4 @@ def test_a_quiet_local_ray_keeps_task_events_for_the_dashboard_and_restores_the_
     assert "RAYFT_TEST_ENV" not in os.environ and os.environ["RAYFT_TEST_KEPT"] == "before"
     monkeypatch.setenv("REPORTER_UPDATE_INTERVAL_MS", "7")  # the user's own setting wins
     assert quiet_settings(dashboard=False)[1] == QUIET_NODE_ENV
-    monkeypatch.setenv("RAYFT_RAY_QUIET", "0")
-    assert quiet_settings(dashboard=False) == (None, {})
+    assert quiet_settings(dashboard=False, quiet=False) == (None, {})  # StartupOptions(quiet_ray=False)

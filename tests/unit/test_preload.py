@@ -7,20 +7,24 @@ import os
 import subprocess
 import sys
 
+from rayft.options import PRELOAD_MODEL_TYPE_VAR, PRELOAD_QUANTIZED_VAR, WorkerPreload, worker_preload
 from rayft.train import preload
 
 
 def test_the_setup_hook_variable_is_rays():
-    from ray._private import ray_constants
+    from rayft.ray_internals import SETUP_HOOK_VAR
 
-    assert preload.SETUP_HOOK_VAR == ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    assert SETUP_HOOK_VAR == "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"
 
 
 def test_preload_env_names_the_hook_model_and_sweep():
+    from rayft.ray_internals import SETUP_HOOK_VAR
+
     env = preload.preload_env("bert", False, "sweep-1")
-    assert env[preload.SETUP_HOOK_VAR] == preload.HOOK
-    assert env[preload.MODEL_TYPE_VAR] == "bert" and env[preload.QUANTIZED_VAR] == "0"
-    assert env[preload.TAG_VAR] == "sweep-1"
+    assert env[SETUP_HOOK_VAR] == preload.HOOK
+    assert worker_preload(env) == WorkerPreload(model_type="bert", quantized=False, tag="sweep-1")
+    assert env[PRELOAD_MODEL_TYPE_VAR] == "bert" and env[PRELOAD_QUANTIZED_VAR] == "0"
+    assert worker_preload({}) == WorkerPreload()  # a process started without the hook
     module, func = preload.HOOK.rsplit(".", 1)
     assert module == preload.__name__ and callable(getattr(preload, func))
 
@@ -41,8 +45,8 @@ def test_warm_env_marks_quantizing_methods():
     def method(name):
         return SimpleNamespace(method=SimpleNamespace(name=name))
 
-    assert warm_env(method("qlora"), "bert", "s")[preload.QUANTIZED_VAR] == "1"
-    assert warm_env(method("lora"), "bert", "s")[preload.QUANTIZED_VAR] == "0"
+    assert worker_preload(warm_env(method("qlora"), "bert", "s")).quantized
+    assert not worker_preload(warm_env(method("lora"), "bert", "s")).quantized
 
 
 def test_the_hook_imports_the_training_stack_without_bitsandbytes():
@@ -52,7 +56,7 @@ def test_the_hook_imports_the_training_stack_without_bitsandbytes():
             "print(json.dumps({'warm': preload.warm_since is not None, 'bnb': sys.modules.get('bitsandbytes', 0),"
             " 'mods': [m for m in ('deepspeed.runtime.engine', 'peft', 'transformers.models.bert.modeling_bert',"
             " 'rayft.train.worker') if m in sys.modules]}))")
-    env = {**os.environ, preload.MODEL_TYPE_VAR: "bert", preload.QUANTIZED_VAR: "0"}
+    env = {**os.environ, **WorkerPreload(model_type="bert", quantized=False).env()}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from rayft.options import QUIET_THREADS_VAR, thread_env
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
 # What a thread left alone keeps: the niceness the tests started at (0 unless they run under `nice`).
 BASE = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
@@ -44,7 +46,7 @@ def run(env: dict[str, str]) -> dict:
 
 
 def test_on_a_local_ray_every_thread_but_the_callers_and_gloos_is_lowered_with_peers():
-    seen = run({"RAYFT_QUIET_THREADS": "1", "RAYFT_RAY_NICE": "19"})
+    seen = run(thread_env(19))
     assert seen["nice"]["ray-io"] == 19
     assert seen["nice"]["gloo_tcp_loop"] == BASE and seen["nice"]["caller"] == BASE
     assert seen["nice"]["later"] == BASE  # threads the training thread starts (intra-op pools) keep its priority
@@ -52,13 +54,13 @@ def test_on_a_local_ray_every_thread_but_the_callers_and_gloos_is_lowered_with_p
 
 
 def test_a_lone_worker_lowers_gloos_threads_too():
-    seen = run({"RAYFT_QUIET_THREADS": "1", "RAYFT_RAY_NICE": "19", "WORLD": "1"})
+    seen = run({**thread_env(19), "WORLD": "1"})
     assert seen["nice"]["ray-io"] == 19 and seen["nice"]["gloo_tcp_loop"] == 19
     assert seen["nice"]["caller"] == BASE and seen["nice"]["later"] == BASE
 
 
 def test_elsewhere_nothing_changes():
-    seen = run({"RAYFT_QUIET_THREADS": "0"})
+    seen = run({QUIET_THREADS_VAR: "0"})
     assert seen["changed"] == 0 and set(seen["nice"].values()) == {BASE}
 
 
@@ -134,7 +136,7 @@ def _late(world: int) -> dict:
     import os
 
     out = subprocess.run([sys.executable, "-c", LATE], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "RAYFT_QUIET_THREADS": "1", "RAYFT_RAY_NICE": "19", "WORLD": str(world)})
+                         env={**os.environ, **thread_env(19), "WORLD": str(world)})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
