@@ -1,0 +1,77 @@
+"""Choosing the next token of one sequence, and turning its tokens into streamed text that never shows a stop string."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from rayft.generate.params import SamplingParams
+
+
+def make_generator(params: SamplingParams, index: int) -> torch.Generator | None:
+    """The random source of choice ``index``: seeded from ``params.seed + index``, or from torch's global seed."""
+    if params.greedy:
+        return None
+    gen = torch.Generator()
+    gen.manual_seed(params.seed + index if params.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+    return gen
+
+
+def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator | None) -> int:
+    """The next token from one row of logits: argmax when greedy, else temperature, top-k, top-p, then a draw."""
+    if params.greedy:
+        return int(logits.argmax())
+    scores = logits.float() / params.temperature
+    if 0 < params.top_k < scores.numel():
+        kth = torch.topk(scores, params.top_k).values[-1]
+        scores = scores.masked_fill(scores < kth, float("-inf"))
+    if params.top_p < 1.0:
+        ordered, order = torch.sort(scores, descending=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        drop = cumulative - ordered.softmax(-1) >= params.top_p  # keep the smallest head reaching top_p
+        scores = scores.index_fill(0, order[drop], float("-inf"))
+    probs = scores.softmax(-1)
+    return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+class TextStream:
+    """The text of one choice, released piece by piece.
+
+    The whole answer is decoded again on each token (byte-level tokenizers merge bytes across tokens, so decoding
+    tokens one at a time is wrong). Text is released only when no stop string can still start inside it: the last
+    ``len(longest stop) - 1`` characters are held back, and so is a trailing replacement character (half of a
+    multi-byte character). A stop string found anywhere in the text ends the choice there, even one spanning tokens.
+    """
+
+    def __init__(self, tokenizer: Any, stops: tuple[str, ...]) -> None:
+        self.tok, self.stops = tokenizer, stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.ids: list[int] = []
+        self.text = ""  # all text released so far
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Adds one token; returns the newly released text ('' when nothing can be released yet)."""
+        self.ids.append(token)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        start = max(len(self.text) - self.hold, 0)  # an earlier stop would have been found already
+        cut = min((i for i in (text.find(s, start) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return self._release(text[:cut])
+        if text.endswith("\ufffd"):
+            return ""
+        return self._release(text[: len(text) - self.hold] if self.hold else text)
+
+    def flush(self) -> str:
+        """Releases what was held back (the choice ended for another reason than a stop string)."""
+        if self.stopped:
+            return ""
+        return self._release(self.tok.decode(self.ids, skip_special_tokens=True))
+
+    def _release(self, text: str) -> str:
+        if len(text) <= len(self.text):
+            return ""
+        delta, self.text = text[len(self.text):], text
+        return delta
