@@ -82,13 +82,13 @@ def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
 def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]:
     """The task's own parameters, and whether the configured method can serve this task."""
     from rayft.methods import METHODS
-    from rayft.tasks import TASKS, TaskParams, method_problem
+    from rayft.tasks import TASKS, method_problem
 
     name = task.get("name", schema.default("task.name"))
     if not isinstance(name, str) or name not in TASKS:
         return []  # reported by check_names
     entry = TASKS.get(name)
-    schema_cls = getattr(entry, "params", TaskParams)
+    schema_cls = entry.params
     errors = []
     try:
         schema_cls.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
@@ -198,10 +198,10 @@ def _searches_method(sweep: dict[str, Any]) -> bool:
 
 def _task_schema(raw: dict[str, Any]) -> type[BaseModel] | None:
     """The configured task's own parameter schema (searchable as ``task.<name>``), if the task is known."""
-    from rayft.tasks import TASKS, TaskParams
+    from rayft.tasks import TASKS
 
     name = section_name(raw, "task")
-    return getattr(TASKS.get(name), "params", TaskParams) if isinstance(name, str) and name in TASKS else None
+    return TASKS.get(name).params if isinstance(name, str) and name in TASKS else None
 
 
 def _check_distribution(path: str, model: type[BaseModel], field: str, dist: Any) -> list[FieldError]:
