@@ -24,6 +24,20 @@ def test_overrides_stand_anywhere_after_the_config():
     assert parse_args(["validate", "exp.yaml"]).overrides == []
 
 
+def test_submit_takes_overrides_after_its_options(tiny_bert, sentiment_csv, tmp_path, monkeypatch):
+    import yaml
+
+    from rayft import jobs
+
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump(cls_config(tiny_bert, sentiment_csv, tmp_path)))
+    sent: list = []
+    monkeypatch.setattr(jobs, "submit", lambda address, sub, token=None: sent.append(sub) or "raysubmit_1")
+    assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "train.epochs=3", "--working-dir",
+                 str(tmp_path), "--run", "validate", "sweep.num_trials=2"]) == 0
+    assert [s.entrypoint for s in sent] == ["python -m rayft.cli validate exp.yaml train.epochs=3 sweep.num_trials=2"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["submit", "exp.yaml", "--address", "http://h:8265", "train.lr"], "'train.lr' is neither an option of "
                                                                       "`rayft submit` nor an override"),
