@@ -58,6 +58,23 @@ def internal_error(reason: str = "internal server error") -> ServeError:
     return ServeError(500, reason, "server_error", "internal_error")
 
 
+def short_error(exc: BaseException) -> str:
+    """``<type>: <first line>`` of an exception, at most 300 characters (what a client is told)."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def inference_failed(exc: BaseException) -> ServeError:
+    """A 500 for an exception raised while running a model."""
+    return internal_error(f"inference failed: {short_error(exc)}")
+
+
+def evicted() -> ServeError:
+    """A 503 for a request whose model was evicted (LRU) before the request could pin it."""
+    return ServeError(503, "the model was evicted while waiting; retry or raise max_adapters", "server_error",
+                      "overloaded")
+
+
 def validation_error(errors: Iterable[dict[str, Any]], hint: str | None = None) -> ServeError:
     """A 422 naming every bad field of a request body (from pydantic/FastAPI error dicts), plus a hint."""
     parts = []

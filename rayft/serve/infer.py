@@ -1,8 +1,11 @@
-"""Batched classification across adapters and token streaming, on the models of one replica. Free of Ray.
+"""Inference on the models of one replica, free of Ray: the one place that tokenizes, runs models and shapes
+their answers, for ``/v1/classify``, ``/v1/completions`` and ``/v1/chat/completions``.
 
-Requests for different LoRA adapters on the same base run as one forward pass with peft's mixed-adapter
-batches (``adapter_names=[...]``, one name per row); other methods (DoRA, prompt learning) and full-weight
-models run one group per model.
+The model deployment (:mod:`rayft.serve.replica`) and the tests call these functions on the models that
+:mod:`rayft.serve.runtime` loads. Classification requests for different LoRA adapters on the same base run as one
+forward pass with peft's mixed-adapter batches (``adapter_names=[...]``, one name per row); other methods (DoRA,
+prompt learning) and full-weight models run one group per model. Generation runs one prompt at a time, plain or
+streamed token by token.
 """
 
 from __future__ import annotations
@@ -11,8 +14,9 @@ from typing import Any, Callable
 
 import torch
 
-from rayft.serve.api import ServeError
-from rayft.serve.runtime import LoadedModel, activate, complete, short_error
+from rayft.serve.api import ServeError, evicted, inference_failed
+from rayft.serve.runtime import LoadedModel, activate
+from rayft.tasks.sft import FALLBACK_TEMPLATE, _ids, generate
 
 ROWS_PER_FORWARD = 64
 
@@ -32,6 +36,33 @@ def _engine(item: tuple[LoadedModel, list[str]]) -> int:
     return id(loaded.entry) if loaded.entry is not None else id(loaded)
 
 
+def classify(loaded: LoadedModel, inputs: list[str]) -> list[dict[str, Any]]:
+    """Classify one request's inputs in process (pinning the model for the call): per input ``{"label",
+    "probabilities"}``, as ``/v1/classify`` answers.
+
+    Raises:
+        ServeError: 503 if the model was evicted, 500 if inference failed.
+    """
+    if not loaded.acquire():
+        raise evicted()
+    try:
+        (out,) = classify_many([(loaded, inputs)])
+    finally:
+        loaded.release()
+    return rows_of(out)
+
+
+def rows_of(out: list[dict[str, Any]] | ServeError) -> list[dict[str, Any]]:
+    """One request's entry of :func:`classify_many`: its rows.
+
+    Raises:
+        ServeError: the request's error.
+    """
+    if isinstance(out, ServeError):
+        raise out
+    return out
+
+
 def classify_many(items: list[tuple[LoadedModel, list[str]]]) -> list[Any]:
     """Classify the inputs of several requests; per request its rows, or a :class:`ServeError`.
 
@@ -49,8 +80,7 @@ def classify_many(items: list[tuple[LoadedModel, list[str]]]) -> list[Any]:
         except ServeError as exc:
             outs = [exc] * len(members)
         except Exception as exc:  # noqa: BLE001 - one group's failure is its requests' alone
-            outs = [ServeError(500, f"inference failed: {short_error(exc)}", "server_error", "internal_error")] \
-                * len(members)
+            outs = [inference_failed(exc)] * len(members)
         for i, out in zip(members, outs):
             results[i] = out
     return results
@@ -101,6 +131,65 @@ class _Sequential(Exception):
     """Adapters that cannot share one forward pass."""
 
 
+# ---------------------------------------------------------------- generation
+
+
+def completion_prompts(loaded: LoadedModel, prompts: list[str]) -> list[list[int]]:
+    """Token ids of plain-text prompts (no chat template: ``/v1/completions`` semantics)."""
+    return [loaded.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+
+
+def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of a conversation followed by the assistant turn opener (the model's system prompt first,
+    unless the conversation has one)."""
+    tok = loaded.tokenizer
+    if loaded.system_prompt and not any(m["role"] == "system" for m in messages):
+        messages = [{"role": "system", "content": loaded.system_prompt}] + messages
+    if getattr(tok, "chat_template", None):
+        return _ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
+    turns = [m for m in messages if m["role"] != "system"]
+    history = "".join(f"{m['role']}: {m['content']}\n" for m in turns[:-1])
+    text = (system + "\n\n" if system else "") + history + FALLBACK_TEMPLATE.format(prompt=turns[-1]["content"]
+                                                                                    if turns else "")
+    return tok(text, add_special_tokens=True)["input_ids"]
+
+
+def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
+             generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Generate one continuation; ``params``: max_tokens, temperature, top_p, stop, seed.
+
+    Returns ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``.
+
+    Raises:
+        ServeError: 400 if the prompt leaves no room in the model's context.
+    """
+    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
+    room = limit - len(prompt_ids)
+    if room < 1:
+        raise ServeError(400, f"the prompt has {len(prompt_ids)} tokens; model {loaded.model_id!r} takes at most "
+                              f"{limit}", "invalid_request_error", "context_length_exceeded")
+    new, finish = generate(model, loaded.tokenizer, prompt_ids, min(params["max_tokens"], room),
+                           params["temperature"], params["top_p"], params.get("seed"), generate_kwargs)
+    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
+    for stop in params.get("stop") or []:
+        if stop in text:
+            text, finish = text[: text.index(stop)], "stop"
+    return {"text": text, "finish_reason": finish, "prompt_tokens": len(prompt_ids),
+            "completion_tokens": len(new)}
+
+
+def complete_text(loaded: LoadedModel, model: Any, prompts: list[str], params: dict[str, Any]) -> list[dict]:
+    """Plain-text completion of each prompt (``/v1/completions``)."""
+    return [complete(loaded, model, ids, params) for ids in completion_prompts(loaded, prompts)]
+
+
+def complete_chat(loaded: LoadedModel, model: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> dict:
+    """The assistant's reply to a conversation, rendered with the tokenizer's chat template
+    (``/v1/chat/completions``)."""
+    return complete(loaded, model, render_chat(loaded, messages), params)
+
+
 # ---------------------------------------------------------------- streaming
 
 
@@ -143,7 +232,7 @@ class _TextStream:
 
 def stream_complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
                     emit: Callable[[str], None]) -> dict[str, Any]:
-    """:func:`rayft.serve.runtime.complete`, calling ``emit(text)`` with each new piece of the answer."""
+    """:func:`complete`, calling ``emit(text)`` with each new piece of the answer."""
     from transformers import StoppingCriteriaList
 
     stream = _TextStream(loaded.tokenizer, params.get("stop") or [], emit)

@@ -3,6 +3,8 @@
 Each replica loads the base once and hot-swaps adapters with ``@serve.multiplexed`` (LRU of ``max_adapters``
 resident models). Classification requests are gathered by ``@serve.batch``: requests for different LoRA
 adapters on the base share one forward pass (peft mixed-adapter batches). Completions stream token by token.
+Models come from :mod:`rayft.serve.runtime`, answers from :mod:`rayft.serve.infer`; this class adds Serve's
+multiplexing, batching, pinning against eviction and the threads that keep the event loop free.
 """
 
 # No ``from __future__ import annotations``: Serve inspects these methods.
@@ -14,7 +16,7 @@ from typing import Any, AsyncIterator, Callable
 from ray import serve
 
 from rayft.serve import infer, runtime
-from rayft.serve.api import CLASSIFY_TASK, SFT_TASK, ServeError, internal_error
+from rayft.serve.api import CLASSIFY_TASK, SFT_TASK, ServeError, evicted, inference_failed
 from rayft.store import AdapterStore
 
 logger = logging.getLogger("ray.serve")
@@ -56,8 +58,7 @@ class ModelServer:
                                  "invalid_request_error", "wrong_task")
             if loaded.acquire():
                 return loaded
-        raise ServeError(503, "the model was evicted while waiting; retry or raise max_adapters",
-                         "server_error", "overloaded")
+        raise evicted()
 
     @staticmethod
     async def _unpin(loaded: runtime.LoadedModel) -> None:
@@ -73,7 +74,7 @@ class ModelServer:
             return {"error": exc.to_dict()}
         except Exception as exc:  # noqa: BLE001 - a replica answers, it does not crash on one request
             logger.exception("request for %s failed", serve.get_multiplexed_model_id())
-            return {"error": internal_error(f"inference failed: {runtime.short_error(exc)}").to_dict()}
+            return {"error": inference_failed(exc).to_dict()}
 
     async def warm(self) -> dict[str, Any]:
         """Load the request's model now (admin ``warm``); ``{"result": model_id}``."""
@@ -91,9 +92,7 @@ class ModelServer:
                 out = await self.classify_batch((loaded, inputs))
             finally:
                 await self._unpin(loaded)
-            if isinstance(out, ServeError):
-                raise out
-            return out
+            return infer.rows_of(out)
         return await self._guarded(go)
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
@@ -109,22 +108,20 @@ class ModelServer:
 
     async def completions(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:
         """``{"result": [{"text", "finish_reason", "prompt_tokens", "completion_tokens"}, ...]}``."""
-        return await self._guarded(lambda: self._generate(lambda lm, m: runtime.complete_text(lm, m, prompts, params)))
+        return await self._guarded(lambda: self._generate(lambda lm, m: infer.complete_text(lm, m, prompts, params)))
 
     async def chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
         """``{"result": {"text", "finish_reason", "prompt_tokens", "completion_tokens"}}``."""
-        return await self._guarded(lambda: self._generate(lambda lm, m: runtime.complete_chat(lm, m, messages, params)))
+        return await self._guarded(lambda: self._generate(lambda lm, m: infer.complete_chat(lm, m, messages, params)))
 
     async def stream_completions(self, prompts: list[str], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Streamed ``completions``: ``{"index", "text"}`` pieces, ``{"index", "done": out}``, or ``{"error"}``."""
-        def ids(loaded: runtime.LoadedModel) -> list[list[int]]:
-            return [loaded.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        async for item in self._stream(ids, params):
+        async for item in self._stream(lambda loaded: infer.completion_prompts(loaded, prompts), params):
             yield item
 
     async def stream_chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> AsyncIterator[dict]:
         """Streamed ``chat`` (see :meth:`stream_completions`)."""
-        async for item in self._stream(lambda loaded: [runtime.render_chat(loaded, messages)], params):
+        async for item in self._stream(lambda loaded: [infer.render_chat(loaded, messages)], params):
             yield item
 
     async def _stream(self, prompt_ids: Callable[[runtime.LoadedModel], list[list[int]]],
@@ -151,7 +148,7 @@ class ModelServer:
                 put({"error": exc.to_dict()})
             except Exception as exc:  # noqa: BLE001
                 logger.exception("streamed request for %s failed", loaded.model_id)
-                put({"error": internal_error(f"inference failed: {runtime.short_error(exc)}").to_dict()})
+                put({"error": inference_failed(exc).to_dict()})
             finally:
                 put(None)
 

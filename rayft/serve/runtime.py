@@ -6,6 +6,9 @@ next adapter of the same config is copied into, or removed with ``delete_adapter
 models of their own. One re-entrant lock serializes whatever runs a model or changes its modules (``set_adapter``
 + forward, ``load_adapter``, ``delete_adapter``), so requests never see another's adapter; refilling a free slot
 needs no model lock, so adapter churn does not wait for forward passes.
+
+This module loads and evicts models only; what runs them (tokenizing, forward passes, generation) is
+:mod:`rayft.serve.infer`.
 """
 
 from __future__ import annotations
@@ -22,22 +25,19 @@ from typing import Any, Callable
 import torch
 
 from rayft.errors import StoreError
-from rayft.serve.api import BASE_PREFIX, SFT_TASK, ServeError, load_error, not_found
-from rayft.store import AdapterStore, Manifest, base_key, load_base, load_for_inference, manifest_config
-from rayft.tasks.sequence_classification import predict_proba
-from rayft.tasks.sft import FALLBACK_TEMPLATE, _ids, generate
+from rayft.serve.api import BASE_PREFIX, SFT_TASK, ServeError, load_error, not_found, short_error
+from rayft.store import AdapterStore, Manifest, base_key, load_base, load_for_inference
 
 logger = logging.getLogger("ray.serve")  # inside replicas, Serve writes it to the replica log files
 EVICTED = object()  # returned by LoadedModel.run when the model was evicted before the request got the lock
-CLASSIFY_BATCH = 32
 
 
 class BaseEntry:
     """One loaded base model and the ``PeftModel`` that hot-swaps adapters on it.
 
     With ``spare_slots`` > 0, an evicted adapter's modules stay in the model as a free slot: the next adapter
-    with the same peft config is copied into that slot's tensors (about a millisecond) instead of being injected
-    anew by ``load_adapter`` (tens of ms) and deleted again later. A free slot belongs to no request, so filling
+    with the same peft config is copied into that slot's tensors instead of being injected anew by
+    ``load_adapter`` (which walks the model) and deleted again later. A free slot belongs to no request, so filling
     it needs only ``slots`` and runs while other adapters' forward passes hold the pool's ``lock``; anything that
     changes the model's modules (``load_adapter``, ``delete_adapter``) takes ``lock``.
     """
@@ -345,71 +345,3 @@ def _check_weights(folder: Path) -> None:
     for path in folder.glob("*.safetensors"):
         with safe_open(str(path), framework="pt") as fh:
             fh.keys()
-
-
-def short_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
-
-
-# ---------------------------------------------------------------- inference on a LoadedModel
-
-
-def classify(loaded: LoadedModel, model: Any, inputs: list[str]) -> list[dict[str, Any]]:
-    """Per input: the top label and the probability of every label."""
-    labels = loaded.labels or [str(v) for _, v in sorted(model.config.id2label.items())]
-    rows = []
-    for start in range(0, len(inputs), CLASSIFY_BATCH):
-        probs = predict_proba(model, loaded.tokenizer, inputs[start:start + CLASSIFY_BATCH], loaded.max_length)
-        for p in probs.tolist():
-            best = max(range(len(p)), key=p.__getitem__)
-            rows.append({"label": labels[best], "probabilities": dict(zip(labels, p))})
-    return rows
-
-
-def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a conversation followed by the assistant turn opener."""
-    tok = loaded.tokenizer
-    if loaded.system_prompt and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": loaded.system_prompt}] + messages
-    if getattr(tok, "chat_template", None):
-        return _ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] != "system"]
-    history = "".join(f"{m['role']}: {m['content']}\n" for m in turns[:-1])
-    text = (system + "\n\n" if system else "") + history + FALLBACK_TEMPLATE.format(prompt=turns[-1]["content"]
-                                                                                    if turns else "")
-    return tok(text, add_special_tokens=True)["input_ids"]
-
-
-def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
-             generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Generate one continuation; ``params``: max_tokens, temperature, top_p, stop, seed.
-
-    Raises:
-        ServeError: 400 if the prompt leaves no room in the model's context.
-    """
-    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    room = limit - len(prompt_ids)
-    if room < 1:
-        raise ServeError(400, f"the prompt has {len(prompt_ids)} tokens; model {loaded.model_id!r} takes at most "
-                              f"{limit}", "invalid_request_error", "context_length_exceeded")
-    new, finish = generate(model, loaded.tokenizer, prompt_ids, min(params["max_tokens"], room),
-                           params["temperature"], params["top_p"], params.get("seed"), generate_kwargs)
-    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
-    for stop in params.get("stop") or []:
-        if stop in text:
-            text, finish = text[: text.index(stop)], "stop"
-    return {"text": text, "finish_reason": finish, "prompt_tokens": len(prompt_ids),
-            "completion_tokens": len(new)}
-
-
-def complete_text(loaded: LoadedModel, model: Any, prompts: list[str], params: dict[str, Any]) -> list[dict]:
-    """Plain-text completion of each prompt (no chat template: ``/v1/completions`` semantics)."""
-    tok = loaded.tokenizer
-    return [complete(loaded, model, tok(p, add_special_tokens=True)["input_ids"], params) for p in prompts]
-
-
-def complete_chat(loaded: LoadedModel, model: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> dict:
-    """The assistant's reply to a conversation, rendered with the tokenizer's chat template."""
-    return complete(loaded, model, render_chat(loaded, messages), params)

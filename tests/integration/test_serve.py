@@ -5,59 +5,17 @@ from __future__ import annotations
 import shutil
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 import torch
 
 from conftest import cls_config
+from serve_helpers import LABELS, TEXTS, cls_adapter, config, expected_probs, manifest, sft_adapter
 
 from rayft.cluster import free_port
 
 pytestmark = pytest.mark.integration
-
-LABELS = ["neg", "pos"]
-TEXTS = ["the movie was great", "boring and dull plot", "a charming story with a superb cast", "tedious"]
-
-
-def _config(raw: dict) -> dict:
-    from rayft.config.schema import ExperimentConfig
-
-    return ExperimentConfig.model_validate(raw).model_dump(mode="json")
-
-
-def _manifest(adapter_id: str, base: Path, task: str, config: dict, labels=None):
-    from rayft.models import fingerprint
-    from rayft.store import Manifest
-
-    return Manifest(adapter_id=adapter_id, kind="adapter", base_model=str(base),
-                    base_fingerprint=fingerprint(str(base)), method="lora", task=task, labels=labels,
-                    metrics={"eval_accuracy": 0.5}, config=config, max_length=32)
-
-
-def _cls_adapter(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForSequenceClassification
-
-    torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        base, num_labels=2, id2label=dict(enumerate(LABELS)), label2id={n: i for i, n in enumerate(LABELS)})
-    lora = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, target_modules=["query", "value"],
-                      init_lora_weights=False)
-    get_peft_model(model, lora).save_pretrained(out)
-    return out
-
-
-def _sft_adapter(base: Path, out: Path) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(3)
-    lora = LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                      init_lora_weights=False)
-    get_peft_model(AutoModelForCausalLM.from_pretrained(base), lora).save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +24,15 @@ def store(tmp_path_factory, tiny_bert, tiny_llama, sentiment_csv, chat_jsonl):
 
     tmp = tmp_path_factory.mktemp("serve")
     st = AdapterStore(tmp / "store")
-    cls_cfg = _config(cls_config(tiny_bert, sentiment_csv, tmp))
+    cls_cfg = config(cls_config(tiny_bert, sentiment_csv, tmp))
     for i, adapter_id in enumerate(["cls-a", "cls-b"]):
-        st.put(_cls_adapter(tiny_bert, tmp / adapter_id, seed=i), _manifest(adapter_id, tiny_bert,
-                                                                           "sequence_classification", cls_cfg, LABELS))
+        st.put(cls_adapter(tiny_bert, tmp / adapter_id, seed=i), manifest(adapter_id, tiny_bert,
+                                                                         "sequence_classification", cls_cfg, LABELS))
     sft_raw = cls_config(tiny_llama, chat_jsonl, tmp, task={"name": "sft"})
     sft_raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response")
-    sft_cfg = _config(sft_raw)
-    st.put(_sft_adapter(tiny_llama, tmp / "chat-a"), _manifest("chat-a", tiny_llama, "sft", sft_cfg))
-    broken = st.put(tmp / "cls-a", _manifest("broken", tiny_bert, "sequence_classification", cls_cfg, LABELS))
+    sft_cfg = config(sft_raw)
+    st.put(sft_adapter(tiny_llama, tmp / "chat-a"), manifest("chat-a", tiny_llama, "sft", sft_cfg))
+    broken = st.put(tmp / "cls-a", manifest("broken", tiny_bert, "sequence_classification", cls_cfg, LABELS))
     (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file" * 8)
     return st
 
@@ -90,14 +48,6 @@ def url(ray_local, store):
 
 def _post(url: str, path: str, body=None, **kwargs) -> requests.Response:
     return requests.post(url + path, json=body, timeout=60, **kwargs)
-
-
-def _expected(store, adapter_id: str) -> torch.Tensor:
-    from rayft.store import load_for_inference
-    from rayft.tasks.sequence_classification import predict_proba
-
-    model, tokenizer, manifest = load_for_inference(store, adapter_id)
-    return predict_proba(model, tokenizer, TEXTS, manifest.max_length)
 
 
 def test_health_and_model_list(url, tiny_llama):
@@ -116,7 +66,7 @@ def test_health_and_model_list(url, tiny_llama):
 
 
 def test_classify_matches_in_process_predictions(url, store):
-    expected = {a: _expected(store, a) for a in ("cls-a", "cls-b")}
+    expected = {a: expected_probs(store, a) for a in ("cls-a", "cls-b")}
     assert not torch.allclose(expected["cls-a"], expected["cls-b"], atol=1e-3)  # the adapters really differ
     for adapter_id in ["cls-a", "cls-b", "cls-a", "chat-a", "cls-b", "cls-a"]:  # hot-swap, with LRU evictions
         if adapter_id == "chat-a":
@@ -204,7 +154,7 @@ def test_corrupt_adapter_fails_alone_and_new_adapters_appear(url, store, tmp_pat
 
     fresh = store.manifest("cls-b")
     fresh.adapter_id = "cls-new"
-    store.put(_cls_adapter(tiny_bert, tmp_path / "new", seed=7), fresh)  # exported while the server runs
+    store.put(cls_adapter(tiny_bert, tmp_path / "new", seed=7), fresh)  # exported while the server runs
     got = torch.tensor([[r["probabilities"][n] for n in LABELS] for r in client.classify("cls-new", TEXTS)["data"]])
-    assert torch.allclose(got, _expected(store, "cls-new"), atol=1e-5)
+    assert torch.allclose(got, expected_probs(store, "cls-new"), atol=1e-5)
     shutil.rmtree(store.path("cls-new"))

@@ -183,7 +183,7 @@ def test_server_hot_swaps_lora_and_serves_other_methods_on_their_own(tmp_path, t
 
     from rayft.config.schema import ExperimentConfig
     from rayft.models import fingerprint
-    from rayft.serve import runtime
+    from rayft.serve import infer, runtime
     from rayft.store import AdapterStore, Manifest
     from rayft.tasks.sequence_classification import predict_proba
 
@@ -215,7 +215,7 @@ def test_server_hot_swaps_lora_and_serves_other_methods_on_their_own(tmp_path, t
     for name in want:
         loaded = pool.load(f"{name}@x")
         assert (loaded.entry is not None) == (name == "lora")  # only LoRA attaches to the shared base
-        rows = loaded.run(lambda lm, m: runtime.classify(lm, m, texts))
+        rows = infer.classify(loaded, texts)
         got = torch.tensor([[r["probabilities"]["neg"], r["probabilities"]["pos"]] for r in rows])
         assert torch.allclose(got, want[name], atol=1e-5)
 

@@ -41,7 +41,7 @@ def test_mixed_adapter_batch_matches_one_request_at_a_time(store):
     assert names == [a.adapter] * 2 + [b.adapter] + [a.adapter] * 3 + [b.adapter] * 3  # one mixed forward pass
     batched = infer.classify_many(items)
     for (lm, inputs), rows in zip(items, batched):
-        alone = lm.run(lambda m_, m: runtime.classify(m_, m, inputs))
+        alone = infer.classify(lm, inputs)
         assert [r["label"] for r in rows] == [r["label"] for r in alone]
         for got, want in zip(rows, alone):
             assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
@@ -142,6 +142,17 @@ def test_admin_bearer_token():
     assert info.value.status == 403 and "disabled" in info.value.message
 
 
+def test_classify_in_process_refuses_an_evicted_model(store):
+    from rayft.serve import infer, runtime
+
+    loaded = runtime.ModelPool(store).load("a@1")
+    assert [r["label"] for r in infer.classify(loaded, ["great fun"])] in (["neg"], ["pos"])
+    loaded.close()
+    with pytest.raises(ServeError) as info:
+        infer.classify(loaded, ["great fun"])
+    assert (info.value.status, info.value.code) == (503, "overloaded")
+
+
 def test_export_sweep_exports_each_finished_trial_once(tmp_path, store, tiny_bert, sentiment_csv):
     import shutil
 
@@ -213,10 +224,10 @@ def test_shipped_configs_build_one_deployment_per_base(tmp_path, config_file):
 
 
 def test_evicted_adapters_become_slots_for_the_next_ones(store):
-    from rayft.serve import runtime
+    from rayft.serve import infer, runtime
 
     def probs(loaded):
-        rows = loaded.run(lambda lm, m: runtime.classify(lm, m, ["great fun", "dull"]))
+        rows = infer.classify(loaded, ["great fun", "dull"])
         return torch.tensor([[r["probabilities"][k] for k in LABELS] for r in rows])
 
     want = {k: probs(runtime.ModelPool(store).load(f"{k}@1")) for k in ("a", "b")}

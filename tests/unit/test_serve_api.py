@@ -131,7 +131,7 @@ def test_model_pool_hot_swaps_and_evicts(tmp_path, tiny_bert, sentiment_csv):
 
     from rayft.config.schema import ExperimentConfig
     from rayft.models import fingerprint
-    from rayft.serve import runtime
+    from rayft.serve import infer, runtime
     from rayft.store import AdapterStore
     from rayft.tasks.sequence_classification import predict_proba
 
@@ -152,7 +152,7 @@ def test_model_pool_hot_swaps_and_evicts(tmp_path, tiny_bert, sentiment_csv):
     pool = runtime.ModelPool(store)
 
     def probs(loaded):
-        rows = loaded.run(lambda lm, m: runtime.classify(lm, m, texts))
+        rows = infer.classify(loaded, texts)
         return torch.tensor([[r["probabilities"]["neg"], r["probabilities"]["pos"]] for r in rows])
 
     a, b = pool.load("a.1@x"), pool.load("b@x")
@@ -194,7 +194,7 @@ def test_model_pool_loads_full_models(tmp_path, tiny_bert, sentiment_csv):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from rayft.config.schema import ExperimentConfig
-    from rayft.serve import runtime
+    from rayft.serve import infer, runtime
     from rayft.store import AdapterStore
     from rayft.tasks.sequence_classification import predict_proba
 
@@ -208,7 +208,7 @@ def test_model_pool_loads_full_models(tmp_path, tiny_bert, sentiment_csv):
     store.put(tmp_path / "full", Manifest("full-ft", "full", str(tiny_bert), "", "full", "sequence_classification",
                                           ["neg", "pos"], {}, config, max_length=32))
     loaded = runtime.ModelPool(store).load("full-ft@x")
-    rows = loaded.run(lambda lm, m: runtime.classify(lm, m, ["great fun"]))
+    rows = infer.classify(loaded, ["great fun"])
     assert rows[0]["label"] in ("neg", "pos")
     want = predict_proba(model, tok, ["great fun"], 32)[0]
     assert torch.allclose(torch.tensor(list(rows[0]["probabilities"].values())), want, atol=1e-5)
