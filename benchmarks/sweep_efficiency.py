@@ -10,12 +10,11 @@ data a classifier's accuracy sits at the majority class for the first part of mo
 rung most trials tie on accuracy and ASHA, which stops only trials strictly below its cutoff, promotes them all;
 the loss already separates them there.
 
-It also measures the per-trial start-up (trial start → first training step) with the lean start-up
-(``RAYFT_LEAN_START=1``, the default: the sweep's hub, no placement-group cleaner, queue or dataset actor
-per trial, torch only in the workers, later trials in processes prestarted with the training stack imported)
-against Ray's stock Train-in-Tune path (``RAYFT_LEAN_START=0``:
-``TorchTrainer`` with ``TuneReportCallback``) on the same short trials (in the order before, after, after,
-before), and where the time goes (``startup_*`` phases); goal: <= 10 s.
+It also measures the per-trial start-up (trial start → first training step) with rayft's lean start-up
+(the sweep's hub, no placement-group cleaner, queue or dataset actor per trial, torch only in the workers,
+later trials in processes prestarted with the training stack imported) against Ray's stock Train-in-Tune path
+(``stock_trainer.py``: ``TorchTrainer`` with ``TuneReportCallback``) on the same short trials (in the order
+before, after, after, before), and where the time goes (``startup_*`` phases); goal: <= 10 s.
 
 Full size (about 2 h on 2 cores; ``--no-startup`` skips the start-up part, whose figures it also gives
 for the random sweep's own trials; ``--seeds 0 1 2`` runs one pair of sweeps per seed and reports the median ratio):
@@ -34,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import sys
 import tempfile
@@ -182,12 +180,16 @@ def measure_startup(args: argparse.Namespace, tmp: str) -> tuple[dict[str, Any],
 def run(cfg_raw: dict[str, Any], lean: bool) -> tuple[Any, float]:
     import contextlib
 
+    from stock_trainer import stock_sweep
+
+    from rayft.options import startup_options
     from rayft.sweep import run_sweep
 
-    os.environ["RAYFT_LEAN_START"] = "1" if lean else "0"  # read by run_sweep, passed to every trial
     started_at = time.time()  # wall time to a target counts from the sweep's start (data, Ray, every trial)
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON report
-        return run_sweep(build_config(cfg_raw), verbose=0), started_at
+    trials = contextlib.nullcontext() if lean else stock_sweep()  # stock trials start cold
+    with contextlib.redirect_stdout(sys.stderr), trials:  # stdout carries only the JSON report
+        options = startup_options(warm_pool=None if lean else False)
+        return run_sweep(build_config(cfg_raw), verbose=0, options=options), started_at
 
 
 def compare(args: argparse.Namespace, tmp: str, seed: int, default_start: int) -> list[dict[str, Any]]:

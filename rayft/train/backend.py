@@ -2,7 +2,7 @@
 
 Ray's ``TorchConfig`` lives in ``ray.train.torch.config``, which imports torch at the top, and Ray pickles the
 config into every process that handles a run. The Tune trial actor and the Ray Train controller therefore import
-torch (about 1.5 s each on two cores, before any worker exists) just to call functions that run in the workers.
+torch (see docs/benchmarks.md for its cost) before any worker exists, just to call functions that run in the workers.
 :class:`WorkerTorchConfig` does what ``TorchConfig`` does for CPU and GPU workers — the same worker-side functions
 of that module, called by name — and so keeps torch out of the trial actor and the controller.
 

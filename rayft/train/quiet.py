@@ -3,9 +3,8 @@
 Every Ray process runs threads of its own — gRPC pollers, event loops, a task-event reporter — that wake up
 periodically and, on a small machine, take their CPU time from the intra-op training threads. On a local instance
 rayft lowers those threads to the lowest priority (niceness 19), so that they get the smallest share of a busy
-CPU. (On an EEVDF kernel a waking nice-19 thread still preempts a training thread briefly: about 600 times a
-second in a one-worker run on two cores. Cutting that to 130 with ``SCHED_BATCH`` and a longer slice for the
-training threads changed throughput by nothing measurable, see docs/benchmarks.md, so it is not done.) Lowered are:
+CPU (on an EEVDF kernel a waking nice-19 thread still preempts a training thread briefly; docs/benchmarks.md
+says why nothing more is done about that). Lowered are:
 
 - the bookkeeping processes (GCS, agents, the raylet's helper threads), when the instance starts
   (:func:`rayft.cluster.lower_bookkeeping_priority`);
