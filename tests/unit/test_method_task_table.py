@@ -134,3 +134,59 @@ def test_unsupported_pair_is_refused_precisely(method, task, says, table):
         table.config(task, {"name": method, **method_params(method, ARCHITECTURE[task])})
     assert [(e.path, e.value) for e in err.value.errors] == [("method.name", method)]
     assert says in err.value.errors[0].expected and repr(task) in err.value.errors[0].expected
+
+
+def test_hooks_a_task_or_method_leaves_out_have_documented_defaults():
+    from rayft.data.collate import pad_batch
+    from rayft.methods import Method
+    from rayft.tasks import Task
+    from rayft.tasks.base import serving_task
+
+    class Bare(Task):
+        name, roles, default_columns = "bare", {"text": "text_column"}, {"text": "text"}
+
+        def tokenize(self, df, tokenizer, cfg, columns, labels):
+            return {}
+
+        def build_model(self, path, cfg, labels):
+            return torch.nn.Linear(1, 1)
+
+        def eval_batch(self, model, batch):
+            return {"n": len(batch["index"])}
+
+        def finish_eval(self, parts):
+            return {"n": float(sum(p["n"] for p in parts))}
+
+    class Frozen(Method):
+        name = "frozen"
+
+        def apply(self, model, params, task_type):
+            return model.requires_grad_(False)
+
+    task, method, model = Bare(), Frozen(), torch.nn.Linear(1, 1)
+    rows = [{"input_ids": [1, 2, 3], "index": 0}, {"input_ids": [4], "index": 1}]
+    assert {k: v.tolist() for k, v in task.collate(rows, 0).items()} == \
+        {k: v.tolist() for k, v in pad_batch(rows, 0).items()}
+    assert task.roles_for({}, {}, []) == ({"text": "text_column"}, {}, {"text": "text"})
+    assert task.finish_eval_columns([{"n": 2}], {"text": ["a", "b"]}) == {"n": 2.0}
+    assert task.prepare_model(model, task.params()) is model and task.labels(None, None, {}) is None
+    assert task.unsupported_methods == {} and task.serves_as is None and serving_task("dpo") == "sft"
+    assert method.check(method.params(), None) == [] and method.prepare_base(model, None) is model
+    assert method.trainable_at_start(model, None) is None and method.lr_gate(None, 2, 1) is None
+    assert (method.artifact, method.is_peft, method.hot_swappable, method.zero3, method.quantized) == \
+        ("full", False, False, True, False)
+    with pytest.raises(TypeError, match="abstract"):
+        type("NoApply", (Method,), {"name": "x"})()  # what every method must provide is enforced
+
+
+def test_a_recipe_resolves_once_what_the_engine_asks(tiny_bert, sentiment_csv, tmp_path):
+    from rayft.methods import get_method
+    from rayft.tasks import get_task
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path)
+    lora = Recipe.of(build_config(raw))
+    assert lora.task is get_task("sequence_classification") and lora.method is get_method("lora")
+    assert lora.method_params.r == 4 and not lora.gates_lr and lora.lr_gate(2, 1) is None
+    raw["method"] = {"name": "unfreeze", "every": 2}
+    unfreeze = Recipe.of(build_config(raw))
+    assert unfreeze.gates_lr and unfreeze.lr_gate(2, 1)(3, 0) == 1.0 and unfreeze.lr_gate(2, 1)(1, 0) == 0.0
