@@ -11,6 +11,7 @@ from typing import Any
 
 from rayft.config import ExperimentConfig, load_config
 from rayft.errors import ConfigError, DataError, RayftError, StoreError
+from rayft.options import StartupOptions
 
 __version__ = "0.1.0"
 
@@ -23,8 +24,8 @@ _LAZY = {
     "load_for_inference": "rayft.store",
 }
 
-__all__ = ["AdapterStore", "ConfigError", "DataError", "ExperimentConfig", "RayftError", "StoreError",
-           "export_checkpoint", "load_config", "load_for_inference", "prepare_data", "run_sweep", "run_training"]
+__all__ = ["AdapterStore", "ConfigError", "DataError", "ExperimentConfig", "RayftError", "StartupOptions",
+           "StoreError", "export_checkpoint", "load_config", "load_for_inference", "prepare_data", "run_sweep", "run_training"]
 
 
 def __getattr__(name: str) -> Any:
