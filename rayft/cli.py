@@ -213,17 +213,10 @@ def _only_model(client: Any) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from rayft.store import AdapterStore
+    from rayft.store.records import listing
 
-    from rayft.store.records import aliases, unregistered
-
-    store = AdapterStore(args.store)
-    withdrawn = unregistered(store)
-    for m in store.list():
-        score = {k: round(v, 4) for k, v in m.metrics.items() if k.startswith(("eval_acc", "test_acc", "eval_loss"))}
-        note = "\tunregistered" if m.adapter_id in withdrawn else ""
-        print(f"{m.adapter_id}\t{m.kind}\t{m.method}\t{m.task}\tbase={m.base_model}\t{score}{note}")
-    for alias, target in aliases(store).items():
-        print(f"{alias}\talias -> {target}")
+    for line in listing(AdapterStore(args.store)):
+        print(line)
     return 0
 
 

@@ -101,3 +101,15 @@ def set_registered(store: AdapterStore, adapter_id: str, registered: bool) -> No
         path.unlink(missing_ok=True)
     else:
         _write_atomic(path, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def listing(store: AdapterStore) -> list[str]:
+    """One tab-separated line per stored model (id, kind, method, task, base, main scores, whether withdrawn)
+    and per alias, as ``rayft models`` prints them."""
+    withdrawn = unregistered(store)
+    lines = []
+    for m in store.list():
+        score = {k: round(v, 4) for k, v in m.metrics.items() if k.startswith(("eval_acc", "test_acc", "eval_loss"))}
+        note = "\tunregistered" if m.adapter_id in withdrawn else ""
+        lines.append(f"{m.adapter_id}\t{m.kind}\t{m.method}\t{m.task}\tbase={m.base_model}\t{score}{note}")
+    return lines + [f"{alias}\talias -> {target}" for alias, target in aliases(store).items()]
