@@ -352,22 +352,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(fn=cmd_export)
 
+    from rayft.serve import defaults as serving  # one source for the serving defaults
+
     p = sub.add_parser("serve", help="serve the store's adapters over an OpenAI-compatible HTTP API")
     p.add_argument("--store", default=schema_default("store.path"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-adapters", type=int, default=8, help="adapters resident per replica (LRU)")
-    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--host", default=serving.HOST)
+    p.add_argument("--port", type=int, default=serving.PORT)
+    p.add_argument("--max-adapters", type=int, default=serving.MAX_ADAPTERS, help="adapters resident per replica (LRU)")
+    p.add_argument("--replicas", type=int, default=serving.NUM_REPLICAS)
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     p.add_argument("--sweep", action="append", metavar="SWEEP_DIR",
                    help="export every finished trial of this sweep to --store and serve it (repeatable)")
     p.add_argument("--admin-token", help="bearer token of the admin routes (default: $RAYFT_ADMIN_TOKEN; "
                                          "none: admin routes disabled)")
-    p.add_argument("--max-batch-size", type=int, default=16, help="classification requests batched per forward")
+    p.add_argument("--max-batch-size", type=int, default=serving.MAX_BATCH_SIZE,
+                   help="classification requests batched per forward")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("eval", help="score every served model on held-out data over HTTP and rank them")
-    p.add_argument("--endpoint", default="http://127.0.0.1:8000", help="URL of a running rayft serve")
+    p.add_argument("--endpoint", default=serving.URL, help="URL of a running rayft serve")
     p.add_argument("--data", required=True, help="held-out csv / jsonl / parquet file")
     p.add_argument("--text-column", default="text")
     p.add_argument("--label-column", default="label")
@@ -382,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("promote", help="point an alias (default: production) at a model on a running server")
     p.add_argument("model", nargs="?", help="model id to promote")
-    p.add_argument("--endpoint", default="http://127.0.0.1:8000")
+    p.add_argument("--endpoint", default=serving.URL)
     p.add_argument("--alias", default="production")
     p.add_argument("--ranking", help="promote the winner of a `rayft eval --output` ranking")
     p.add_argument("--token", help="admin token (default: $RAYFT_ADMIN_TOKEN)")
@@ -390,7 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("query", help="send inputs to a running server")
     p.add_argument("inputs", nargs="+", help="texts to classify or prompts to complete")
-    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--url", default=serving.URL)
     p.add_argument("--model", help="model id (default: the only one served)")
     p.add_argument("--complete", action="store_true", help="use /v1/completions")
     p.add_argument("--max-tokens", type=int, default=32)

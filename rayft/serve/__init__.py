@@ -10,11 +10,10 @@ import time
 from typing import Any
 
 from rayft.errors import MissingExtraError, RayftError
+from rayft.serve import defaults
 from rayft.serve.client import Client, ServeClientError
 
 __all__ = ["Client", "ServeClientError", "build_app", "shutdown", "start"]
-
-DEFAULT_APP_NAME = "rayft"
 
 
 def _serve() -> Any:
@@ -34,9 +33,8 @@ def build_app(store: str, **kwargs: Any) -> Any:
     return _build(store, **kwargs)
 
 
-def start(store: str, *, host: str = "127.0.0.1", port: int = 8000, max_adapters: int = 8, num_replicas: int = 1,
-          blocking: bool = False, name: str = DEFAULT_APP_NAME, address: str | None = None,
-          num_cpus: float = 1.0, timeout: float = 120.0, **app_args: Any) -> str:
+def start(store: str, *, host: str = defaults.HOST, port: int = defaults.PORT, address: str | None = None,
+          name: str = defaults.APP_NAME, timeout: float = defaults.START_TIMEOUT_S, **app_args: Any) -> str:
     """Serve the adapters in ``store`` over HTTP and return the base URL once ``/healthz`` answers.
 
     Starts a local Ray (or connects to ``address``) if Ray is not initialized yet. HTTP options are
@@ -46,15 +44,12 @@ def start(store: str, *, host: str = "127.0.0.1", port: int = 8000, max_adapters
         store: the adapter store directory.
         host: interface the HTTP proxy binds (``0.0.0.0`` to listen on all).
         port: HTTP port.
-        max_adapters: adapters each model replica keeps loaded (LRU beyond that).
-        num_replicas: model replicas.
-        blocking: keep serving until Ctrl-C, then shut Serve down.
-        name: the Serve application name.
         address: Ray cluster address (``auto``, ``HOST:PORT``); None starts a local Ray.
-        num_cpus: CPUs each model replica reserves.
+        name: the Serve application name (and prefix of its deployment names).
         timeout: seconds to wait for the app to answer.
-        **app_args: further :func:`rayft.serve.app.build_app` arguments (``bases``, ``admin_token``,
-            ``autoscaling_config``, ``max_batch_size``, ``batch_wait_ms``, ``catalog_ttl``).
+        **app_args: further :func:`rayft.serve.app.build_app` arguments, with its defaults (``max_adapters``,
+            ``num_replicas``, ``num_cpus``, ``bases``, ``admin_token``, ``autoscaling_config``,
+            ``max_batch_size``, ``batch_wait_ms``, ``catalog_ttl``).
 
     Raises:
         StoreError: if ``store`` is not a directory.
@@ -67,24 +62,17 @@ def start(store: str, *, host: str = "127.0.0.1", port: int = 8000, max_adapters
     from rayft.cluster import init_ray
     from rayft.serve.app import build_app as _build
 
-    app = _build(store, max_adapters=max_adapters, num_replicas=num_replicas, name=name, num_cpus=num_cpus,
-                 **app_args)
+    app = _build(store, name=name, **app_args)
     if not ray.is_initialized():
         init_ray(address, quiet=True)
     serve.start(http_options={"host": host, "port": port})
     serve.run(app, name=name, route_prefix="/")
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
     wait_until_healthy(url, timeout)
-    if blocking:
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            shutdown()
     return url
 
 
-def wait_until_healthy(url: str, timeout: float = 120.0) -> None:
+def wait_until_healthy(url: str, timeout: float = defaults.START_TIMEOUT_S) -> None:
     """Poll ``url/healthz`` until it answers.
 
     Raises:

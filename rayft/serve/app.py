@@ -5,7 +5,8 @@
 registered or re-aliased models are served without a restart), refuses results that do not fit the served bases,
 serves the bearer-token admin routes, and routes each request with ``multiplexed_model_id`` to the
 :class:`rayft.serve.replica.ModelServer` deployment of the model's base. Run it with :func:`rayft.serve.start`,
-or ``serve run`` / ``serve deploy`` on ``serving/*.yaml`` (which call :func:`app_builder`).
+or ``serve run`` / ``serve deploy`` on ``serving/*.yaml`` (which call :func:`app_builder`). Defaults come from
+:mod:`rayft.serve.defaults`.
 """
 
 # No ``from __future__ import annotations`` here: Serve's class-based FastAPI views then see string
@@ -25,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rayft.errors import StoreError
+from rayft.serve import defaults
 from rayft.serve.replica import ModelServer
 from rayft.serve.admin import AliasRequest, RegisterRequest, check_bearer, configured_digest
 from rayft.serve.api import (CLASSIFY_TASK, SFT_TASK, ChatRequest, ClassifyRequest, CompletionRequest, ModelEntry,
@@ -37,7 +39,6 @@ from rayft.store.compat import BaseInfo
 from rayft.store.records import remove_alias, set_alias, set_registered
 
 logger = logging.getLogger("ray.serve")  # inside replicas, Serve writes it to the replica log files
-CATALOG_TTL_S = 2.0
 
 api = FastAPI(title="rayft", description="OpenAI-compatible serving of rayft adapters", docs_url="/docs")
 
@@ -121,7 +122,7 @@ async def _events(first: dict[str, Any], gen: Any, shape: StreamShape, usage: bo
 class Gateway:
     """HTTP ingress: validation, model resolution against the store, one model deployment per base, admin routes."""
 
-    def __init__(self, servers: dict, store: str, catalog_ttl: float = CATALOG_TTL_S,
+    def __init__(self, servers: dict, store: str, catalog_ttl: float = defaults.CATALOG_TTL_S,
                  admin_digest: str | None = None) -> None:
         self.servers: dict[str, DeploymentHandle] = servers
         self.store = AdapterStore(store)
@@ -290,14 +291,14 @@ class AppArgs(BaseModel):
 
     store: str = Field(min_length=1)
     bases: dict[str, BaseArgs] | list[str] | None = None
-    max_adapters: int = Field(8, ge=1, le=1024)
-    num_replicas: int | Literal["auto"] = 1
+    max_adapters: int = Field(defaults.MAX_ADAPTERS, ge=1, le=1024)
+    num_replicas: int | Literal["auto"] = defaults.NUM_REPLICAS
     autoscaling_config: dict[str, Any] | None = None
-    name: str = Field("rayft", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    num_cpus: float = Field(1.0, gt=0)
-    catalog_ttl: float = Field(CATALOG_TTL_S, ge=0)
-    max_batch_size: int = Field(16, ge=1, le=256)
-    batch_wait_ms: float = Field(5.0, ge=0, le=1000)
+    name: str = Field(defaults.APP_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    num_cpus: float = Field(defaults.NUM_CPUS, gt=0)
+    catalog_ttl: float = Field(defaults.CATALOG_TTL_S, ge=0)
+    max_batch_size: int = Field(defaults.MAX_BATCH_SIZE, ge=1, le=256)
+    batch_wait_ms: float = Field(defaults.BATCH_WAIT_MS, ge=0, le=1000)
     admin_token: str | None = Field(None, min_length=16)
 
 
@@ -317,10 +318,12 @@ def _bases(root: Path, bases: dict[str, BaseArgs] | list[str] | None) -> dict[st
     return {b: BaseArgs() for b in found}
 
 
-def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None, max_adapters: int = 8,
-              num_replicas: int | str = 1, autoscaling_config: dict[str, Any] | None = None, name: str = "rayft",
-              num_cpus: float = 1.0, catalog_ttl: float = CATALOG_TTL_S, max_batch_size: int = 16,
-              batch_wait_ms: float = 5.0, admin_token: str | None = None) -> serve.Application:
+def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
+              max_adapters: int = defaults.MAX_ADAPTERS, num_replicas: int | str = defaults.NUM_REPLICAS,
+              autoscaling_config: dict[str, Any] | None = None, name: str = defaults.APP_NAME,
+              num_cpus: float = defaults.NUM_CPUS, catalog_ttl: float = defaults.CATALOG_TTL_S,
+              max_batch_size: int = defaults.MAX_BATCH_SIZE, batch_wait_ms: float = defaults.BATCH_WAIT_MS,
+              admin_token: str | None = None) -> serve.Application:
     """The bound Serve application: ``<name>-gateway`` (ingress) in front of one model deployment per base.
 
     Args:

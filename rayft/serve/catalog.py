@@ -12,6 +12,7 @@ import time
 
 from rayft.errors import StoreError
 from rayft.serve.api import ModelEntry, ServeError, build_catalog, not_found, resolve
+from rayft.serve.defaults import CATALOG_TTL_S
 from rayft.store import AdapterStore, Manifest, validate_id
 from rayft.store.compat import BaseInfo, IncompatibleError, check_compatible
 from rayft.store.records import alias_record, aliases, unregistered
@@ -34,7 +35,7 @@ class Catalog:
         ttl: seconds a listing stays fresh.
     """
 
-    def __init__(self, store: AdapterStore, bases: dict[str, BaseInfo], ttl: float = 2.0) -> None:
+    def __init__(self, store: AdapterStore, bases: dict[str, BaseInfo], ttl: float = CATALOG_TTL_S) -> None:
         self.store, self.bases, self.ttl = store, bases, ttl
         self.entries: dict[str, ModelEntry] = {}
         self.refused: dict[str, ServeError] = {}

@@ -9,6 +9,7 @@ from urllib.parse import quote
 import requests
 
 from rayft.errors import RayftError
+from rayft.serve.defaults import URL
 
 
 class ServeClientError(RayftError):
@@ -23,11 +24,11 @@ class Client:
     """Calls the rayft HTTP API; every method returns the decoded JSON response.
 
     Args:
-        base_url: where the server answers, e.g. ``http://127.0.0.1:8000``.
+        base_url: where the server answers (default: a server started with the defaults on this machine).
         timeout: seconds to wait for each response.
     """
 
-    def __init__(self, base_url: str = "http://127.0.0.1:8000", timeout: float = 30.0,
+    def __init__(self, base_url: str = URL, timeout: float = 30.0,
                  admin_token: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout

@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 
-from rayft.serve import infer, runtime
+from rayft.serve import defaults, infer, runtime
 from rayft.serve.api import CLASSIFY_TASK, SFT_TASK, ServeError, evicted, inference_failed
 from rayft.store import AdapterStore
 
@@ -23,12 +23,13 @@ logger = logging.getLogger("ray.serve")
 PIN_TRIES = 5
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=64)
+@serve.deployment(ray_actor_options={"num_cpus": defaults.NUM_CPUS}, max_ongoing_requests=64)
 class ModelServer:
     """Per replica: bases loaded once per ``base_key``, adapters multiplexed on them (LRU, ``max_adapters``)."""
 
-    def __init__(self, store: str, max_adapters: int = 8, max_batch_size: int = 16,
-                 batch_wait_s: float = 0.005) -> None:
+    def __init__(self, store: str, max_adapters: int = defaults.MAX_ADAPTERS,
+                 max_batch_size: int = defaults.MAX_BATCH_SIZE,
+                 batch_wait_s: float = defaults.BATCH_WAIT_MS / 1000) -> None:
         from rayft.paths import quiet_libraries, setup_env
 
         setup_env()
@@ -95,7 +96,7 @@ class ModelServer:
             return infer.rows_of(out)
         return await self._guarded(go)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=defaults.MAX_BATCH_SIZE, batch_wait_timeout_s=defaults.BATCH_WAIT_MS / 1000)
     async def classify_batch(self, items: list[tuple[runtime.LoadedModel, list[str]]]) -> list[Any]:
         return await asyncio.to_thread(infer.classify_many, items)
 

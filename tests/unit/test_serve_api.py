@@ -214,3 +214,40 @@ def test_model_pool_loads_full_models(tmp_path, tiny_bert, sentiment_csv):
     assert torch.allclose(torch.tensor(list(rows[0]["probabilities"].values())), want, atol=1e-5)
     loaded.__del__()
     assert loaded.model is None and loaded.run(lambda lm, m: 1) is runtime.EVICTED
+
+
+def test_serving_defaults_have_one_source():
+    """The CLI, ``rayft.serve.start``, ``build_app``, the Serve config arguments, the model deployment and the
+    client all take their defaults from ``rayft.serve.defaults``."""
+    pytest.importorskip("ray.serve")
+    import inspect
+
+    from rayft.cli import build_parser
+    from rayft.serve import Client, defaults, start, wait_until_healthy
+    from rayft.serve.app import AppArgs, build_app
+    from rayft.serve.catalog import Catalog
+    from rayft.serve.replica import ModelServer
+
+    def params(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items()}
+
+    want = {"max_adapters": defaults.MAX_ADAPTERS, "num_replicas": defaults.NUM_REPLICAS, "name": defaults.APP_NAME,
+            "num_cpus": defaults.NUM_CPUS, "catalog_ttl": defaults.CATALOG_TTL_S,
+            "max_batch_size": defaults.MAX_BATCH_SIZE, "batch_wait_ms": defaults.BATCH_WAIT_MS}
+    assert {k: AppArgs.model_fields[k].default for k in want} == want
+    assert {k: params(build_app)[k] for k in want} == want
+    server = params(ModelServer.func_or_class.__init__)
+    assert (server["max_adapters"], server["max_batch_size"], server["batch_wait_s"] * 1000) == \
+        (defaults.MAX_ADAPTERS, defaults.MAX_BATCH_SIZE, defaults.BATCH_WAIT_MS)
+    assert ModelServer.ray_actor_options["num_cpus"] == defaults.NUM_CPUS
+    assert params(Catalog.__init__)["ttl"] == defaults.CATALOG_TTL_S
+    assert {k: params(start)[k] for k in ("host", "port", "name", "timeout")} == {
+        "host": defaults.HOST, "port": defaults.PORT, "name": defaults.APP_NAME, "timeout": defaults.START_TIMEOUT_S}
+    assert params(wait_until_healthy)["timeout"] == defaults.START_TIMEOUT_S
+    assert "blocking" not in params(start)
+    assert params(Client.__init__)["base_url"] == defaults.URL == f"http://{defaults.HOST}:{defaults.PORT}"
+    cli = build_parser().parse_args(["serve"])
+    assert (cli.host, cli.port, cli.max_adapters, cli.replicas, cli.max_batch_size) == (
+        defaults.HOST, defaults.PORT, defaults.MAX_ADAPTERS, defaults.NUM_REPLICAS, defaults.MAX_BATCH_SIZE)
+    for argv, dest in [(["eval", "--data", "d.csv"], "endpoint"), (["promote"], "endpoint"), (["query", "x"], "url")]:
+        assert getattr(build_parser().parse_args(argv), dest) == defaults.URL
