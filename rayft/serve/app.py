@@ -3,10 +3,10 @@
 ``Gateway`` (FastAPI ingress) validates requests, resolves model ids and aliases against the adapter store
 (:class:`rayft.serve.catalog.Catalog`: re-read with a short TTL, and at once on a miss, so newly exported,
 registered or re-aliased models are served without a restart), refuses results that do not fit the served bases,
-serves the bearer-token admin routes, and routes each request with ``multiplexed_model_id`` to the
-:class:`rayft.serve.replica.ModelServer` deployment of the model's base. Run it with :func:`rayft.serve.start`,
-or ``serve run`` / ``serve deploy`` on ``serving/*.yaml`` (which call :func:`app_builder`). Defaults come from
-:mod:`rayft.serve.defaults`.
+serves the admin routes (each behind the bearer-token dependency :func:`require_admin`), and routes each request
+with ``multiplexed_model_id`` to the :class:`rayft.serve.replica.ModelServer` deployment of the model's base.
+Run it with :func:`rayft.serve.start`, or ``serve run`` / ``serve deploy`` on ``serving/*.yaml`` (which call
+:func:`app_builder`). Defaults come from :mod:`rayft.serve.defaults`.
 """
 
 # No ``from __future__ import annotations`` here: Serve's class-based FastAPI views then see string
@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Any, AsyncIterator, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -84,6 +84,20 @@ def _valid_alias(alias: str) -> str:
     except StoreError as exc:
         raise ServeError(422, str(exc).replace("adapter id", "alias"), "invalid_request_error",
                          "invalid_alias") from None
+
+
+async def require_admin(request: Request) -> None:
+    """FastAPI dependency of every admin route: the request's bearer token must match this gateway's.
+
+    The gateway is the replica's servable object, where Serve also finds the ``self`` of each route.
+
+    Raises:
+        ServeError: 403 if admin routes are disabled or the token is wrong, 401 if none was sent.
+    """
+    check_bearer(request.headers.get("authorization"), serve.get_replica_context().servable_object.admin_digest)
+
+
+ADMIN_ONLY = [Depends(require_admin)]  # ``dependencies=`` of the admin routes
 
 
 async def _events(first: dict[str, Any], gen: Any, shape: StreamShape, usage: bool) -> AsyncIterator[bytes]:
@@ -210,17 +224,15 @@ class Gateway:
 
     # ------------------------------------------------------------ admin (bearer token)
 
-    @api.get("/admin/models")
-    async def admin_models(self, request: Request) -> dict[str, Any]:
-        check_bearer(request.headers.get("authorization"), self.admin_digest)
+    @api.get("/admin/models", dependencies=ADMIN_ONLY)
+    async def admin_models(self) -> dict[str, Any]:
         cat = self.catalog
         cat.refresh(force=True)
         return {"object": "list", "data": [e.card() for e in cat.entries.values()], "aliases": cat.aliases,
                 "unregistered": sorted(cat.withdrawn), "refused": {k: e.message for k, e in cat.refused.items()}}
 
-    @api.post("/admin/adapters")
-    async def register(self, body: RegisterRequest, request: Request) -> dict[str, Any]:
-        check_bearer(request.headers.get("authorization"), self.admin_digest)
+    @api.post("/admin/adapters", dependencies=ADMIN_ONLY)
+    async def register(self, body: RegisterRequest) -> dict[str, Any]:
         self.catalog.check(body.model)  # 404 / 409 / 422 before anything changes
         set_registered(self.store, body.model, True)
         entry = self.catalog.resolve(body.model)
@@ -228,9 +240,8 @@ class Gateway:
             await self.call(entry, "warm")
         return {**entry.card(), "registered": True, "warm": body.warm}
 
-    @api.delete("/admin/adapters/{model_id:path}")
-    async def unregister(self, model_id: str, request: Request) -> dict[str, Any]:
-        check_bearer(request.headers.get("authorization"), self.admin_digest)
+    @api.delete("/admin/adapters/{model_id:path}", dependencies=ADMIN_ONLY)
+    async def unregister(self, model_id: str) -> dict[str, Any]:
         if not self.store.exists(model_id):
             raise not_found(model_id)
         self.catalog.refresh(force=True)
@@ -242,15 +253,13 @@ class Gateway:
         self.catalog.refresh(force=True)
         return {"id": model_id, "object": "model", "registered": False}
 
-    @api.get("/admin/aliases")
-    async def list_aliases(self, request: Request) -> dict[str, Any]:
-        check_bearer(request.headers.get("authorization"), self.admin_digest)
+    @api.get("/admin/aliases", dependencies=ADMIN_ONLY)
+    async def list_aliases(self) -> dict[str, Any]:
         self.catalog.refresh(force=True)
         return {"object": "list", "data": [{"alias": a, "model": t} for a, t in self.catalog.aliases.items()]}
 
-    @api.put("/admin/aliases/{alias:path}")
-    async def put_alias(self, alias: str, body: AliasRequest, request: Request) -> dict[str, Any]:
-        check_bearer(request.headers.get("authorization"), self.admin_digest)
+    @api.put("/admin/aliases/{alias:path}", dependencies=ADMIN_ONLY)
+    async def put_alias(self, alias: str, body: AliasRequest) -> dict[str, Any]:
         _valid_alias(alias)
         target = self.catalog.resolve(body.model)
         if target.alias_of:
@@ -264,9 +273,8 @@ class Gateway:
         logger.info("alias %s -> %s (was %s)", alias, target.id, record["previous"])
         return {"alias": alias, "model": target.id, "previous": record["previous"], "updated": record["updated"]}
 
-    @api.delete("/admin/aliases/{alias:path}")
-    async def delete_alias(self, alias: str, request: Request) -> dict[str, Any]:
-        check_bearer(request.headers.get("authorization"), self.admin_digest)
+    @api.delete("/admin/aliases/{alias:path}", dependencies=ADMIN_ONLY)
+    async def delete_alias(self, alias: str) -> dict[str, Any]:
         if not remove_alias(self.store, _valid_alias(alias)):
             raise ServeError(404, f"alias {alias!r} not found", "invalid_request_error", "alias_not_found")
         self.catalog.refresh(force=True)

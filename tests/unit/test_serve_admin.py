@@ -142,6 +142,45 @@ def test_admin_bearer_token():
     assert info.value.status == 403 and "disabled" in info.value.message
 
 
+ADMIN_ROUTES = [("GET", "/admin/models", None), ("GET", "/admin/aliases", None),
+                ("POST", "/admin/adapters", {"model": "a"}), ("DELETE", "/admin/adapters/a", None),
+                ("PUT", "/admin/aliases/production", {"model": "a"}), ("DELETE", "/admin/aliases/production", None)]
+
+
+@pytest.mark.parametrize("method,path,body", ADMIN_ROUTES)
+def test_every_admin_route_checks_the_token_in_one_dependency(monkeypatch, method, path, body):
+    """The gateway's FastAPI app in process (no Ray): ``require_admin`` answers before the route runs."""
+    pytest.importorskip("ray.serve")
+    from types import SimpleNamespace
+
+    import ray.serve
+    from fastapi.testclient import TestClient
+
+    from rayft.serve.admin import token_digest
+    from rayft.serve.app import api
+
+    token = "s3cret-token-0123456789"
+    ran = []
+    gateway = SimpleNamespace(admin_digest=token_digest(token), catalog=SimpleNamespace(
+        refresh=lambda force=False: ran.append(path), aliases={}, entries={}, withdrawn=set(), refused={}))
+    monkeypatch.setattr(ray.serve, "get_replica_context", lambda: SimpleNamespace(servable_object=gateway))
+    client = TestClient(api, raise_server_exceptions=False)
+    for headers, status, code in [({}, 401, "missing_token"), ({"Authorization": "Bearer nope"}, 403, "invalid_token"),
+                                  ({"Authorization": token}, 401, "missing_token")]:
+        resp = client.request(method, path, json=body, headers=headers)
+        assert (resp.status_code, resp.json()["error"]["code"]) == (status, code), resp.text
+        assert resp.headers.get("www-authenticate", "").startswith("Bearer") == (status == 401)
+    if body:  # the token is checked before the body: no schema hints for callers without it
+        assert client.request(method, path, json={"unknown": 1}).status_code == 401
+    assert ran == []  # no route body ran
+    gateway.admin_digest = None  # started without a token: admin routes disabled
+    resp = client.request(method, path, json=body, headers={"Authorization": f"Bearer {token}"})
+    assert (resp.status_code, resp.json()["error"]["code"]) == (403, "admin_disabled")
+    if method == "GET":  # with the token the route itself answers
+        gateway.admin_digest = token_digest(token)
+        assert client.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200 and ran == [path]
+
+
 def test_classify_in_process_refuses_an_evicted_model(store):
     from rayft.serve import infer, runtime
 
