@@ -16,7 +16,7 @@ the trials waiting there are decided with the results it holds.
 Waiting trials do not count against the sweep's concurrency (:class:`ParkingLimiter`), so new trials start
 meanwhile; a promoted trial resumes from its checkpoint as soon as fewer than ``concurrent`` trials run, before the
 searcher is asked for a new one. The trials hand Tune a checkpoint with every evaluation
-(:mod:`rayft.sweep.pbt_trial`), so a paused trial loses nothing but its restart.
+(:mod:`rayft.sweep.trial`), so a paused trial loses nothing but its restart.
 
 The scheduler's state lives in the driver. A sweep resumed after the driver died starts with empty rungs: trials
 that were paused (waiting or promoted) resume from their checkpoint and are decided again at the rung they had

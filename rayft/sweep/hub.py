@@ -30,7 +30,9 @@ from typing import Any
 
 import ray
 from ray.train import UserCallback
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
+
+from rayft.ray_internals import WorkerGroupCallback, worker_group_placement_group
+from rayft.sweep.handoff import TrialReport
 
 WAIT_S = 5.0  # how long one blocking get waits on the hub before the trial checks that its run still lives
 
@@ -53,13 +55,13 @@ class TrialHub:
             self._reports[key], self._acks[key] = asyncio.Queue(maxsize=1), asyncio.Queue(maxsize=1)
         return self._reports[key], self._acks[key]
 
-    async def put(self, key: str, report: Any) -> None:
+    async def put(self, key: str, report: TrialReport) -> None:
         """Hand a report to the trial; returns once the trial acknowledged it."""
         reports, acks = self._queues(key)
         await reports.put(report)
         await acks.get()
 
-    async def get(self, key: str, timeout_s: float = WAIT_S) -> Any:
+    async def get(self, key: str, timeout_s: float = WAIT_S) -> TrialReport | None:
         """The trial's next report, or None when none came within ``timeout_s``."""
         reports, _ = self._queues(key)
         try:
@@ -152,7 +154,7 @@ class HubReporter(UserCallback):
         from ray.exceptions import RayActorError
 
         try:
-            ray.get(self.hub.put.remote(self.key, (dict(metrics[0]), checkpoint)))
+            ray.get(self.hub.put.remote(self.key, TrialReport(dict(metrics[0]), checkpoint)))
         except RayActorError:
             pass  # the driver (and with it the hub) is gone: this run goes down with the sweep
 
@@ -164,9 +166,8 @@ class HubPlacementGroups(WorkerGroupCallback):
         self.hub = hub
 
     def after_worker_group_start(self, worker_group: Any) -> None:
-        state = worker_group.get_worker_group_state()
         controller = ray.get_runtime_context().current_actor
-        self.hub.watch.remote(state.placement_group_handle.placement_group, controller)
+        self.hub.watch.remote(worker_group_placement_group(worker_group), controller)
 
 
 def hub_callbacks(hub: Any, key: str, warm: bool = False) -> list[Any]:
@@ -200,8 +201,7 @@ def relay_reports(hub: Any, key: str, trainer: Any, register: Any) -> None:
             if not run.is_alive():  # every report is acknowledged before the run goes on: none is pending
                 break
             continue
-        metrics, checkpoint = item
-        register(metrics, checkpoint)
+        register(item.metrics, item.checkpoint)
         ray.get(hub.ack.remote(key))
     run.join()
     hub.release.remote(key)

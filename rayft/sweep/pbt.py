@@ -7,7 +7,7 @@ model are mutable: the learning rate, the schedule and its warmup, weight decay,
 population is drawn by seeded random search over the (flat) space; the mutations are seeded too.
 
 The Tune side — the seeded scheduler, and trials that hand Tune real checkpoints and start a clone from one —
-are :mod:`rayft.sweep.pbt_scheduler` and :mod:`rayft.sweep.pbt_trial`.
+are :mod:`rayft.sweep.pbt_scheduler` and :mod:`rayft.sweep.trial`.
 """
 
 from __future__ import annotations

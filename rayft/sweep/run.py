@@ -12,10 +12,14 @@ from typing import Any
 
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
+from rayft.options import StartupOptions
+from rayft.sweep.handoff import TrialPlan, TrialSetup
 from rayft.sweep.pareto import pareto_front
 from rayft.sweep.results import best_trial, result_rows, write_summary
 from rayft.sweep.search import limit_concurrency, make_scheduler, make_searcher, objectives, storage_url
 from rayft.sweep.space import apply_sample, flat_params
+from rayft.sweep.trial import rayft_trial
+from rayft.train.steps import batches_per_epoch, steps_per_epoch, total_steps
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Ray Train run
 SWEEP_PREFIX = "sweep-"
@@ -65,10 +69,9 @@ def fit_trials(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[int, float]:
 
 def evaluations_per_trial(cfg: ExperimentConfig, train_rows: int) -> int:
     """Evaluations a full-length trial makes (ASHA's ``max_t``)."""
-    per_rank = math.ceil(train_rows / cfg.scaling.num_workers)
-    steps_per_epoch = max(1, math.ceil(math.ceil(per_rank / cfg.train.batch_size) / cfg.train.grad_accum))
-    steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
-    return max(1, math.ceil(steps / (cfg.train.eval_every or steps_per_epoch)))
+    batches = batches_per_epoch(cfg, train_rows)
+    steps, every = total_steps(cfg, batches), cfg.train.eval_every or steps_per_epoch(cfg, batches)
+    return max(1, math.ceil(steps / every))  # one every ``every`` steps, and one at the last step
 
 
 def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[Any]:
@@ -83,77 +86,6 @@ def _callbacks(cfg: ExperimentConfig, sweep_name: str, sweep_dir: Path) -> list[
     wandb_dir.mkdir(parents=True, exist_ok=True)
     return [WandbCallback(project=cfg.tracking.project, group=sweep_name, dir=str(wandb_dir),
                           mode=mode, log_config=True, upload_checkpoints=False, job_type="trial")]
-
-
-def rayft_trial(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
-                worker_cpus: float, lean_start: bool = True, storage_filesystem: Any = None) -> None:
-    """One trial: apply the sampled values and run a Ray Train job whose reports reach Tune through the hub.
-
-    The Train run is named after the trial, so a restarted trial (driver resumed, or retried after a
-    failure) finds its own latest checkpoint and continues from it. ``lean_start=False`` is Ray's stock
-    path, kept as the start-up baseline: a queue actor per trial relays the reports.
-
-    Raises:
-        Exception: whatever ended the Train run (Tune retries the trial up to ``sweep.max_failures`` times).
-    """
-    started_at = time.time()
-    from ray import tune
-
-    args = (sample, base, data, storage, worker_cpus, lean_start, storage_filesystem)
-    if not lean_start:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        trial_trainer(*args, callbacks=[TuneReportCallback()], started_at=started_at).fit()
-        return
-    from rayft.sweep.hub import hub_callbacks, relay_reports, run_key
-
-    def register(metrics: dict[str, Any], checkpoint: Any) -> None:
-        if checkpoint is not None:
-            metrics["checkpoint_path"] = checkpoint.path  # what the sweep's results and exports read
-        tune.report(metrics)
-
-    key = run_key(tune.get_context().get_trial_id())
-    trainer = trial_trainer(*args, callbacks=hub_callbacks(data["hub"], key, warm=bool(data.get("warm"))),
-                            started_at=started_at)
-    relay_reports(data["hub"], key, trainer, register)
-
-
-def trial_trainer(sample: dict[str, Any], base: dict[str, Any], data: dict[str, Any], storage: str,
-                  worker_cpus: float, lean_start: bool, storage_filesystem: Any, *, callbacks: list[Any],
-                  started_at: float, start: Any = None) -> Any:
-    """The Ray Train run of the current Tune trial, with the sampled values applied.
-
-    It is named after the trial; with ``start`` (a checkpoint Tune restarts the trial from) it is a run of its
-    own under a new name, so it cannot pick up an older checkpoint of the trial, and its workers begin there.
-    With the lean start-up the sweep's hub frees the run's placement group should the trial be stopped (see
-    :mod:`rayft.sweep.hub`), so Ray Train's cleaner actor is left out; so is its autoscaling coordinator on a Ray
-    the sweep started (``data["private"]``). With ``data["warm"]`` (the sweep's tag) the workers' processes
-    import the training stack as they start (see :mod:`rayft.sweep.warm`).
-    """
-    from ray import tune
-
-    from rayft.train.run import make_trainer
-
-    cfg = apply_sample(base, sample)
-    worker_env = None
-    if lean_start and data.get("warm"):
-        from rayft.sweep.warm import warm_env
-
-        worker_env = warm_env(cfg, data["model_type"], data["warm"])
-    trial_id = tune.get_context().get_trial_id()
-    run_name = trial_id if start is None else f"{trial_id}-{time.time_ns() // 1_000_000}"
-    return make_trainer(cfg, data["ref"], run_name=run_name, storage_path=storage, callbacks=callbacks,
-                        label=trial_id, worker_cpus=worker_cpus,
-                        extra={"trial_started_at": started_at, "start_checkpoint": start},
-                        lean_start=lean_start, storage_filesystem=storage_filesystem,
-                        clean_up_placement_groups=not lean_start, autoscaling=not data.get("private"),
-                        worker_env=worker_env)
-
-
-def latest_sweep(root: Path) -> Path | None:
-    """The most recent sweep folder of an experiment (one Tune can restore)."""
-    found = sorted(p for p in root.glob(SWEEP_PREFIX + "*") if (p / "tuner.pkl").is_file()) if root.is_dir() else []
-    return found[-1] if found else None
 
 
 def latest_sweep_name(loc: Any) -> str | None:
@@ -185,8 +117,11 @@ def _previous_sweep(cfg: ExperimentConfig, loc: Any, root: Path) -> str:
 
 
 def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int = 1,
-              resume: bool = False) -> SweepOutcome:
+              resume: bool = False, options: StartupOptions | None = None) -> SweepOutcome:
     """Run the experiment's sweep, or with ``resume`` continue its latest one after the driver died.
+
+    ``options`` say how a Ray started here runs and whether later trials start in prestarted processes
+    (default: :func:`rayft.options.startup_options`).
 
     The sweep lives where ``output_dir`` points (a local or NFS folder, or ``s3://...``); resuming finds the
     latest sweep there, so a resubmitted Ray Job continues the sweep its stopped predecessor left.
@@ -200,7 +135,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     from rayft.cluster import init_ray, starts_private_ray
     from rayft.data import prepare_data
     from rayft.sweep.hub import start_hub
-    from rayft.sweep.warm import enabled as warm_enabled
+    from rayft.options import startup_options
     from rayft.sweep.warm import release_unused
     from rayft.train.preload import model_type
     from rayft.train.run import storage_location
@@ -215,22 +150,20 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     data = prepare_data(cfg)  # tokenized once for every trial, shared through the object store
     print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
     private = starts_private_ray(address)  # a Ray started here: no autoscaler to ask
-    resources = init_ray(address)
+    options = options or startup_options()
+    resources = init_ray(address, options=options)
     concurrent, worker_cpus = fit_trials(cfg, resources.get("CPU", 1.0))
-    lean_start = os.environ.get("RAYFT_LEAN_START", "1") != "0"
-    warm = lean_start and warm_enabled()  # later trials start in prestarted processes (rayft.sweep.warm)
+    warm = options.warm_pool  # later trials start in prestarted processes (rayft.sweep.warm)
     # The hub relays the trials' reports, frees stopped trials' placement groups and prestarts processes.
     hub = start_hub(sweep_name, warm_trials=max(0, cfg.sweep.num_trials - concurrent) if warm else 0)
     tag = f"{cfg.name}/{sweep_name}"  # marks the processes prestarted for this sweep
-    shared = {"ref": ray.put(data), "hub": hub, "warm": tag if warm else None,
-              "model_type": model_type(data.model_path) if warm else "",  # read once, not per trial
-              "private": private}
-    trainable = tune.with_resources(
-        tune.with_parameters(_trial_function(cfg), base=dump_config(cfg), data=shared,
-                             storage=loc.child(sweep_name, "trials").path, worker_cpus=worker_cpus,
-                             lean_start=lean_start, storage_filesystem=fs),
-        {"CPU": TRIAL_CPU},
-    )
+    setup = TrialSetup(dump_config(cfg), ray.put(data), hub, loc.child(sweep_name, "trials").path, worker_cpus,
+                       plan=trial_plan(cfg), storage_filesystem=fs, warm=tag if warm else None,
+                       model_type=model_type(data.model_path) if warm else "",  # read once, not per trial
+                       private=private)
+    trainable = tune.with_parameters(rayft_trial, setup=setup)
+    trainable.__name__ = setup.plan.trainable_name
+    trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     pairs = objectives(cfg)
     if previous:
         print(f"resuming sweep {sweep_name}: finished trials are kept, unfinished ones continue from their "
@@ -260,14 +193,12 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     return outcome
 
 
-def _trial_function(cfg: ExperimentConfig) -> Any:
-    """The trial. Under a scheduler that pauses trials (PBT, ASHA with deferred promotion) it hands Tune a
-    checkpoint with every report and resumes from the one Tune restarts it with (see :mod:`rayft.sweep.pbt_trial`)."""
-    if cfg.sweep.scheduler == "pbt" or (cfg.sweep.scheduler == "asha" and cfg.sweep.asha_promotion == "deferred"):
-        from rayft.sweep.pbt_trial import rayft_pbt_trial
-
-        return rayft_pbt_trial
-    return rayft_trial
+def trial_plan(cfg: ExperimentConfig) -> TrialPlan:
+    """How the trials deal with the scheduler: under one that pauses trials (PBT, ASHA with deferred promotion)
+    they hand Tune a checkpoint with every report and resume from the one Tune restarts them with (see
+    :mod:`rayft.sweep.trial`)."""
+    return TrialPlan(pausable=cfg.sweep.scheduler == "pbt"
+                     or (cfg.sweep.scheduler == "asha" and cfg.sweep.asha_promotion == "deferred"))
 
 
 def _local_side(cfg: ExperimentConfig) -> Path:
@@ -303,4 +234,4 @@ def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir
 
 
 __all__ = ["SweepOutcome", "TrialRow", "apply_sample", "evaluations_per_trial", "fit_trials", "flat_params",
-           "latest_sweep", "latest_sweep_name", "metric_and_mode", "run_sweep"]
+           "latest_sweep_name", "metric_and_mode", "run_sweep", "trial_plan"]

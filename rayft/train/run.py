@@ -9,6 +9,8 @@ from typing import Any
 
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
+from rayft.options import StartupOptions
+from rayft.train.handoff import LoopConfig
 
 
 @dataclass
@@ -48,17 +50,20 @@ def placement(cfg: ExperimentConfig, worker_cpus: float | None = None) -> dict[s
 
 def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_path: str,
                  callbacks: list[Any] | None = None, verbose: bool = False, label: str = "train",
-                 worker_cpus: float | None = None, extra: dict[str, Any] | None = None, lean_start: bool = True,
+                 worker_cpus: float | None = None, trial_started_at: float | None = None,
+                 start_checkpoint: Any = None,
                  storage_filesystem: Any = None, clean_up_placement_groups: bool = True,
                  autoscaling: bool = True, worker_env: dict[str, str] | None = None):
     """A Ray Train data-parallel trainer running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
+    It starts lean: only the workers import the training stack (:mod:`rayft.train.entry`) and torch
+    (:class:`~rayft.train.backend.WorkerTorchConfig`), Ray Train's dataset machinery is left out, and the run's
+    controller quiets its own threads on a local Ray (:class:`~rayft.train.quiet.QuietRun`).
+
     ``worker_cpus`` overrides the CPUs each worker reserves (sweeps shave a little so trials fit);
-    the worker's thread count still follows ``scaling.cpus_per_worker``. ``extra`` adds entries to the
-    workers' loop config (e.g. when the enclosing trial started, for start-up timing). ``lean_start=False``
-    is the previous behaviour, kept to measure the start-up cost against: Ray's ``TorchTrainer`` (torch
-    imported by the trial and the controller too) running the training function itself (so the controller
-    imports the whole training stack), with Ray Train's dataset machinery. ``storage_filesystem`` is the
+    the worker's thread count still follows ``scaling.cpus_per_worker``. ``trial_started_at`` (when the
+    enclosing trial started, for start-up timing) and ``start_checkpoint`` (another run's checkpoint to start
+    from) go to the workers in their :class:`~rayft.train.handoff.LoopConfig`. ``storage_filesystem`` is the
     pyarrow filesystem of ``storage_path`` (None: local). ``clean_up_placement_groups=False`` leaves out Ray
     Train's placement-group cleaner (an actor polling the state API every second), for runs that cannot
     outlive their Ray. ``autoscaling=False`` leaves out Ray Train's autoscaling coordinator, for a Ray with no
@@ -69,70 +74,28 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
 
     scaling = placement(cfg, worker_cpus)
     backend = scaling.pop("backend")
-    loop_config = {"experiment": dump_config(cfg), "data": data, "verbose": verbose, "label": label, **(extra or {})}
-    if lean_start:
-        from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+    loop_config = LoopConfig(dump_config(cfg), data, verbose=verbose, label=label, trial_started_at=trial_started_at,
+                             start_checkpoint=start_checkpoint)
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-        from rayft.train.backend import WorkerTorchConfig
-        from rayft.train.entry import train_loop_per_worker  # only the workers import the training stack
+    from rayft.ray_internals import lean_trainer_class
+    from rayft.train.backend import WorkerTorchConfig
+    from rayft.train.entry import train_loop_per_worker  # only the workers import the training stack
+    from rayft.train.quiet import QuietRun
 
-        from rayft.train.quiet import QuietRun
-
-        trainer_class, backend_kwargs = _lean(DataParallelTrainer, clean_up_placement_groups, autoscaling), {
-            "backend_config": WorkerTorchConfig(backend=backend)}
-        callbacks = [*(callbacks or []), QuietRun()]
-    else:
-        from ray.train.torch import TorchConfig, TorchTrainer
-
-        from rayft.train.worker import train_loop_per_worker
-
-        trainer_class, backend_kwargs = TorchTrainer, {"torch_config": TorchConfig(backend=backend)}
+    trainer_class = lean_trainer_class(DataParallelTrainer, clean_up_placement_groups, autoscaling)
     return trainer_class(
         train_loop_per_worker,
-        train_loop_config=loop_config,
-        **backend_kwargs,
+        train_loop_config=loop_config.to_ray(),
+        backend_config=WorkerTorchConfig(backend=backend),
         scaling_config=ScalingConfig(**scaling),
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
-            callbacks=callbacks or [], checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[*(callbacks or []), QuietRun()], checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=cfg.scaling.max_failures),
             **({"worker_runtime_env": {"env_vars": worker_env}} if worker_env else {}),
         ),
     )
-
-
-def _lean(base: type, clean_up_placement_groups: bool = True, autoscaling: bool = True) -> type:
-    """``base`` minus the Ray Data shard callback when the run has no Ray Datasets (rayft's never do), minus
-    the placement-group cleaner unless ``clean_up_placement_groups``, and minus the autoscaling coordinator
-    unless ``autoscaling`` (:mod:`rayft.train.scaling`).
-
-    Ray Train adds the first to every run, and it starts a ``DatasetManager`` actor (one more process,
-    importing Ray Data) before the workers' first step; rayft hands data over through the object store instead.
-    The cleaner is one more actor per run that asks the state API every second whether the controller lives,
-    to free its placement group if it died; a run whose Ray ends with it has nothing to free.
-    """
-    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
-
-    left_out = () if clean_up_placement_groups else (PlacementGroupCleanerCallback,)
-
-    class Trainer(base):  # type: ignore[misc, valid-type]
-        def _create_default_callbacks(self) -> list[Any]:
-            callbacks = super()._create_default_callbacks()
-            drop = left_out if self.datasets else (DatasetsCallback, *left_out)
-            return [cb for cb in callbacks if not isinstance(cb, drop)]
-
-        def _initialize_and_run_controller(self, **controller_init_kwargs):
-            from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
-
-            from rayft.train.scaling import LocalScalingPolicy
-
-            if not autoscaling and type(controller_init_kwargs.get("scaling_policy")) is FixedScalingPolicy:
-                controller_init_kwargs["scaling_policy"] = LocalScalingPolicy(self.scaling_config)
-            return super()._initialize_and_run_controller(**controller_init_kwargs)
-
-    Trainer.__name__ = base.__name__  # as Ray names it in its messages
-    return Trainer
 
 
 def latest_run(root: Any, prefix: str = "train-") -> str | None:
@@ -145,8 +108,11 @@ def latest_run(root: Any, prefix: str = "train-") -> str | None:
 
 
 def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | None = None,
-                 verbose: bool = True) -> TrainOutcome:
+                 verbose: bool = True, options: StartupOptions | None = None) -> TrainOutcome:
     """Train once with Ray Train + DeepSpeed. With ``resume``, continue the latest run of this experiment.
+
+    ``options`` say how a Ray started here runs (default: :func:`rayft.options.startup_options`); a run never
+    starts the dashboard on a Ray of its own.
 
     Raises:
         RayftError: for bad data or a resume request with no earlier run.
@@ -172,7 +138,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     # is needed, and training gets their share of the CPU.
     private = starts_private_ray(address)
     ray_started = time.perf_counter()
-    init_ray(address, dashboard=not private)
+    init_ray(address, dashboard=not private, options=options)
     ray_start_s = time.perf_counter() - ray_started
     trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
                            storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private,

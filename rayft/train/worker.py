@@ -121,7 +121,8 @@ class WorkerRun:
 
 @dataclass(slots=True)
 class _Window:
-    """Training since the last evaluation: summed step losses, optimizer micro-steps, samples and seconds."""
+    """Training since the last evaluation: summed batch losses, batches, samples and seconds (loading the
+    batches included), for the loss and throughput reported at the next evaluation."""
 
     loss: float = 0.0
     n: int = 0
@@ -149,7 +150,8 @@ def _startup_phases(marks: dict[str, float], first_step_at: float, loop: LoopCon
               "startup_model_s": marks["model_ready"] - marks["data_ready"],
               "startup_engine_s": marks["engine_ready"] - marks["model_ready"],
               "startup_first_step_s": first_step_at - marks["engine_ready"]}
-    # Without the lean entry point the training stack was imported while unpickling, before the loop.
+    # Called without rayft.train.entry (Ray's stock trainer, benchmarks/stock_trainer.py), the process imported the
+    # training stack while unpickling the function, before the loop: no import phase is seen here.
     entered_at, trial_started_at = loop.entered_at or marks["loop_start"], loop.trial_started_at
     phases["startup_import_s"] = marks["loop_start"] - entered_at
     if trial_started_at:

@@ -61,7 +61,9 @@ def test_a_new_attempt_of_a_trial_never_sees_what_a_killed_one_left(ray_local):
     hub = start_hub("test-attempts")
     old, new = run_key("trial_c"), run_key("trial_c")
     assert old != new
-    hub.put.remote(old, ({"step": 7}, None))  # the killed attempt's last report, never taken
+    from rayft.sweep.handoff import TrialReport
+
+    hub.put.remote(old, TrialReport({"step": 7}))  # the killed attempt's last report, never taken
     assert ray.get(hub.get.remote(new, 0.5)) is None
 
 

@@ -98,7 +98,7 @@ def test_two_workers_continue_a_cloned_checkpoint_under_their_own_lr(stage, ray_
     cfg = build_config({**raw, "train": {**raw["train"], "max_steps": 8, "lr": 5e-3, "warmup_ratio": 0.25,
                                          "scheduler": "constant_with_warmup"}})
     trainer = make_trainer(cfg, ray.put(prepare_data(cfg)), run_name="clone", storage_path=storage_location(cfg).path,
-                           label="clone", extra={"start_checkpoint": Checkpoint(donor.checkpoint_path)})
+                           label="clone", start_checkpoint=Checkpoint(donor.checkpoint_path))
     result = trainer.fit()
     metrics = result.metrics
     assert (metrics["resumed_from_step"], metrics["resumed_from_trial"], metrics["step"]) == (4, "train", 8)

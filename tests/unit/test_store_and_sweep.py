@@ -91,12 +91,13 @@ def test_trials_fit_the_cluster(tiny_bert, sentiment_csv, tmp_path):
 
 def test_lean_trainer_leaves_out_ray_data_and_on_request_the_cleaner(tiny_bert, sentiment_csv, tmp_path):
     from ray.train.torch import TorchTrainer
-    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
+    from benchmark_module import load
+    from rayft.ray_internals import DatasetsCallback, PlacementGroupCleanerCallback, lean_trainer_class
     from rayft.train.backend import WorkerTorchConfig
-    from rayft.train.run import _lean, make_trainer
+    from rayft.train.quiet import QuietRun
+    from rayft.train.run import make_trainer
 
     cfg = build_config(cls_config(tiny_bert, sentiment_csv, tmp_path))
 
@@ -104,14 +105,104 @@ def test_lean_trainer_leaves_out_ray_data_and_on_request_the_cleaner(tiny_bert, 
         return [type(cb) for cb in trainer._create_default_callbacks()]
 
     lean = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"))
-    plain = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"), lean_start=False)
+    plain = load("stock_trainer").stock_trainer(lean)  # Ray's stock path, the benchmarks' baseline
     assert isinstance(lean, DataParallelTrainer) and DatasetsCallback not in kinds(lean)
     assert lean.backend_config == WorkerTorchConfig(backend="gloo")
     assert isinstance(plain, TorchTrainer) and DatasetsCallback in kinds(plain)
+    assert plain.train_loop_config == lean.train_loop_config and plain.scaling_config == lean.scaling_config
+    assert any(isinstance(cb, QuietRun) for cb in lean.run_config.callbacks) and not plain.run_config.callbacks
     # A run on a Ray of its own leaves out the placement-group cleaner too, and so do sweep trials (their hub
     # frees the placement group); `rayft train` on a cluster keeps it.
     private = make_trainer(cfg, None, run_name="t", storage_path=str(tmp_path / "runs"),
                            clean_up_placement_groups=False)
     assert PlacementGroupCleanerCallback in kinds(lean) and PlacementGroupCleanerCallback not in kinds(private)
-    with_data = _lean(TorchTrainer)(lambda: None, datasets={"train": [1]})
+    with_data = lean_trainer_class(TorchTrainer)(lambda: None, datasets={"train": [1]})
     assert DatasetsCallback in kinds(with_data)  # real Ray Datasets keep Ray Train's shard callback
+
+
+@pytest.mark.parametrize("rows,world,batch,accum", [(1, 1, 8, 1), (160, 2, 8, 1), (161, 3, 7, 2), (50, 2, 64, 4)])
+def test_one_count_of_steps_per_epoch_matches_the_workers_loaders(rows, world, batch, accum):
+    """The sweep sizes ASHA's rungs from the rows alone; the workers count their loaders' batches: both agree."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from rayft.train.steps import batches_per_epoch, steps_per_epoch, total_steps
+
+    cfg = SimpleNamespace(scaling=SimpleNamespace(num_workers=world),
+                          train=SimpleNamespace(batch_size=batch, grad_accum=accum, epochs=1.5, max_steps=0))
+    loaders = [DataLoader(range(rows), batch_size=batch, sampler=DistributedSampler(range(rows), world, rank))
+               for rank in range(world)]
+    assert {len(loader) for loader in loaders} == {batches_per_epoch(cfg, rows)}
+    per_epoch = steps_per_epoch(cfg, batches_per_epoch(cfg, rows))
+    assert per_epoch == max(1, -(-batches_per_epoch(cfg, rows) // accum))
+    assert total_steps(cfg, batches_per_epoch(cfg, rows)) == max(1, -(-3 * per_epoch // 2))  # 1.5 epochs
+    cfg.train.max_steps = 7
+    assert total_steps(cfg, batches_per_epoch(cfg, rows)) == 7
+
+
+def test_the_workers_loop_config_reaches_ray_as_a_dict_of_its_fields(tiny_bert, sentiment_csv, tmp_path):
+    from rayft.config import dump_config
+    from rayft.train.handoff import LoopConfig
+    from rayft.train.run import make_trainer
+
+    cfg = build_config(cls_config(tiny_bert, sentiment_csv, tmp_path))
+    trainer = make_trainer(cfg, "data-ref", run_name="t", storage_path=str(tmp_path / "runs"), label="trial_1",
+                           trial_started_at=12.5, start_checkpoint="donor")
+    assert isinstance(trainer.train_loop_config, dict)  # Ray records it as one
+    loop = LoopConfig.parse(trainer.train_loop_config)
+    assert loop == LoopConfig(dump_config(cfg), "data-ref", verbose=False, label="trial_1", trial_started_at=12.5,
+                              start_checkpoint="donor")
+    assert loop.method == cfg.method.name and LoopConfig.parse(loop) is loop
+    with pytest.raises(TypeError):
+        LoopConfig.parse({**loop.to_ray(), "unknown": 1})  # a driver and workers of different versions
+
+
+def test_the_trial_plan_follows_the_scheduler_and_keeps_its_trainable_name(tiny_bert, sentiment_csv, tmp_path):
+    from rayft.sweep.run import trial_plan
+
+    def plan(**sweep):
+        return trial_plan(build_config(cls_config(tiny_bert, sentiment_csv, tmp_path, sweep=sweep)))
+
+    assert not plan().pausable and plan().trainable_name == "rayft_trial"
+    deferred = plan(asha_promotion="deferred")
+    assert deferred.pausable and deferred.trainable_name == "rayft_pbt_trial"  # resumable sweeps keep their name
+
+
+def test_a_pausable_trial_hands_tune_its_checkpoints_and_the_others_their_paths(monkeypatch, tmp_path):
+    from ray import train, tune
+
+    from rayft.sweep.handoff import TrialPlan
+
+    reported: list[tuple[dict, object]] = []
+    monkeypatch.setattr(tune, "report", lambda metrics, checkpoint=None: reported.append((metrics, checkpoint)))
+    checkpoint = train.Checkpoint(str(tmp_path))
+    TrialPlan(pausable=False).register({"step": 1}, None)
+    TrialPlan(pausable=False).register({"step": 2}, checkpoint)
+    TrialPlan(pausable=True).register({"step": 3}, None)
+    TrialPlan(pausable=True).register({"step": 4}, checkpoint)
+    assert [m for m, _ in reported] == [{"step": 1}, {"step": 2, "checkpoint_path": str(tmp_path)},
+                                        {"step": 3, "checkpoint_path": None},
+                                        {"step": 4, "checkpoint_path": str(tmp_path)}]
+    assert [c for _, c in reported[:3]] == [None, None, None]
+    assert isinstance(reported[3][1], tune.Checkpoint) and reported[3][1].path == str(tmp_path)
+    assert TrialPlan(pausable=False).restart_checkpoint() is None  # never asks Tune
+
+
+def test_what_every_trial_is_handed_pickles_without_the_training_stack(tmp_path):
+    import subprocess
+    import sys
+
+    script = f"""
+import json, sys
+import ray.cloudpickle as pickle
+from rayft.sweep.handoff import TrialPlan, TrialReport, TrialSetup
+setup = TrialSetup({{"name": "x"}}, None, None, {str(tmp_path)!r}, 0.5, plan=TrialPlan(pausable=True), warm="x/sweep-1")
+again = pickle.loads(pickle.dumps(setup))
+assert again == setup and again.plan.trainable_name == "rayft_pbt_trial"
+assert pickle.loads(pickle.dumps(TrialReport({{"step": 1}}))) == TrialReport({{"step": 1}}, None)
+print(json.dumps(sorted(m for m in ("torch", "transformers", "peft", "deepspeed") if m in sys.modules)))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
