@@ -68,6 +68,24 @@ def sft_adapter(base: Path, out: Path, seed: int = 3) -> Path:
     return out
 
 
+def classify_and_chat_store(tmp: Path, tiny_bert: Path, tiny_llama: Path, sentiment_csv: Path, chat_jsonl: Path):
+    """A store under ``tmp`` with two classification LoRA adapters (``cls-a``, ``cls-b``) and an ``sft`` one
+    (``chat-a``); returns the store and the classification results' config."""
+    from conftest import cls_config
+
+    from rayft.store import AdapterStore
+
+    st = AdapterStore(tmp / "store")
+    cls_cfg = config(cls_config(tiny_bert, sentiment_csv, tmp))
+    for i, adapter_id in enumerate(["cls-a", "cls-b"]):
+        st.put(cls_adapter(tiny_bert, tmp / adapter_id, seed=i),
+               manifest(adapter_id, tiny_bert, "sequence_classification", cls_cfg, LABELS))
+    sft_raw = cls_config(tiny_llama, chat_jsonl, tmp, task={"name": "sft"})
+    sft_raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response")
+    st.put(sft_adapter(tiny_llama, tmp / "chat-a"), manifest("chat-a", tiny_llama, "sft", config(sft_raw)))
+    return st, cls_cfg
+
+
 def expected_probs(store, adapter_id: str, texts=TEXTS) -> torch.Tensor:
     """What the stored result predicts in-process (plain peft / transformers, no server)."""
     from rayft.store import load_for_inference

@@ -10,8 +10,7 @@ import pytest
 import requests
 import torch
 
-from conftest import cls_config
-from serve_helpers import LABELS, TEXTS, cls_adapter, config, expected_probs, manifest, sft_adapter
+from serve_helpers import LABELS, TEXTS, classify_and_chat_store, cls_adapter, expected_probs, manifest
 
 from rayft.cluster import free_port
 
@@ -20,18 +19,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, tiny_bert, tiny_llama, sentiment_csv, chat_jsonl):
-    from rayft.store import AdapterStore
-
     tmp = tmp_path_factory.mktemp("serve")
-    st = AdapterStore(tmp / "store")
-    cls_cfg = config(cls_config(tiny_bert, sentiment_csv, tmp))
-    for i, adapter_id in enumerate(["cls-a", "cls-b"]):
-        st.put(cls_adapter(tiny_bert, tmp / adapter_id, seed=i), manifest(adapter_id, tiny_bert,
-                                                                         "sequence_classification", cls_cfg, LABELS))
-    sft_raw = cls_config(tiny_llama, chat_jsonl, tmp, task={"name": "sft"})
-    sft_raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response")
-    sft_cfg = config(sft_raw)
-    st.put(sft_adapter(tiny_llama, tmp / "chat-a"), manifest("chat-a", tiny_llama, "sft", sft_cfg))
+    st, cls_cfg = classify_and_chat_store(tmp, tiny_bert, tiny_llama, sentiment_csv, chat_jsonl)
     broken = st.put(tmp / "cls-a", manifest("broken", tiny_bert, "sequence_classification", cls_cfg, LABELS))
     (broken / "adapter_model.safetensors").write_bytes(b"not a safetensors file" * 8)
     return st

@@ -14,8 +14,8 @@ import requests
 import torch
 
 from conftest import cls_config
-from serve_helpers import (LABELS, TEXTS, cls_adapter, config, expected_probs, manifest, merged_model, probs_of,
-                           sft_adapter)
+from serve_helpers import (LABELS, TEXTS, classify_and_chat_store, config, expected_probs, manifest, merged_model,
+                           probs_of)
 
 from rayft.cluster import free_port
 
@@ -29,18 +29,11 @@ def store(tmp_path_factory, tiny_bert, tiny_llama, sentiment_csv, chat_jsonl):
     from rayft.store import AdapterStore
 
     tmp = tmp_path_factory.mktemp("product")
-    st = AdapterStore(tmp / "store")
-    cls_cfg = config(cls_config(tiny_bert, sentiment_csv, tmp))
-    for i, adapter_id in enumerate(["cls-a", "cls-b"]):
-        st.put(cls_adapter(tiny_bert, tmp / adapter_id, seed=i), manifest(adapter_id, tiny_bert,
-                                                                        "sequence_classification", cls_cfg, LABELS))
+    st, cls_cfg = classify_and_chat_store(tmp, tiny_bert, tiny_llama, sentiment_csv, chat_jsonl)
     full_cfg = config(cls_config(tiny_bert, sentiment_csv, tmp, method={"name": "full"}))
     st.put(merged_model(tiny_bert, tmp / "cls-a", tmp / "merged"),
            manifest("merged-a", tiny_bert, "sequence_classification", full_cfg, LABELS, kind="full", method="full",
                     architecture="BertForSequenceClassification"))
-    sft_raw = cls_config(tiny_llama, chat_jsonl, tmp, task={"name": "sft"})
-    sft_raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response")
-    st.put(sft_adapter(tiny_llama, tmp / "chat-a"), manifest("chat-a", tiny_llama, "sft", config(sft_raw)))
     # results this server must refuse, each for its own reason
     st.put(tmp / "cls-b", manifest("wrong-weights", tiny_bert, "sequence_classification", cls_cfg, LABELS,
                                    base_fingerprint="0123456789abcdef"))
