@@ -74,7 +74,8 @@ class SequenceClassification(Task):
 
 
 def predict_proba(model: torch.nn.Module, tokenizer: Any, texts: list[str], max_length: int) -> torch.Tensor:
-    """Class probabilities for raw texts (used by serving and tests)."""
+    """Class probabilities for raw texts, with the model as given (what tests and benchmarks compare served answers
+    with; the server itself classifies through :mod:`rayft.serve.infer`)."""
     enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
     with torch.no_grad():
         return model(**enc).logits.float().softmax(-1)
