@@ -85,9 +85,8 @@ def check_request(params: SamplingParams, prompt_tokens: int, context: int, max_
     if prompt_tokens < 1:
         raise RequestError("prompt", prompt_tokens, "at least one token")
     if prompt_tokens >= context:
-        raise RequestError("prompt", f"{prompt_tokens} tokens",
-                           f"fewer tokens than the model's context of {context} (the prompt has {prompt_tokens})",
-                           code="context_length_exceeded")
+        raise RequestError("prompt", f"{prompt_tokens} tokens", f"fewer tokens than the model's context of {context}, "
+                           "which must also hold the answer", code="context_length_exceeded")
     if params.max_tokens > context:
         raise RequestError("max_tokens", params.max_tokens, f"at most the model's context of {context} tokens",
                            code="context_length_exceeded")

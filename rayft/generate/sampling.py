@@ -62,7 +62,7 @@ class TextStream:
             return self._release(text[:cut])
         if text.endswith("\ufffd"):
             return ""
-        return self._release(text[: len(text) - self.hold] if self.hold else text)
+        return self._release(text[: max(len(text) - self.hold, 0)])
 
     def flush(self) -> str:
         """Releases what was held back (the choice ended for another reason than a stop string)."""
