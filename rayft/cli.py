@@ -376,10 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", default="label")
     p.add_argument("--prompt-column", help="score sft models: prompts in this column (default: prompt)")
     p.add_argument("--response-column", help="score sft models: reference answers in this column (default: response)")
-    p.add_argument("--max-tokens", type=int, default=64, help="answer length for sft models")
+    p.add_argument("--max-tokens", type=int, default=serving.CHAT_MAX_TOKENS, help="answer length for sft models")
     p.add_argument("--models", action="append", help="only these model ids (comma-separated, repeatable)")
     p.add_argument("--limit", type=int, help="score only the first N rows")
-    p.add_argument("--batch-size", type=int, default=32, help="texts per request")
+    p.add_argument("--batch-size", type=int, default=serving.EVAL_BATCH_SIZE, help="texts per request")
     p.add_argument("--output", help="write the ranking as JSON (input of `rayft promote --ranking`)")
     p.set_defaults(fn=cmd_eval)
 
@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default=serving.URL)
     p.add_argument("--model", help="model id (default: the only one served)")
     p.add_argument("--complete", action="store_true", help="use /v1/completions")
-    p.add_argument("--max-tokens", type=int, default=32)
+    p.add_argument("--max-tokens", type=int, default=serving.COMPLETION_MAX_TOKENS)
     p.set_defaults(fn=cmd_query)
 
     p = sub.add_parser("models", help="list the adapter store")

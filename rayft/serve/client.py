@@ -9,7 +9,7 @@ from urllib.parse import quote
 import requests
 
 from rayft.errors import RayftError
-from rayft.serve.defaults import URL
+from rayft.serve.defaults import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, URL
 
 
 class ServeClientError(RayftError):
@@ -47,13 +47,15 @@ class Client:
         """``{"model", "object": "classification", "data": [{"index", "label", "probabilities"}, ...]}``."""
         return self._request("POST", "/v1/classify", {"model": model, "inputs": list(inputs)})
 
-    def complete(self, model: str, prompt: str | list[str], max_tokens: int = 32, temperature: float = 0.0,
+    def complete(self, model: str, prompt: str | list[str], max_tokens: int = COMPLETION_MAX_TOKENS,
+                 temperature: float = 0.0,
                  **extra: Any) -> dict[str, Any]:
         """An OpenAI ``text_completion``; the text is ``response["choices"][0]["text"]``."""
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": temperature, **extra}
         return self._request("POST", "/v1/completions", body)
 
-    def chat(self, model: str, messages: list[dict[str, str]], max_tokens: int = 64, temperature: float = 0.0,
+    def chat(self, model: str, messages: list[dict[str, str]], max_tokens: int = CHAT_MAX_TOKENS,
+             temperature: float = 0.0,
              **extra: Any) -> dict[str, Any]:
         """An OpenAI ``chat.completion``; the reply is ``response["choices"][0]["message"]["content"]``."""
         body = {"model": model, "messages": list(messages), "max_tokens": max_tokens, "temperature": temperature,

@@ -2,7 +2,8 @@
 
 The CLI (``rayft serve`` / ``eval`` / ``promote`` / ``query``), :func:`rayft.serve.start`,
 :func:`rayft.serve.app.build_app`, the Serve config arguments (:class:`rayft.serve.app.AppArgs`), the model
-deployment and :class:`rayft.serve.Client` all take their defaults from here. Free of Ray (the CLI imports it).
+deployment, :class:`rayft.serve.Client` and :mod:`rayft.serve.evaluate` all take their defaults from here.
+Free of Ray (the CLI imports it).
 """
 
 from __future__ import annotations
@@ -18,3 +19,6 @@ MAX_BATCH_SIZE = 16  # classification requests gathered into one forward pass
 BATCH_WAIT_MS = 5.0  # how long a replica waits to fill a batch
 CATALOG_TTL_S = 2.0  # seconds the gateway caches the store listing
 START_TIMEOUT_S = 120.0  # seconds :func:`rayft.serve.start` waits for ``/healthz``
+COMPLETION_MAX_TOKENS = 32  # completion length of ``rayft query`` and :meth:`rayft.serve.Client.complete`
+CHAT_MAX_TOKENS = 64  # reply length of :meth:`rayft.serve.Client.chat`, and of sft models scored by ``rayft eval``
+EVAL_BATCH_SIZE = 32  # texts per ``/v1/classify`` request when ``rayft eval`` scores a model

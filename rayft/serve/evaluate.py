@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from rayft.errors import RayftError
 from rayft.serve.client import Client, ServeClientError
+from rayft.serve.defaults import CHAT_MAX_TOKENS, EVAL_BATCH_SIZE
 
 
 TASK_METRICS = {"sequence_classification": ("accuracy", "macro_f1"), "sft": ("exact_match", "token_f1")}
@@ -104,8 +105,8 @@ def _answers(client: Client, card: dict[str, Any], data: Heldout, batch_size: in
     return preds
 
 
-def score_model(client: Client, card: dict[str, Any], data: Heldout, batch_size: int = 32,
-                max_tokens: int = 64) -> Score:
+def score_model(client: Client, card: dict[str, Any], data: Heldout, batch_size: int = EVAL_BATCH_SIZE,
+                max_tokens: int = CHAT_MAX_TOKENS) -> Score:
     """Answer the held-out inputs with one served model and compare with the gold answers."""
     score = Score(card["id"], card.get("kind", ""), card.get("base_model", ""))
     unknown = sorted(set(data.labels) - set(card.get("labels") or []))
@@ -128,8 +129,9 @@ def score_model(client: Client, card: dict[str, Any], data: Heldout, batch_size:
     return score
 
 
-def evaluate_endpoint(client: Client, data: Heldout, models: list[str] | None = None, batch_size: int = 32,
-                      progress: Callable[[Score], None] | None = None, max_tokens: int = 64) -> list[Score]:
+def evaluate_endpoint(client: Client, data: Heldout, models: list[str] | None = None,
+                      batch_size: int = EVAL_BATCH_SIZE, progress: Callable[[Score], None] | None = None,
+                      max_tokens: int = CHAT_MAX_TOKENS) -> list[Score]:
     """Score the served models of the data's task (or ``models``), best first; failures last.
 
     Raises:

@@ -226,6 +226,7 @@ def test_serving_defaults_have_one_source():
     from rayft.serve import Client, defaults, start, wait_until_healthy
     from rayft.serve.app import AppArgs, build_app
     from rayft.serve.catalog import Catalog
+    from rayft.serve.evaluate import evaluate_endpoint, score_model
     from rayft.serve.replica import ModelServer
 
     def params(fn):
@@ -251,3 +252,11 @@ def test_serving_defaults_have_one_source():
         defaults.HOST, defaults.PORT, defaults.MAX_ADAPTERS, defaults.NUM_REPLICAS, defaults.MAX_BATCH_SIZE)
     for argv, dest in [(["eval", "--data", "d.csv"], "endpoint"), (["promote"], "endpoint"), (["query", "x"], "url")]:
         assert getattr(build_parser().parse_args(argv), dest) == defaults.URL
+    scoring = build_parser().parse_args(["eval", "--data", "d.csv"])
+    assert (scoring.batch_size, scoring.max_tokens) == (defaults.EVAL_BATCH_SIZE, defaults.CHAT_MAX_TOKENS)
+    assert build_parser().parse_args(["query", "x"]).max_tokens == defaults.COMPLETION_MAX_TOKENS
+    assert (params(Client.complete)["max_tokens"], params(Client.chat)["max_tokens"]) == (
+        defaults.COMPLETION_MAX_TOKENS, defaults.CHAT_MAX_TOKENS)
+    for fn in (score_model, evaluate_endpoint):
+        assert (params(fn)["batch_size"], params(fn)["max_tokens"]) == (defaults.EVAL_BATCH_SIZE,
+                                                                        defaults.CHAT_MAX_TOKENS)
