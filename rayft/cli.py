@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 from rayft.config.schema import default as schema_default
 from rayft.errors import RayftError
+from rayft.options import startup_options
 
 
 def _config(args: argparse.Namespace):
@@ -35,7 +36,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rayft.train import run_training
 
     cfg = _config(args)
-    out = run_training(cfg, resume=args.resume, address=args.address)
+    out = run_training(cfg, resume=args.resume, address=args.address, options=startup_options())
     shown = {k: round(v, 4) for k, v in out.metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)}
     print(f"trained {out.metrics.get('step')} steps in {out.seconds:.0f}s: {shown}")
     print(f"run: {out.run_dir}\ncheckpoint: {out.checkpoint_path}")
@@ -52,7 +53,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from rayft.track import print_table, trials_table
 
     cfg = _config(args)
-    out = run_sweep(cfg, address=args.address, resume=args.resume)
+    out = run_sweep(cfg, address=args.address, resume=args.resume,
+                    options=startup_options(warm_pool=False if args.no_warm_pool else None))
     print_table(trials_table(out.trials, out.metric, out.mode, out.best.trial_id if out.best else None))
     print(f"sweep {out.name}: {len(out.trials)} trials in {out.seconds:.0f}s; results in {out.path}")
     if out.pareto:
@@ -168,8 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    import os
-
+    from rayft.options import admin_token
     from rayft.serve import Client
 
     model = args.model
@@ -179,7 +180,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
             raise RayftError(f"--ranking {args.ranking}: no model was scored, nothing to promote")
     if not model:
         raise RayftError("name the model to promote, or pass --ranking from `rayft eval --output`")
-    token = args.token or os.environ.get("RAYFT_ADMIN_TOKEN")
+    token = args.token or admin_token()
     if not token:
         raise RayftError("promote needs the server's admin token: --token or $RAYFT_ADMIN_TOKEN")
     out = Client(args.endpoint, admin_token=token).set_alias(args.alias, model)
@@ -274,11 +275,10 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def _add_job_commands(sub: Any, with_config: Callable[..., argparse.ArgumentParser]) -> None:
     """``submit`` / ``jobs`` / ``logs`` / ``stop``: sweeps as Ray Jobs on a cluster (Ray Jobs SDK)."""
-    import os
+    from rayft.options import job_address
 
     def cluster_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--address", default=os.environ.get("RAY_JOB_ADDRESS") or os.environ.get("RAYFT_ADDRESS"),
-                       required=not (os.environ.get("RAY_JOB_ADDRESS") or os.environ.get("RAYFT_ADDRESS")),
+        p.add_argument("--address", default=job_address(), required=not job_address(),
                        help="the head's dashboard URL, e.g. http://HEAD:8265 (env: RAY_JOB_ADDRESS)")
         p.add_argument("--token", help="cluster auth token (default: RAY_AUTH_TOKEN or ~/.ray/auth_token)")
 
@@ -335,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", action="store_true", help="do not export the best trial")
     p.add_argument("--resume", action="store_true",
                    help="continue this experiment's latest sweep after the driver stopped (Ctrl-C, kill)")
+    p.add_argument("--no-warm-pool", action="store_true",
+                   help="start every trial in fresh processes (default: prestart the next trials' workers; "
+                        "env: RAYFT_WARM=0)")
 
     p = sub.add_parser("report", help="write a sweep's HTML report (plots, Pareto front, table) and print a summary")
     p.add_argument("sweep", help="sweep folder (runs/<experiment>/sweep-<time>)")
