@@ -52,8 +52,8 @@ def stock_sweep():
 
     from rayft.sweep import run as sweep_run
 
-    # Ray's processes cannot import this script's folder: the trial function travels by value.
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    if __name__ in sys.modules:  # Ray's processes cannot import this script's folder: the trial travels by value
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     lean_trial = sweep_run.rayft_trial
     sweep_run.rayft_trial = stock_trial
     try:

@@ -47,3 +47,13 @@ def test_ratios_and_medians_per_seed(bench):
     m = bench.medians([fast, never, slow])  # a seed that never reached the target counts as infinitely slow
     assert m["trial_epochs_ratio_median"] == 1.2 and m["trial_epochs_ratios"] == [0.3, None, 1.2]
     assert bench.medians([never, never, fast])["trial_epochs_ratio_median"] is None
+
+
+def test_the_stock_baseline_swaps_the_sweeps_trial_function_only_inside_its_block():
+    from rayft.sweep import run as sweep_run
+
+    stock = load("stock_trainer")
+    lean = sweep_run.rayft_trial
+    with stock.stock_sweep():
+        assert sweep_run.rayft_trial is stock.stock_trial
+    assert sweep_run.rayft_trial is lean
