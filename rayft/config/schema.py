@@ -2,7 +2,9 @@
 
 Every model forbids unknown keys, so a typo is an error instead of a silently ignored setting.
 Semantic checks that need registries or files (model/method/task names, data columns, sweep
-parameters) live in :mod:`rayft.config.validate` and are reported together with these.
+parameters) live in :mod:`rayft.config.validate`, the later stages' own checks are registered through
+:mod:`rayft.config.checks`, and all are reported together with these. :func:`default` gives every field's
+default to code that reads raw mappings, so each default is written once, here.
 """
 
 from __future__ import annotations
