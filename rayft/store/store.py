@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rayft.config.schema import default
 from rayft.errors import StoreError
 
 MANIFEST = "rayft.json"
@@ -41,7 +42,7 @@ class Manifest:
     trial_id: str | None = None
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     architecture: str | None = None
-    max_length: int = 128
+    max_length: int = default("model.max_length")  # older manifests: the schema's default
     format_version: int = 1
     hot_swappable: bool | None = None  # None (older manifests): true for peft adapters
 
