@@ -137,7 +137,7 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     if not isinstance(source, str) or not source:
         return []
     try:
-        present = source_columns(source, data.get("format", "auto"))
+        present = source_columns(source, data.get("format", schema.default("data.format")))
     except RayftError as exc:
         return [FieldError("data.source", source, str(exc).split(": ", 1)[-1] if not is_catalog(source) else str(exc))]
     if task_name not in TASKS:
