@@ -326,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The parsed command line; ``key.path=value`` overrides may stand anywhere after a config's subcommand
-    (``rayft submit CONFIG --address URL train.lr=3e-4``).
+    """The parsed command line; ``key.path=value`` overrides may stand anywhere after a config's subcommand,
+    before or after the config and the options (``rayft submit CONFIG --address URL train.lr=3e-4``).
 
     Exits 2 with the subcommand's usage for an argument that is neither one of its options nor an override.
     """
@@ -337,19 +337,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args
+    for token in extra:
+        if token.startswith("-"):
+            args.command_parser.error(f"unrecognized arguments: {token}")
+    tokens = [args.config, *args.overrides, *extra]  # in command-line order
+    plain = [i for i, token in enumerate(tokens) if not _is_override(token)]
+    config = plain[0] if plain else 0  # the one argument that is no key=value (a file name may hold a '=')
+    for i in plain[1:]:
+        args.command_parser.error(f"argument {tokens[i]!r} is neither an option of `rayft {args.command}` nor an "
+                                  "override: overrides are key.path=value (e.g. train.lr=3e-4)")
+    args.config, args.overrides = tokens[config], tokens[:config] + tokens[config + 1:]
+    return args
+
+
+def _is_override(token: str) -> bool:
     from rayft.config.loader import parse_override
     from rayft.errors import ConfigError
 
-    for token in [*args.overrides, *extra]:
-        if token.startswith("-"):
-            args.command_parser.error(f"unrecognized arguments: {token}")
-        try:
-            parse_override(token)
-        except ConfigError:
-            args.command_parser.error(f"argument {token!r} is neither an option of `rayft {args.command}` nor an "
-                                      "override: overrides are key.path=value (e.g. train.lr=3e-4)")
-    args.overrides = [*args.overrides, *extra]
-    return args
+    try:
+        parse_override(token)
+    except ConfigError:
+        return False
+    return True
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,9 @@ def test_overrides_stand_anywhere_after_the_config():
     args = parse_args(["sweep", "exp.yaml", "a.b=1", "--no-export", "c=[x, y]"])
     assert args.overrides == ["a.b=1", "c=[x, y]"] and args.no_export
     assert parse_args(["validate", "exp.yaml"]).overrides == []
+    args = parse_args(["train", "train.lr=1e-3", "exp.yaml", "--resume", "train.epochs=2"])  # before the config too
+    assert (args.config, args.overrides, args.resume) == ("exp.yaml", ["train.lr=1e-3", "train.epochs=2"], True)
+    assert parse_args(["validate", "runs/a=b.yaml"]).config == "runs/a=b.yaml"  # a lone argument is the config
 
 
 def test_submit_takes_overrides_after_its_options(tiny_bert, sentiment_csv, tmp_path, monkeypatch):
