@@ -10,9 +10,7 @@ from typing import Any
 from rayft.config.schema import ExperimentConfig
 from rayft.errors import StoreError
 from rayft.store.store import AdapterStore, Manifest
-
-STATE_FILE = "rayft_state.json"
-MODEL_DIR = "model"
+from rayft.train.handoff import MODEL_DIR, STATE_FILE, CheckpointState, LoopState
 
 
 def default_adapter_id(cfg: ExperimentConfig, trial_id: str | None = None) -> str:
@@ -37,11 +35,11 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
     model_dir = ckpt / MODEL_DIR
     if not model_dir.is_dir():
         raise StoreError(f"{ckpt} is not a rayft checkpoint (no {MODEL_DIR}/ folder)")
-    state = json.loads((ckpt / STATE_FILE).read_text()) if (ckpt / STATE_FILE).is_file() else {}
+    state = CheckpointState.read(str(ckpt)) if (ckpt / STATE_FILE).is_file() else CheckpointState(LoopState())
     if cfg is None:
-        if "config" not in state:
+        if state.config is None:
             raise StoreError(f"{ckpt} records no experiment config; pass the config to export")
-        cfg = ExperimentConfig.model_validate(state["config"])
+        cfg = ExperimentConfig.model_validate(state.config)
     method = get_method(cfg.method.name)
     base_path = resolve_model(cfg.model.name)
     config_json = model_dir / {"adapter": "adapter_config.json", "full": "config.json"}.get(method.artifact, "")
@@ -52,7 +50,7 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
         adapter_id=adapter_id or default_adapter_id(cfg, trial_id),
         kind=method.artifact, hot_swappable=method.hot_swappable,
         base_model=cfg.model.name, base_fingerprint=fingerprint(base_path), method=cfg.method.name,
-        task=cfg.task.name, labels=state.get("labels") or None, metrics=_numeric(metrics or state.get("metrics") or {}),
+        task=cfg.task.name, labels=state.labels or None, metrics=_numeric(metrics or state.metrics),
         config=cfg.model_dump(mode="json"), sweep_id=sweep_id, trial_id=trial_id,
         architecture=architecture, max_length=cfg.model.max_length,
     )
