@@ -8,8 +8,10 @@ here, and the rest of rayft imports them from this module under public names.
 
 Names in :data:`PRIVATE` resolve on first use (a module ``__getattr__``), so importing this module imports no
 part of Ray: each process pays only for what it touches, and the Tune trial actor and the Ray Train controller
-never import torch (see :mod:`rayft.train.entry`). :data:`OVERRIDDEN` lists the private methods rayft overrides.
-``tests/unit/test_ray_internals.py`` resolves every entry of both, so a Ray upgrade that moves one fails there,
+never import torch (see :mod:`rayft.train.entry`). :data:`OVERRIDDEN` lists the private methods rayft overrides
+and the methods of Ray Train's internal worker group it calls, :data:`PRIVATE_ATTRIBUTES` the private attributes
+of Ray objects it reads; the functions at the end of this module are the only places that touch either.
+The unit tests of this module resolve every entry of these tables, so a Ray upgrade that moves one fails there,
 naming this module and the symbol.
 """
 
@@ -47,7 +49,8 @@ PRIVATE: dict[str, tuple[str, str]] = {
     "NodeManagerServiceStub": ("ray.core.generated.node_manager_pb2_grpc", "NodeManagerServiceStub"),
 }
 
-# Private methods and attributes of Ray classes that rayft overrides or calls: "module:Class" -> names.
+# Private methods and class attributes of Ray classes that rayft overrides or calls, and the methods of Ray Train's
+# internal worker-group class that the functions below call: "module:Class" -> names.
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
     "ray.train.v2.api.data_parallel_trainer:DataParallelTrainer": ("_create_default_callbacks",
                                                                    "_initialize_and_run_controller"),
@@ -55,6 +58,17 @@ OVERRIDDEN: dict[str, tuple[str, ...]] = {
                                                                            "_send_resource_request"),
     "ray.runtime_env:RuntimeEnvConfig": ("build_proto_runtime_env_config",),
     "ray.air.integrations.wandb:WandbLoggerCallback": ("_logger_actor_cls",),
+    "ray.train.v2._internal.execution.worker_group:WorkerGroup": ("execute", "execute_async", "execute_single",
+                                                                  "execute_single_async", "get_worker_group_state",
+                                                                  "__len__"),
+}
+
+# Private attributes of Ray objects (class attributes, or set by the class's methods) that rayft reads or sets:
+# "module:Class" -> names.
+PRIVATE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    "ray.tune.schedulers:PopulationBasedTraining": ("_synch",),
+    "ray.tune.schedulers:TrialScheduler": ("_metric", "_supports_buffered_results"),
+    "ray.air.integrations.wandb:_WandbLoggingActor": ("_wandb",),
 }
 
 
@@ -139,6 +153,59 @@ def _local_scaling_policy() -> type:
 def worker_group_placement_group(worker_group: Any) -> Any:
     """The placement group of a Ray Train worker group (as handed to a ``WorkerGroupCallback``)."""
     return worker_group.get_worker_group_state().placement_group_handle.placement_group
+
+
+# Ray Train hands backends and worker-group callbacks its internal ``WorkerGroup``; rayft runs functions on the
+# workers only through these.
+def worker_count(worker_group: Any) -> int:
+    """How many workers a Ray Train worker group has."""
+    return len(worker_group)
+
+
+def run_on_workers(worker_group: Any, fn: Any, /, **kwargs: Any) -> list[Any]:
+    """``fn(**kwargs)`` on every worker of the group, waited for; the results in rank order."""
+    return worker_group.execute(fn, **kwargs)
+
+
+def run_on_workers_async(worker_group: Any, fn: Any, /, **kwargs: Any) -> list[Any]:
+    """``fn(**kwargs)`` on every worker of the group; one object ref per worker, in rank order."""
+    return worker_group.execute_async(fn, **kwargs)
+
+
+def run_on_worker(worker_group: Any, rank: int, fn: Any, /, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` on the group's worker of rank ``rank``, waited for."""
+    return worker_group.execute_single(rank, fn, **kwargs)
+
+
+def run_on_worker_async(worker_group: Any, rank: int, fn: Any, /, **kwargs: Any) -> Any:
+    """``fn(**kwargs)`` on the group's worker of rank ``rank``; its object ref."""
+    return worker_group.execute_single_async(rank, fn, **kwargs)
+
+
+def declare_scheduler(scheduler: Any, metric: str, buffered_results: bool) -> None:
+    """Declare what a Tune ``TrialScheduler`` written in rayft schedules on: its ``metric`` (what Tune's
+    ``scheduler.metric`` answers) and whether Tune may hand it results in batches (``buffered_results``; a
+    scheduler that must stop or pause a trial at an exact step says no). Tune's schedulers set both as private
+    attributes, and Tune reads them there."""
+    scheduler._metric = metric
+    scheduler._supports_buffered_results = buffered_results
+
+
+def pbt_is_synchronous(scheduler: Any) -> bool:
+    """Whether a Tune ``PopulationBasedTraining`` scheduler was made with ``synch=True`` (it keeps no public
+    record of it)."""
+    return bool(scheduler._synch)
+
+
+def use_wandb_logging_actor(callback_cls: type, actor_cls: type) -> None:
+    """Have Tune's ``WandbLoggerCallback`` subclass ``callback_cls`` log each trial with ``actor_cls`` (a subclass
+    of :data:`RayWandbLoggingActor`) instead of Ray's own actor."""
+    callback_cls._logger_actor_cls = actor_cls
+
+
+def wandb_module(logging_actor: Any) -> Any:
+    """The ``wandb`` module a Tune W&B logging actor imported (set once its ``run`` has begun)."""
+    return logging_actor._wandb
 
 
 def current_runtime_env() -> str:

@@ -32,6 +32,8 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter, Searcher
 
+from rayft.ray_internals import declare_scheduler
+
 
 class Parking:
     """Trials waiting at a rung, with the result they reached it with: shared by the scheduler and the limiter."""
@@ -56,8 +58,8 @@ class DeferredASHA(FIFOScheduler):
     def __init__(self, *, metric: str, mode: str, max_t: int, grace_period: int, reduction_factor: float,
                  concurrent: int, parking: Parking, time_attr: str = "training_iteration") -> None:
         super().__init__()
-        self._metric, self._mode, self._time_attr = metric, mode, time_attr
-        self._supports_buffered_results = False  # a trial must stop at its rung, not a few results later
+        declare_scheduler(self, metric, buffered_results=False)  # a trial must stop at its rung, not a few later
+        self._mode, self._time_attr = mode, time_attr
         self.max_t, self.eta, self.concurrent = max_t, reduction_factor, max(1, concurrent)
         self.rungs: dict[int, dict[str, float]] = {m: {} for m in rung_milestones(grace_period, max_t,
                                                                                    reduction_factor)}
@@ -66,7 +68,7 @@ class DeferredASHA(FIFOScheduler):
         self.parking = parking
 
     def on_trial_result(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> str:
-        if self._time_attr not in result or self._metric not in result:
+        if self._time_attr not in result or self.metric not in result:
             return TrialScheduler.CONTINUE
         self.promoted.discard(trial.trial_id)  # it runs again
         t = result[self._time_attr]
@@ -113,7 +115,7 @@ class DeferredASHA(FIFOScheduler):
                 f"{len(self.promoted)} promoted")
 
     def _score(self, result: dict[str, Any]) -> float:
-        value = float(result[self._metric])
+        value = float(result[self.metric])
         if math.isnan(value):
             return -math.inf
         return value if self._mode == "max" else -value

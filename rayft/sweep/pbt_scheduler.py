@@ -9,6 +9,8 @@ import numpy as np
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
+from rayft.ray_internals import pbt_is_synchronous
+
 
 class SeededPBT(PopulationBasedTraining):
     """``PopulationBasedTraining`` drawing from its own streams seeded by ``seed``.
@@ -48,7 +50,7 @@ class SeededPBT(PopulationBasedTraining):
         if result.get("final"):
             return TrialScheduler.CONTINUE
         decision = self._seeded(super().on_trial_result, tune_controller, trial, result)
-        if decision == TrialScheduler.PAUSE and not self._time_share and not self._synch \
+        if decision == TrialScheduler.PAUSE and not self._time_share and not pbt_is_synchronous(self) \
                 and trial.status == Trial.RUNNING:
             return TrialScheduler.CONTINUE
         return decision

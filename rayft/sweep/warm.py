@@ -24,7 +24,7 @@ from typing import Any
 
 import ray
 
-from rayft.ray_internals import WorkerGroupCallback, current_runtime_env, prestart_workers
+from rayft.ray_internals import WorkerGroupCallback, current_runtime_env, prestart_workers, run_on_workers
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class WarmProcesses(WorkerGroupCallback):
         self.trial = _process_env()  # made in the trial's process, whose environment the next trial's gets
 
     def after_worker_group_start(self, worker_group: Any) -> None:
-        wanted: Counter[tuple[str, str]] = Counter(worker_group.execute(_process_env))  # the workers' first
+        wanted: Counter[tuple[str, str]] = Counter(run_on_workers(worker_group, _process_env))  # the workers' first
         wanted[_process_env()] += CONTROLLER_PROCESSES
         wanted[self.trial] += 1
         self.hub.prestart.remote(ray.get_runtime_context().get_job_id(),

@@ -16,7 +16,7 @@ import sys
 
 from ray.air.integrations.wandb import WandbLoggerCallback
 
-from rayft.ray_internals import RayWandbLoggingActor
+from rayft.ray_internals import RayWandbLoggingActor, use_wandb_logging_actor, wandb_module
 
 
 class WandbLoggingActor(RayWandbLoggingActor):
@@ -26,15 +26,17 @@ class WandbLoggingActor(RayWandbLoggingActor):
         try:
             super().run()
         finally:
-            self._wandb.teardown()  # waits for the service to exit; unregisters W&B's own atexit hook
+            wandb_module(self).teardown()  # waits for the service to exit; unregisters W&B's own atexit hook
 
 
 class WandbCallback(WandbLoggerCallback):
-    """``WandbLoggerCallback`` whose clean-up is skipped during interpreter shutdown."""
-
-    _logger_actor_cls = WandbLoggingActor
+    """``WandbLoggerCallback`` whose clean-up is skipped during interpreter shutdown, logging each trial with
+    :class:`WandbLoggingActor`."""
 
     def __del__(self, _finalizing=sys.is_finalizing) -> None:  # bound now: module globals may be gone by then
         if _finalizing():
             return
         super().__del__()
+
+
+use_wandb_logging_actor(WandbCallback, WandbLoggingActor)

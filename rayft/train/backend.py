@@ -82,20 +82,20 @@ class WorkerTorchBackend(Backend):
     share_cuda_visible_devices: bool = True
 
     def on_start(self, worker_group: Any, backend_config: WorkerTorchConfig) -> None:
-        addr, port = worker_group.execute_single(0, ray_internals.get_address_and_port)
-        worker_group.execute(_set_master, addr=addr, port=port)
-        worker_group.execute(_call_in_worker, name="set_torch_distributed_env_vars")
-        ray.get([worker_group.execute_single_async(i, _call_in_worker, name="setup_torch_process_group",
-                                                   backend=backend_config.backend, world_rank=i,
-                                                   world_size=len(worker_group), init_method="env://",
-                                                   timeout_s=backend_config.timeout_s)
-                 for i in range(len(worker_group))])
+        workers = ray_internals.worker_count(worker_group)
+        addr, port = ray_internals.run_on_worker(worker_group, 0, ray_internals.get_address_and_port)
+        ray_internals.run_on_workers(worker_group, _set_master, addr=addr, port=port)
+        ray_internals.run_on_workers(worker_group, _call_in_worker, name="set_torch_distributed_env_vars")
+        ray.get([ray_internals.run_on_worker_async(worker_group, i, _call_in_worker, name="setup_torch_process_group",
+                                                   backend=backend_config.backend, world_rank=i, world_size=workers,
+                                                   init_method="env://", timeout_s=backend_config.timeout_s)
+                 for i in range(workers)])
 
     def on_shutdown(self, worker_group: Any, backend_config: WorkerTorchConfig) -> None:
         from ray.exceptions import GetTimeoutError
 
-        futures = worker_group.execute_async(_call_in_worker, name="shutdown_torch",
-                                             destroy_process_group=len(worker_group) > 1)
+        futures = ray_internals.run_on_workers_async(worker_group, _call_in_worker, name="shutdown_torch",
+                                                     destroy_process_group=ray_internals.worker_count(worker_group) > 1)
         try:
             ray.get(futures, timeout=SHUTDOWN_TIMEOUT_S)
         except GetTimeoutError:
