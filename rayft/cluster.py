@@ -185,7 +185,7 @@ def init_ray(address: str | None = None, *, num_cpus: int | None = None, quiet: 
             os.environ["RAY_AUTH_MODE"] = "token"  # Ray 2.60 clusters enable token auth when a token exists
         ray.init(address=address, **kwargs)
     else:
-        # Without the dashboard (and its module processes) a 2-core machine trains a few percent faster.
+        # The dashboard and its module processes take CPU time from training: started only when asked for.
         if dashboard is None:
             dashboard = options.dashboard
         port_kwargs: dict[str, Any] = {}

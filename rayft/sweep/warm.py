@@ -1,9 +1,9 @@
 """Warm processes for a sweep's next trials: started, with the training stack imported, while earlier trials train.
 
 Every trial of a sweep runs its Ray Train controller, synchronisation actor and workers in processes of its own
-(process isolation between trials). Ray starts a process when an actor needs one; on two cores starting Python
-and Ray costs about 2 s, and a worker's imports (torch, transformers, peft, DeepSpeed, the model's module)
-another 10 s or so, all before the trial's first step. Ray's raylet can start idle processes of a given runtime
+(process isolation between trials). Ray starts a process when an actor needs one, and starting Python and Ray,
+then a worker's imports (torch, transformers, peft, DeepSpeed, the model's module) all come before the trial's
+first step (docs/benchmarks.md has the figures). Ray's raylet can start idle processes of a given runtime
 environment ahead of time (its ``PrestartWorkers`` call) and hands them to the next actor with that runtime
 environment. So when a trial's worker group is up, :class:`WarmProcesses` (a Ray Train callback on its controller)
 asks the sweep's hub to prestart the processes one more trial will need, with the runtime environments this
@@ -13,7 +13,7 @@ the training stack as they start. A prestarted process has run nothing of any tr
 The hub prestarts for at most ``num_trials - concurrent`` later trials (the first ones start cold), and
 :func:`release_unused` ends the warm worker processes no trial took once the sweep is over. With
 ``StartupOptions(warm_pool=False)`` (:mod:`rayft.options`; ``rayft sweep --no-warm-pool``, ``RAYFT_WARM=0``) it is
-all off. Where the raylet refuses (another Ray version, a cluster that forbids it), trials start cold, as before.
+all off. Where the raylet refuses (another Ray version, a cluster that forbids it), trials start cold.
 """
 
 from __future__ import annotations

@@ -34,8 +34,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def skip_unused_imports(method: str) -> None:
     """Keep bitsandbytes out of workers whose method does not quantize.
 
-    peft and transformers import it whenever it is installed (about 0.5 s of every worker's start-up on two
-    cores, plus a warning about missing kernels). A ``None`` entry in ``sys.modules`` makes both treat it as
+    peft and transformers import it whenever it is installed (time in every worker's start-up, and a warning
+    about missing kernels). A ``None`` entry in ``sys.modules`` makes both treat it as
     not installed: ``import`` raises ImportError and ``importlib.util.find_spec`` returns None.
     """
     if method not in QUANTIZED_METHODS:

@@ -45,7 +45,7 @@ def import_training_stack() -> None:
     for name in ("rayft.train.worker", "peft", "deepspeed", "deepspeed.runtime.engine",
                  "deepspeed.runtime.zero.stage_1_and_2", "transformers.optimization",
                  # DeepSpeed's optimizer check imports its Muon optimizer, which calls torch.compile at import
-                 # time and so imports torch's inductor: about 3 s of the engine's start on two cores.
+                 # time and so imports torch's inductor, a large part of the engine's start.
                  "deepspeed.runtime.zero.muon.muon_optimizer",
                  _modeling_module(preload.model_type)):
         if name:
