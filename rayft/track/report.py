@@ -16,9 +16,6 @@ from typing import Any
 
 from rayft.errors import MissingExtraError
 
-PLOT_IDS = ("curves", "parallel", "pareto")
-
-
 def _plotly():
     try:
         import plotly.graph_objects as go

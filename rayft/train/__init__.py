@@ -14,10 +14,9 @@ _LAZY = {
     "deepspeed_config": "rayft.train.ds_config",
     "make_trainer": "rayft.train.run",
     "run_training": "rayft.train.run",
-    "storage_root": "rayft.train.run",
 }
 
-__all__ = ["TrainOutcome", "deepspeed_config", "make_trainer", "run_training", "storage_root"]
+__all__ = ["TrainOutcome", "deepspeed_config", "make_trainer", "run_training"]
 
 
 def __getattr__(name: str) -> Any:

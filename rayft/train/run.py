@@ -22,11 +22,6 @@ class TrainOutcome:
     ray_start_s: float = 0.0  # starting (or joining) Ray, part of ``seconds``
 
 
-def storage_root(cfg: ExperimentConfig) -> Path:
-    """Absolute folder for this experiment's runs (``output_dir/name``)."""
-    return (Path(cfg.output_dir).expanduser() / cfg.name).resolve()
-
-
 def storage_location(cfg: ExperimentConfig):
     """This experiment's runs folder (``output_dir/name``) on its filesystem: local, NFS or ``s3://...``."""
     from rayft.storage import resolve
