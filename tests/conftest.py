@@ -5,17 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.support import REPO, tiny
+
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-
-import tiny  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -46,31 +44,26 @@ def chat_jsonl(tmp_path_factory) -> Path:
     return path
 
 
-def cls_config(model: Path, data: Path, tmp: Path, **sections) -> dict:
-    """A small sequence-classification experiment on the tiny model and data."""
-    raw = {
-        "name": "tiny-cls", "output_dir": str(tmp / "runs"),
-        "model": {"name": str(model), "max_length": 32},
-        "data": {"source": str(data), "text_column": "review", "label_column": "sentiment",
-                 "validation_size": 40, "test_size": 40},
-        "method": {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["query", "value"]},
-        "train": {"epochs": 2, "batch_size": 16, "lr": 5e-3, "log_every": 5},
-        "scaling": {"num_workers": 1, "cpus_per_worker": 1, "zero_stage": 2},
-        "tracking": {"wandb": False},
-        "store": {"path": str(tmp / "store")},
-    }
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-    return raw
-
-
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray for the whole integration session (2 CPUs, like the CI machine)."""
+    """One local Ray for the whole integration session (2 CPUs, like the CI machine).
+
+    Its processes start with the repository root on ``PYTHONPATH``: a Ray worker then imports ``tests.support``
+    (a helper it is handed by reference) as this process does, from whatever folder pytest runs. Ray itself hands
+    its workers only the driver's working directory. The variable is restored once Ray is up: the processes Ray
+    started keep it, the tests' own subprocesses do not see it."""
     import ray
 
     from rayft.cluster import init_ray
 
-    init_ray(num_cpus=2, quiet=True)
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), saved) if p)
+    try:
+        init_ray(num_cpus=2, quiet=True)
+    finally:
+        if saved is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = saved
     yield ray
     ray.shutdown()
