@@ -51,7 +51,7 @@ class BatchCache:
 
     def keep(self, rows: list[int]) -> None:
         """Keeps only ``rows`` (in that order) and cuts the leading columns that are padding in all of them."""
-        index = torch.tensor(rows, dtype=torch.long)
+        index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         real = mask.any(dim=0).nonzero()
         start = int(real[0]) if len(real) else mask.shape[1]

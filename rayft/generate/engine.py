@@ -121,6 +121,7 @@ class DecodeEngine:
         self._prefilling: list[_Job] = []
         self._jobs: dict[str, _Job] = {}  # admitted, not finished
         self._groups: dict[tuple[str, str | None], _Group] = {}
+        self._running = 0  # sequences of admitted, unfinished requests (read by stats() from any thread)
 
     # ------------------------------------------------------------ the caller's side
 
@@ -138,7 +139,6 @@ class DecodeEngine:
         offset = virtual_tokens(self.sources.get(request.adapter), request.adapter)
         check_request(request.params, len(request.prompt_ids) + offset, self.context, self.config.max_n)
         key = group_key(self.model, request.adapter if request.adapter in _own(self.model) else None)
-        self._runner(key)
         job = _Job(Handle(request), key, offset,
                    min(request.params.max_tokens, self.context - offset - len(request.prompt_ids)))
         with self._lock:
@@ -158,7 +158,7 @@ class DecodeEngine:
             return bool(self._inbox or self._cancels or self._waiting or self._jobs)
 
     def stats(self) -> dict[str, int]:
-        return {"running": self._running(), "waiting": len(self._waiting) + len(self._inbox)}
+        return {"running": self._running, "waiting": len(self._waiting) + len(self._inbox)}
 
     # ------------------------------------------------------------ one iteration
 
@@ -169,6 +169,7 @@ class DecodeEngine:
             self._inbox, cancels, self._cancels = [], self._cancels, set()
         for request_id in cancels:
             self._cancel_now(request_id)
+        self._retire()
         self._admit()
         budget = self.config.step_tokens
         with torch.inference_mode():
@@ -198,12 +199,11 @@ class DecodeEngine:
             self._groups[key] = _Group(make_runner(self.model, key))
         return self._groups[key].runner
 
-    def _running(self) -> int:
-        return sum(job.request.params.n for job in self._jobs.values())
-
     def _admit(self) -> None:
-        while self._waiting and self._running() + self._waiting[0].request.params.n <= self.config.max_running:
+        while self._waiting and self._running + self._waiting[0].request.params.n <= self.config.max_running:
             job = self._waiting.popleft()
+            self._running += job.request.params.n
+            self._runner(job.key)  # groups are made here, on the stepping thread, never while one is iterated
             self._jobs[job.request.request_id] = job
             self._prefilling.append(job)
 
@@ -219,8 +219,9 @@ class DecodeEngine:
 
     def _decode(self, group: _Group) -> int:
         seqs = group.seqs
-        ids = torch.tensor([[s.pending] for s in seqs])
-        positions = torch.tensor([[s.position] for s in seqs])
+        device = group.runner.device
+        ids = torch.tensor([[s.pending] for s in seqs], device=device)
+        positions = torch.tensor([[s.position] for s in seqs], device=device)
         logits = group.runner.forward(ids, positions, group.cache, [s.job.request.adapter for s in seqs])
         for row, seq in enumerate(seqs):
             seq.position += 1
@@ -234,7 +235,8 @@ class DecodeEngine:
             job.state = begin(self.sources.get(job.request.adapter), job.request.adapter, runner)
         chunk = job.prompt[job.done: job.done + budget]
         start = job.offset + job.done
-        logits = runner.forward(torch.tensor([chunk]), torch.arange(start, start + len(chunk))[None], job.state,
+        logits = runner.forward(torch.tensor([chunk], device=runner.device),
+                                torch.arange(start, start + len(chunk), device=runner.device)[None], job.state,
                                 [job.request.adapter])
         job.done += len(chunk)
         if job.done == len(job.prompt):
@@ -280,8 +282,8 @@ class DecodeEngine:
         job.live -= 1
         usage = job.usage() if job.live == 0 else None
         job.handle.emit(Event(job.request.request_id, seq.index, text, tokens, reason, usage, error))
-        if job.live == 0:
-            self._jobs.pop(job.request.request_id, None)
+        if job.live == 0 and self._jobs.pop(job.request.request_id, None) is not None:
+            self._running -= job.request.params.n
 
     def _end_job(self, job: _Job, reason: str, error: str | None = None) -> None:
         """Ends every unfinished choice of ``job`` (cancelled, failed), wherever the job is."""

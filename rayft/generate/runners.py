@@ -36,6 +36,7 @@ class Runner:
     def __init__(self, model: Any, adapter: str | None = None) -> None:
         self.model, self.adapter = model, adapter
         self.tuner = model.base_model if is_peft(model) else None
+        self.device = next(model.parameters()).device
 
     def forward(self, ids: torch.Tensor | None, positions: torch.Tensor, cache: BatchCache,
                 adapters: list[str | None], embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -88,8 +89,7 @@ def group_key(model: Any, adapter: str | None) -> tuple[str, str | None]:
     config = model.peft_config[adapter]
     if config.is_prompt_learning:
         return SHARED
-    plain_lora = str(config.peft_type).endswith(".LORA") or str(config.peft_type) == "LORA"
-    if mixes(model.base_model) and plain_lora and not getattr(config, "use_dora", False):
+    if mixes(model.base_model) and config.peft_type == "LORA" and not getattr(config, "use_dora", False):
         return SHARED
     return ("solo", adapter)
 
@@ -112,16 +112,17 @@ def begin(source: Any, adapter: str | None, runner: Runner) -> BatchCache:
     Prefix tuning's key/values are the cache; prompt/p-tuning's virtual token embeddings are run through
     ``runner`` (the shared group's bare forward) at positions ``0..V-1``.
     """
-    empty = BatchCache(DynamicCache(), torch.zeros(1, 0, dtype=torch.long))
+    empty = BatchCache(DynamicCache(), torch.zeros(1, 0, dtype=torch.long, device=runner.device))
     width = virtual_tokens(source, adapter)
     if width == 0:
         return empty
     with _active(source, adapter):
         prompt = source.get_prompt(batch_size=1)
-    if str(source.peft_config[adapter].peft_type).endswith("PREFIX_TUNING"):
+    if source.peft_config[adapter].peft_type == "PREFIX_TUNING":
         cache = prompt if isinstance(prompt, DynamicCache) else DynamicCache(ddp_cache_data=list(prompt))
-        return BatchCache(cache, torch.ones(1, width, dtype=torch.long))
-    runner.forward(None, torch.arange(width)[None], empty, [None], embeds=prompt)
+        return BatchCache(cache, torch.ones(1, width, dtype=torch.long, device=runner.device))
+    embeds = prompt.to(device=runner.device, dtype=source.word_embeddings.weight.dtype)
+    runner.forward(None, torch.arange(width, device=runner.device)[None], empty, [None], embeds=embeds)
     return empty
 
 

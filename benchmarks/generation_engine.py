@@ -1,0 +1,206 @@
+"""The decode engine (``rayft.generate``) against one-at-a-time decoding and plain batched ``generate``, in one run.
+
+On ``smollm2-135m`` (the catalog's GGUF, converted once into ~/.cache/rayft; ``--model tiny`` or a failed load
+uses a tiny random Llama instead), ``--prompts`` prompts of mixed lengths, greedy, ``--new-tokens`` each (the
+end-of-sequence token does not stop a sequence, so every mode makes the same number of tokens):
+
+1. ``engine_batched``: all prompts submitted to one engine at once (time to first token and inter-token latency
+   percentiles from the streamed events);
+2. ``engine_sequential``: the same prompts one after another through the engine;
+3. ``generate_batched``: plain transformers ``generate`` of all prompts as one left-padded batch (the machine's
+   reference for what batching is worth);
+4. ``engine_adapters`` (with ``--adapters N`` > 0): as 1, over N random LoRA adapters round-robin in one forward.
+
+Also measured: the cost of the KV-cache layout the engine did not take, re-stacking per-sequence caches into a
+batch before each decode step (at the batch's mid-run lengths), against the engine's mean step time.
+Prints JSON: tokens/s of each mode and the ratios.
+
+    python benchmarks/generation_engine.py [--model smollm2-135m|tiny] [--prompts 16] [--new-tokens 64]
+                                           [--threads 2] [--adapters 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from rayft.generate import DecodeEngine, EngineConfig, Request, SamplingParams  # noqa: E402
+
+TEXT = ("The river bends twice before it reaches the old mill, where the water slows and the town begins. "
+        "Every spring the fields flood, the children count the herons, and the baker opens an hour early. "
+        "Travellers ask about the bridge, which has stood for three hundred years and been rebuilt four times. ")
+
+
+def load(name: str):
+    """The model and tokenizer: the catalog's smollm2-135m, else (or with ``tiny``) a tiny random Llama."""
+    from transformers import AutoModelForCausalLM
+
+    from rayft.models.catalog import load_tokenizer, resolve_model
+
+    path = None
+    if name != "tiny":
+        try:
+            path = resolve_model(name)
+        except Exception as exc:  # noqa: BLE001 - the benchmark still runs, on the fallback, and says so
+            print(f"{name} did not load ({exc}); using a tiny Llama", file=sys.stderr)
+    if path is None:
+        from tests.tiny import make_llama
+
+        name, path = "tiny-llama", str(make_llama(Path(tempfile.mkdtemp()) / "tiny-llama", hidden=64, layers=4))
+    return name, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), load_tokenizer(path)
+
+
+def prompts(tok, count: int) -> list[list[int]]:
+    """``count`` prompts from 8 to about 120 tokens, longer and shorter ones interleaved."""
+    ids = tok((TEXT * 4))["input_ids"]
+    lengths = [8 + (i * 37) % 113 for i in range(count)]
+    return [ids[i: i + n] for i, n in enumerate(lengths)]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))] if ordered else float("nan")
+
+
+def run_engine(model, tok, batch: list[list[int]], new: int, together: bool, adapters: list[str | None]) -> dict:
+    """Greedy decoding of ``batch`` through a fresh engine: all at once, or each after the previous finished."""
+    engine = DecodeEngine(model, tok, EngineConfig(max_running=len(batch), step_tokens=256, max_queued=len(batch)),
+                          eos_token_ids=[])
+    params = SamplingParams(max_tokens=new, temperature=0)
+    stamps: dict[str, list[float]] = {}
+    outputs: dict[str, list[int]] = {}
+    steps = 0
+
+    def submit(i: int, ids: list[int]) -> None:
+        request_id = f"r{i}"
+        stamps[request_id], outputs[request_id] = [time.perf_counter()], []
+
+        def sink(event, rid=request_id):
+            stamps[rid].append(time.perf_counter())
+            outputs[rid].extend(event.token_ids)
+
+        engine.add(Request(ids, params, adapters[i % len(adapters)], request_id=request_id, sink=sink))
+
+    start = time.perf_counter()
+    for i, ids in enumerate(batch):
+        submit(i, ids)
+        while not together and engine.has_work():
+            engine.step()
+            steps += 1
+    while engine.has_work():
+        engine.step()
+        steps += 1
+    wall = time.perf_counter() - start
+    ttft = [s[1] - s[0] for s in stamps.values()]
+    gaps = [b - a for s in stamps.values() for a, b in zip(s[1:], s[2:])]
+    tokens = sum(len(o) for o in outputs.values())
+    return {"tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1), "steps": steps,
+            "step_ms": round(1000 * wall / steps, 1), "ttft_p50_s": round(pct(ttft, 0.5), 3),
+            "ttft_p95_s": round(pct(ttft, 0.95), 3), "itl_p50_ms": round(1000 * pct(gaps, 0.5), 1),
+            "itl_p95_ms": round(1000 * pct(gaps, 0.95), 1), "_outputs": [outputs[f"r{i}"] for i in range(len(batch))]}
+
+
+def run_generate(model, tok, batch: list[list[int]], new: int) -> dict:
+    """One left-padded ``generate`` call over the whole batch (end-of-sequence suppressed until ``new`` tokens)."""
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    width = max(len(p) for p in batch)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new, min_new_tokens=new,
+                             do_sample=False, pad_token_id=pad)
+    wall = time.perf_counter() - start
+    tokens = (out.shape[1] - width) * len(batch)
+    return {"tokens": tokens, "wall_s": round(wall, 2), "tokens_per_s": round(tokens / wall, 1)}
+
+
+def restack_ms(model, batch: list[list[int]], new: int, reps: int = 10) -> float:
+    """Milliseconds to pad and stack per-sequence caches into one batch and split it back, per decode step."""
+    cfg = model.config
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    caches = [[torch.randn(1, heads, len(p) + new // 2, dim) for _ in range(2 * cfg.num_hidden_layers)]
+              for p in batch]
+    width = max(c[0].shape[2] for c in caches)
+    start = time.perf_counter()
+    for _ in range(reps):
+        for layer in range(2 * cfg.num_hidden_layers):
+            stacked = torch.cat([torch.nn.functional.pad(c[layer], (0, 0, width - c[layer].shape[2], 0))
+                                 for c in caches])
+            stacked = torch.cat([stacked, stacked[:, :, -1:]], dim=2)  # the step's new position
+            for i, c in enumerate(caches):  # each sequence keeps its own rows back
+                c[layer] = stacked[i: i + 1, :, width - c[layer].shape[2]:].clone()
+    return 1000 * (time.perf_counter() - start) / reps
+
+
+def lora_model(model, count: int):
+    """``model`` wrapped in a PeftModel with ``count`` random rank-8 LoRA adapters on q/v (B not zero)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    peft = get_peft_model(model, config, adapter_name="a0")
+    for i in range(1, count):
+        peft.add_adapter(f"a{i}", config)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.02)
+    return peft.eval()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--adapters", type=int, default=8)
+    args = parser.parse_args()
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the JSON (DeepSpeed logs to stdout)
+        report = measure(args)
+    print(json.dumps(report, indent=1))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    name, model, tok = load(args.model)
+    batch = prompts(tok, args.prompts)
+    run_generate(model, tok, batch[:2], 4)  # warm-up: first-call allocations and kernels
+    report = {"model": name, "threads": args.threads, "prompt_tokens": [len(p) for p in batch],
+              "new_tokens": args.new_tokens}
+    report["engine_batched"] = run_engine(model, tok, batch, args.new_tokens, True, [None])
+    report["engine_sequential"] = run_engine(model, tok, batch, args.new_tokens, False, [None])
+    report["generate_batched"] = run_generate(model, tok, batch, args.new_tokens)
+    if args.adapters:
+        names = [f"a{i}" for i in range(args.adapters)]
+        report["engine_adapters"] = run_engine(lora_model(model, args.adapters), tok, batch, args.new_tokens, True,
+                                               names)
+    same = report["engine_batched"].pop("_outputs") == report["engine_sequential"].pop("_outputs")
+    report.get("engine_adapters", {}).pop("_outputs", None)
+    step = report["engine_batched"]["step_ms"]
+    cost = restack_ms(model, batch, args.new_tokens)
+    tps = {k: v["tokens_per_s"] for k, v in report.items() if isinstance(v, dict)}
+    report["batched_equals_sequential"] = same
+    report["restack"] = {"ms_per_step": round(cost, 1), "engine_step_ms": step, "share": round(cost / step, 3)}
+    report["ratios"] = {
+        "batched_vs_sequential": round(tps["engine_batched"] / tps["engine_sequential"], 2),
+        "batched_vs_generate": round(tps["engine_batched"] / tps["generate_batched"], 2),
+        "sequential_vs_generate": round(tps["engine_sequential"] / tps["generate_batched"], 2),
+    }
+    if "engine_adapters" in tps:
+        report["ratios"]["adapters_vs_batched"] = round(tps["engine_adapters"] / tps["engine_batched"], 2)
+    return report
+
+
+if __name__ == "__main__":
+    main()
