@@ -1,18 +1,13 @@
-"""Storage locations, placement settings and the client side of ``rayft submit`` (no cluster needed)."""
+"""Storage locations, where runs live and placement settings (no cluster needed)."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 from pathlib import Path
 
 import pytest
-import yaml
 
-from rayft.cli import main
 from rayft.config.loader import build_config
 from rayft.errors import ConfigError
-from rayft.jobs import build_submission
 from rayft.storage import check_location, resolve
 from rayft.train.run import placement, storage_location
 from tests.support import cls_config
@@ -65,75 +60,6 @@ def test_placement_from_config(tiny_bert, sentiment_csv, tmp_path):
     remote = storage_location(cfg)
     assert remote.path == "bucket/exp/tiny-cls" and remote.uri("bucket/x") == (
         "s3://bucket/x?endpoint_override=127.0.0.1:1&scheme=http")
-
-
-def _write(tmp_path: Path, raw: dict) -> Path:
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
-
-
-def test_submission_ships_experiment_and_rayft(tiny_bert, sentiment_csv, tmp_path):
-    config = _write(tmp_path, cls_config(tiny_bert, sentiment_csv, tmp_path, output_dir="runs"))
-    sub = build_submission(config, ["train.lr=0.01"], working_dir=tmp_path, extra_args=["--no-export"])
-    assert sub.entrypoint == "python -m rayft.cli sweep exp.yaml train.lr=0.01 --no-export"
-    env = sub.runtime_env
-    assert env["working_dir"] == str(tmp_path.resolve()) and "runs/" in env["excludes"]
-    assert Path(env["py_modules"][0], "cli.py").is_file()  # this checkout's rayft, not the cluster's
-    assert sub.metadata["rayft_experiment"] == "tiny-cls"
-    assert any("output_dir='runs' is relative" in w for w in sub.warnings)
-
-
-class _Recorder(http.server.BaseHTTPRequestHandler):
-    hits: list[str] = []
-
-    def do_GET(self):  # noqa: N802 - http.server API
-        self.hits.append(self.path)
-        self.send_response(404)
-        self.end_headers()
-
-    do_POST = do_PUT = do_GET
-
-    def log_message(self, *args):  # quiet
-        pass
-
-
-def test_bad_config_fails_before_anything_is_sent(tiny_bert, sentiment_csv, tmp_path, capsys):
-    server = http.server.HTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        raw = cls_config(tiny_bert, sentiment_csv, tmp_path, train={"lr": -1}, method={"name": "nope"})
-        config = _write(tmp_path, raw)
-        code = main(["submit", str(config), "--address", f"http://127.0.0.1:{server.server_port}",
-                     "--working-dir", str(tmp_path)])
-    finally:
-        server.shutdown()
-    err = capsys.readouterr().err
-    assert code == 2 and "train.lr" in err and "method.name" in err and "Traceback" not in err
-    assert _Recorder.hits == []  # the cluster never heard of it
-
-
-def test_config_outside_working_dir_is_refused(tiny_bert, sentiment_csv, tmp_path, capsys):
-    config = _write(tmp_path, cls_config(tiny_bert, sentiment_csv, tmp_path))
-    (tmp_path / "elsewhere").mkdir()
-    assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "--working-dir",
-                 str(tmp_path / "elsewhere")]) == 2
-    assert "outside the working dir" in capsys.readouterr().err
-
-
-def test_submit_resume_adds_the_flag_once_and_needs_a_resumable_command(tiny_bert, sentiment_csv, tmp_path,
-                                                                         capsys, monkeypatch):
-    from rayft import jobs
-
-    config = _write(tmp_path, cls_config(tiny_bert, sentiment_csv, tmp_path))
-    sent: list[jobs.Submission] = []
-    monkeypatch.setattr(jobs, "submit", lambda address, sub, token=None: sent.append(sub) or "raysubmit_1")
-    for extra in ([], ["--arg=--resume"]):
-        assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "--working-dir", str(tmp_path),
-                     "--arg=--no-export", "--resume", *extra]) == 0
-    assert [s.entrypoint for s in sent] == ["python -m rayft.cli sweep exp.yaml --no-export --resume"] * 2
-    assert main(["submit", str(config), "--address", "http://127.0.0.1:1", "--run", "validate", "--resume"]) == 2
-    assert "--run sweep or --run train" in capsys.readouterr().err and len(sent) == 2
 
 
 def test_latest_sweep_is_found_where_the_runs_live(tmp_path):
