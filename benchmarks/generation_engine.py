@@ -53,7 +53,7 @@ def load(name: str):
         except Exception as exc:  # noqa: BLE001 - the benchmark still runs, on the fallback, and says so
             print(f"{name} did not load ({exc}); using a tiny Llama", file=sys.stderr)
     if path is None:
-        from tests.tiny import make_llama
+        from tests.support.tiny import make_llama
 
         name, path = "tiny-llama", str(make_llama(Path(tempfile.mkdtemp()) / "tiny-llama", hidden=64, layers=4))
     return name, AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), load_tokenizer(path)
