@@ -7,16 +7,19 @@ prompt is thus prefilled over several steps and never stalls the running sequenc
 Finished sequences (end-of-sequence token, ``max_tokens``, a stop string, a cancel) leave at the end of the step
 and their cache rows are freed; a new sequence joins its group's batch as soon as its prompt is prefilled.
 
-Sequences run in groups that share one forward (see :mod:`rayft.generate.runners`): all plain-LoRA adapters of a
-``PeftModel`` and its bare base together (peft's mixed-batch ``adapter_names``), every other adapter alone. A
+Sequences run in groups that share one forward (see :mod:`rayft.generate.runners`): the bare base, every plain-LoRA
+adapter (peft's mixed-batch ``adapter_names``) and every prompt-learning adapter together; DoRA, IA3 and the other
+tuners peft cannot mix one group per adapter. A
 step is one decode forward per group with running sequences plus one forward per prompt chunk; a chunk is not
 folded into the decode forward, as without a varlen attention kernel that would pad every decode row to the
 chunk's length.
 
 KV cache: each group keeps one padded batch ``DynamicCache`` (:mod:`rayft.generate.cache`), changed only when a
 sequence joins or leaves; the alternative, one cache per sequence re-stacked into a batch before every forward,
-copies every row's whole cache each step on top of the copy ``DynamicCache.update`` already makes.
-``benchmarks/generation_engine.py`` measures that re-stacking (figures in docs/benchmarks.md).
+copies every row's whole cache each step on top of the copy ``DynamicCache.update`` already makes: over a quarter
+of a batched decode step's time on smollm2-135m, more on smaller models (``benchmarks/generation_engine.py``, figures
+in docs/benchmarks.md), for no gain in what the forward computes. Padding costs attention over the pad columns,
+which are trimmed when the longest rows leave.
 
 Why not transformers' own continuous batching (``generate_batch`` / ``ContinuousBatchingManager``): it packs all
 requests into one ``[1, tokens]`` row over a paged cache and takes no adapter per request, while peft's

@@ -3,7 +3,9 @@
 Checks that need only the parameters run when a :class:`SamplingParams` is built; the ones that need the prompt and
 the model (its context length, the engine's limit on ``n``) run in :func:`check_request`. Every failure is a
 :class:`RequestError`: a :class:`~rayft.errors.RayftError` that names the field, the value and what was expected, so
-a server can turn it into a 4xx naming the field (``field`` and ``code`` are kept as attributes for that).
+a server can turn it into a 4xx naming the field (``field`` and ``code`` are kept as attributes for that). The
+serving layer's ``ServeError`` (rayft/serve/api.py) is not reused: it carries an HTTP status and is no RayftError,
+and this engine knows nothing of HTTP.
 """
 
 from __future__ import annotations

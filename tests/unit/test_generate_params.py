@@ -78,7 +78,11 @@ def test_greedy_topk_and_topp_choices():
 def test_seeded_choices_repeat_and_differ_from_each_other():
     params = SamplingParams(seed=11, temperature=1.0)
     logits = torch.zeros(50)
-    draw = lambda i: [next_token(logits, params, g) for g in [make_generator(params, i)] for _ in range(10)]  # noqa: E731
+
+    def draw(index: int) -> list[int]:
+        gen = make_generator(params, index)
+        return [next_token(logits, params, gen) for _ in range(10)]
+
     assert draw(0) == draw(0) and draw(0) != draw(1)
     assert make_generator(SamplingParams(temperature=0), 0) is None
 
