@@ -62,17 +62,12 @@ def bench_loop(config: dict) -> None:
     import gc
     import ctypes
 
-    import ray.train
     import torch
 
     from rayft.config.schema import ExperimentConfig
-    from rayft.paths import quiet_libraries, setup_env
+    from rayft.train.worker import driver_worker
 
-    setup_env()
-    quiet_libraries()
-    torch.set_num_threads(1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = driver_worker(threads=1)
     for raw in config["experiments"]:
         gc.collect()
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # give the previous method's memory back before measuring

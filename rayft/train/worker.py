@@ -26,6 +26,17 @@ DS_TAG = "ds"
 HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s")  # learning curves
 
 
+def driver_worker(threads: int = 1) -> tuple[int, int]:
+    """Prepare a Ray Train worker that drives rayft's building blocks itself instead of running
+    :func:`train_loop_per_worker` (the method benchmark, the method-table test): the shared environment, quiet
+    libraries and ``threads`` torch threads. Returns the worker's (rank, world size)."""
+    setup_env()
+    quiet_libraries()
+    torch.set_num_threads(threads)
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
 def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: the :class:`~rayft.train.handoff.LoopConfig` (or Ray's dict of it)."""
     started, marks = time.perf_counter(), {"loop_start": time.time()}  # start-up timeline (wall clock)

@@ -14,16 +14,10 @@ import torch
 
 def table_loop(config: dict[str, Any]) -> None:
     """Train every case in ``config["cases"]`` one after another on this worker."""
-    import ray.train
-
     from rayft.config.schema import ExperimentConfig
-    from rayft.paths import quiet_libraries, setup_env
+    from rayft.train.worker import driver_worker
 
-    setup_env()
-    quiet_libraries()
-    torch.set_num_threads(1)
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = driver_worker(threads=1)
     for case in config["cases"]:
         cfg = ExperimentConfig.model_validate(case["experiment"])
         record = train_case(cfg, config["data"], rank, world, os.path.join(config["out"], case["id"]))
