@@ -40,6 +40,7 @@ def world(tiny_llama, tmp_path_factory):
     """The base folder, its tokenizer and one saved folder per adapter (weights drawn at random, scaled up)."""
     root = tmp_path_factory.mktemp("adapters")
     for i, (name, config) in enumerate(ADAPTERS.items()):
+        torch.manual_seed(i)  # peft initialises adapters from the global generator: the same weights in any test order
         model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_llama), config)
         gen = torch.Generator().manual_seed(i)
         with torch.no_grad():
