@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 import torch
@@ -22,17 +23,23 @@ def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generato
     """The next token from one row of logits: argmax when greedy, else temperature, top-k, top-p, then a draw."""
     if params.greedy:
         return int(logits.argmax())
-    scores = logits.float() / params.temperature
-    if 0 < params.top_k < scores.numel():
-        kth = torch.topk(scores, params.top_k).values[-1]
-        scores = scores.masked_fill(scores < kth, float("-inf"))
-    if params.top_p < 1.0:
-        ordered, order = torch.sort(scores, descending=True)
-        cumulative = ordered.softmax(-1).cumsum(-1)
-        drop = cumulative - ordered.softmax(-1) >= params.top_p  # keep the smallest head reaching top_p
-        scores = scores.index_fill(0, order[drop], float("-inf"))
+    scores = _warpers(params)(None, logits.float()[None])[0]  # transformers' own temperature, top-k, top-p
     probs = scores.softmax(-1)
     return int(torch.multinomial(probs, 1, generator=gen).item())
+
+
+@lru_cache(maxsize=256)  # built once per distinct request parameters, not once per token
+def _warpers(params: SamplingParams) -> Any:
+    """transformers' logits warpers for ``params`` (temperature, then top-k, then top-p, as ``generate`` orders them)."""
+    from transformers.generation.logits_process import (LogitsProcessorList, TemperatureLogitsWarper,
+                                                        TopKLogitsWarper, TopPLogitsWarper)
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(params.temperature)])
+    if params.top_k > 0:
+        warpers.append(TopKLogitsWarper(params.top_k))
+    if params.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(params.top_p))
+    return warpers
 
 
 class TextStream:
