@@ -53,9 +53,22 @@ def export_checkpoint(checkpoint_dir: str, cfg: ExperimentConfig | None, store: 
         task=cfg.task.name, labels=state.labels or None, metrics=_numeric(metrics or state.metrics),
         config=cfg.model_dump(mode="json"), sweep_id=sweep_id, trial_id=trial_id,
         architecture=architecture, max_length=cfg.model.max_length,
+        prompt_format=_prompt_format(cfg, base_path),
     )
     store.put(model_dir, manifest, overwrite=overwrite)
     return manifest
+
+
+def _prompt_format(cfg: ExperimentConfig, base_path: str) -> dict[str, Any] | None:
+    """How training rendered prompts, for results the completion and chat routes serve (else None)."""
+    import rayft.tasks  # noqa: F401  (registers the tasks serving_task looks up)
+    from rayft.models import load_tokenizer
+    from rayft.tasks.base import serving_task
+    from rayft.tasks.prompt_format import PromptFormat
+
+    if serving_task(cfg.task.name) != "sft":
+        return None
+    return PromptFormat.of_training(load_tokenizer(base_path), cfg).to_dict()
 
 
 def _local_checkpoint(checkpoint_dir: str) -> Path:

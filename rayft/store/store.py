@@ -45,6 +45,9 @@ class Manifest:
     max_length: int = default("model.max_length")  # older manifests: the schema's default
     format_version: int = 1
     hot_swappable: bool | None = None  # None (older manifests): true for peft adapters
+    # how training rendered prompts (rayft.tasks.prompt_format.PromptFormat.to_dict) for causal LMs (sft, dpo);
+    # None for other tasks and older manifests
+    prompt_format: dict[str, Any] | None = None
 
     @property
     def swappable(self) -> bool:

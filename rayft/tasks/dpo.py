@@ -1,8 +1,9 @@
 """Direct preference optimization (DPO) on a causal LM.
 
-Rows hold a ``prompt``, a ``chosen`` and a ``rejected`` response, rendered with the tokenizer's chat template
-as in ``sft``. The loss compares how much more the policy prefers the chosen response than a frozen
-reference does: ``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` over summed response log-probs
+Rows hold a ``prompt``, a ``chosen`` and a ``rejected`` response, rendered as in ``sft`` (through one
+:class:`rayft.tasks.prompt_format.PromptFormat`, which export records for serving). The loss compares how much
+more the policy prefers the chosen response than a frozen reference does:
+``-log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` over summed response log-probs
 (with optional label smoothing, the conservative DPO variant). The reference is the base model: for
 adapter methods (peft) it is the same network with its adapters disabled, so no second copy is held;
 for full-weight methods it is a frozen copy taken before training. Metrics: loss, reward accuracy,
@@ -22,7 +23,8 @@ from pydantic import Field
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX, REJECTED, pad_pairs
 from rayft.tasks.base import Task, TaskParams, register_task
-from rayft.tasks.sft import render_example, token_logits
+from rayft.tasks.prompt_format import PromptFormat
+from rayft.tasks.sft import token_logits
 
 REFERENCE_ATTR = "_rayft_reference"  # kept outside nn.Module registration: never trained, saved or sharded
 PARAMS_ATTR = "_rayft_dpo_params"
@@ -84,14 +86,14 @@ class DPO(Task):
 
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
                  labels: list[str] | None) -> dict[str, list[Any]]:
-        limit, system = cfg.model.max_length, cfg.data.system_prompt
+        limit, fmt = cfg.model.max_length, PromptFormat.of_training(tokenizer, cfg, columns)
         out: dict[str, list[Any]] = {k: [] for k in ("input_ids", "labels", REJECTED + "input_ids",
                                                      REJECTED + "labels")}
         rows = zip(*(df[columns[r]].astype(str) for r in ("prompt", "chosen", "rejected")))
         for prompt, chosen, rejected in rows:
             pair = []
             for response in (chosen, rejected):
-                ids, n_prompt = render_example(tokenizer, prompt, response, system)
+                ids, n_prompt = fmt.render_example(tokenizer, prompt, response)
                 ids = ids[:limit]
                 pair.append((ids, [IGNORE_INDEX] * min(n_prompt, len(ids)) + ids[n_prompt:]))
             if any(all(x == IGNORE_INDEX for x in lab) for _, lab in pair):

@@ -20,38 +20,19 @@ import torch.nn.functional as F
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX
 from rayft.tasks.base import Task, register_task, task_params
-from rayft.tasks.sft_formats import SFTParams, alpaca_prompt, detect_layout, layout_roles, render_messages
-
-FALLBACK_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
-
-
-def _ids(out: Any) -> list[int]:
-    """``apply_chat_template(tokenize=True)`` returns a list or a BatchEncoding depending on version."""
-    if hasattr(out, "keys") and "input_ids" in out:
-        out = out["input_ids"]
-    return list(out)
+from rayft.tasks.prompt_format import FALLBACK_TEMPLATE, PromptFormat, _ids  # noqa: F401  (serve.infer's names)
+from rayft.tasks.sft_formats import SFTParams, alpaca_prompt, detect_layout, layout_roles, learned_labels
 
 
 def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
-    """Token ids of a user prompt followed by the assistant turn opener."""
-    if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    text = (system + "\n\n" if system else "") + FALLBACK_TEMPLATE.format(prompt=prompt)
-    return tokenizer(text, add_special_tokens=True)["input_ids"]
+    """Token ids of a user prompt followed by the assistant turn opener (one-off: tasks build a
+    :class:`PromptFormat` once per tokenization)."""
+    return PromptFormat.of_tokenizer(tokenizer, system).render_chat(tokenizer, [{"role": "user", "content": prompt}])
 
 
 def render_example(tokenizer: Any, prompt: str, response: str, system: str | None = None) -> tuple[list[int], int]:
     """Token ids of a whole exchange and the length of its prompt part (masked out of the loss)."""
-    prompt_ids = render_prompt(tokenizer, prompt, system)
-    if getattr(tokenizer, "chat_template", None):
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        full = _ids(tokenizer.apply_chat_template(messages, tokenize=True))
-        if full[: len(prompt_ids)] == prompt_ids:
-            return full, len(prompt_ids)
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    return prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] + eos, len(prompt_ids)
+    return PromptFormat.of_tokenizer(tokenizer, system).render_example(tokenizer, prompt, response)
 
 
 def token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -81,10 +62,11 @@ class InstructionTuning(Task):
 
     def rows(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str]):
         """(token ids, labels) per row for whichever layout ``columns`` describes."""
-        system = cfg.data.system_prompt
+        fmt = PromptFormat.of_training(tokenizer, cfg, columns)  # what export records for serving
         if "messages" in columns:
             for messages in df[columns["messages"]]:
-                yield render_messages(tokenizer, list(messages), system)
+                ids, spans = fmt.render_transcript(tokenizer, list(messages))
+                yield ids, learned_labels(ids, spans)
             return
         if "instruction" in columns:
             inputs = df[columns["input"]] if "input" in columns else [None] * len(df)
@@ -93,7 +75,7 @@ class InstructionTuning(Task):
         else:
             prompts, responses = df[columns["prompt"]].astype(str), df[columns["response"]].astype(str)
         for prompt, response in zip(prompts, responses):
-            ids, n_prompt = render_example(tokenizer, prompt, response, system)
+            ids, n_prompt = fmt.render_example(tokenizer, prompt, response)
             yield ids, [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
 
     def tokenize(self, df: pd.DataFrame, tokenizer: Any, cfg: ExperimentConfig, columns: dict[str, str],
