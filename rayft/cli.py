@@ -119,7 +119,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _export_sweeps(args.sweep, args.store)
     url = serve.start(args.store, host=args.host, port=args.port, max_adapters=args.max_adapters,
                       num_replicas=args.replicas, address=args.address, admin_token=args.admin_token,
-                      max_batch_size=args.max_batch_size)
+                      max_batch_size=args.max_batch_size, max_running=args.max_running,
+                      max_queued=args.max_queued, request_timeout_s=args.request_timeout)
     print(f"serving {resolve(args.store).uri()} at {url} (Ctrl-C or SIGTERM to stop)", flush=True)
     try:
         while True:
@@ -286,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "none: admin routes disabled)")
     p.add_argument("--max-batch-size", type=int, default=serving.MAX_BATCH_SIZE,
                    help="classification requests batched per forward")
+    p.add_argument("--max-running", type=int, default=serving.GenerationLimits.max_running,
+                   help="sequences each replica decodes at once (per base model); more requests wait")
+    p.add_argument("--max-queued", type=int, default=serving.GenerationLimits.max_queued,
+                   help="requests that may wait per base model; beyond them the server answers 429")
+    p.add_argument("--request-timeout", type=float, default=serving.GenerationLimits.request_timeout_s,
+                   help="seconds after which an unfinished generation request ends with 504")
     p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("eval", help="score every served model on held-out data over HTTP and rank them")

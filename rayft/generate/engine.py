@@ -29,37 +29,18 @@ requests into one ``[1, tokens]`` row over a paged cache and takes no adapter pe
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from rayft.generate.cache import BatchCache
+from rayft.generate.metrics import GenerationMetrics
 from rayft.generate.outputs import Event, Handle, Request, Usage
-from rayft.generate.params import RequestError, check_request
-from rayft.generate.runners import Runner, begin, group_key, is_peft, make_runner, virtual_tokens
+from rayft.generate.params import EngineConfig, RequestError, check_request
+from rayft.generate.runners import SHARED, Runner, begin, group_key, is_peft, make_runner, virtual_tokens
 from rayft.generate.sampling import TextStream, make_generator, next_token
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    """Per-engine limits: running sequences, queued requests, tokens per step, choices per request."""
-
-    max_running: int = 16
-    max_queued: int = 256
-    step_tokens: int = 256
-    max_n: int = 4
-
-    def __post_init__(self) -> None:
-        for name in ("max_running", "max_queued", "max_n"):
-            if getattr(self, name) < 1:
-                raise RequestError(name, getattr(self, name), "an integer >= 1")
-        if self.step_tokens <= self.max_running:
-            raise RequestError("step_tokens", self.step_tokens,
-                               f"more than max_running ({self.max_running}), so prompts advance every step")
-        if self.max_n > self.max_running:
-            raise RequestError("max_n", self.max_n, f"at most max_running ({self.max_running})")
 
 
 class EngineFull(RequestError):
@@ -77,6 +58,7 @@ class _Job:
         self.state: BatchCache | None = None
         self.seqs: list[_Seq] = []
         self.live = self.request.params.n  # choices not finished yet
+        self.added = time.perf_counter()  # time to first token counts from here
 
     def usage(self) -> Usage:
         return Usage(len(self.prompt), sum(len(s.out) for s in self.seqs))
@@ -92,6 +74,7 @@ class _Seq:
         self.out: list[int] = []
         self.pending = -1  # the last sampled token, fed in the next decode forward
         self.finish: str | None = None
+        self.last = 0.0  # when the previous token was sampled (0: none yet)
 
 
 class _Group:
@@ -107,13 +90,18 @@ class DecodeEngine:
     ``model`` is a causal LM or a ``PeftModel`` with its adapters; ``prompt_adapters`` maps more adapter names to
     prompt-learning ``PeftModel``s on the same base weights (peft cannot hold them in a LoRA model): only their
     prompt encoders are used, the forward passes run on ``model``. ``add`` and ``cancel`` may be called from any
-    thread; ``step`` from one thread at a time.
+    thread; ``step`` from one thread at a time. The adapters of ``model`` are read at each ``add``, so adapters
+    loaded into it later are served (load them while no step runs); :meth:`set_model` swaps the model itself.
+    ``metrics`` (shared by several engines, if wanted) receives tokens, latencies and finished requests.
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None,
-                 eos_token_ids: list[int] | None = None, prompt_adapters: dict[str, Any] | None = None) -> None:
+                 eos_token_ids: list[int] | None = None, prompt_adapters: dict[str, Any] | None = None,
+                 metrics: GenerationMetrics | None = None) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.sources = _sources(model, prompt_adapters or {})
+        self._extra = dict(prompt_adapters or {})
+        _sources(model, self._extra)  # checks the prompt-learning models now
+        self.metrics = metrics or GenerationMetrics()
         self.config = config or EngineConfig()
         self.context = getattr(model.config, "max_position_embeddings", None) or 1 << 30
         self.eos = set(eos_token_ids if eos_token_ids is not None else _eos_ids(model, tokenizer))
@@ -126,6 +114,18 @@ class DecodeEngine:
         self._groups: dict[tuple[str, str | None], _Group] = {}
         self._running = 0  # sequences of admitted, unfinished requests (read by stats() from any thread)
 
+    @property
+    def sources(self) -> dict[str, Any]:
+        """Every adapter the engine can serve, mapped to the model that holds it."""
+        return _sources(self.model, self._extra)
+
+    def set_model(self, model: Any) -> None:
+        """Serves ``model`` from now on: the same base weights, wrapped anew (a ``PeftModel`` made around the bare
+        base when its first adapter loads). Running sequences keep their caches; call it while no step runs."""
+        self.model = model.eval()
+        for key, group in self._groups.items():
+            group.runner = make_runner(model, key)
+
     # ------------------------------------------------------------ the caller's side
 
     def add(self, request: Request) -> Handle:
@@ -136,16 +136,18 @@ class DecodeEngine:
                 the limit.
             EngineFull: ``max_queued`` requests are already waiting.
         """
-        if request.adapter is not None and request.adapter not in self.sources:
-            raise RequestError("adapter", request.adapter, f"one of the loaded adapters {sorted(self.sources)} or None",
+        sources = self.sources
+        if request.adapter is not None and request.adapter not in sources:
+            raise RequestError("adapter", request.adapter, f"one of the loaded adapters {sorted(sources)} or None",
                                "model_not_found")
-        offset = virtual_tokens(self.sources.get(request.adapter), request.adapter)
+        offset = virtual_tokens(sources.get(request.adapter), request.adapter)
         check_request(request.params, len(request.prompt_ids) + offset, self.context, self.config.max_n)
         key = group_key(self.model, request.adapter if request.adapter in _own(self.model) else None)
         job = _Job(Handle(request), key, offset,
                    min(request.params.max_tokens, self.context - offset - len(request.prompt_ids)))
         with self._lock:
             if len(self._inbox) + len(self._waiting) >= self.config.max_queued:
+                self.metrics.count("rejected")
                 raise EngineFull("queue", len(self._inbox) + len(self._waiting),
                                  f"fewer than {self.config.max_queued} waiting requests; retry later", "queue_full")
             self._inbox.append(job)
@@ -242,6 +244,7 @@ class DecodeEngine:
                                 torch.arange(start, start + len(chunk), device=runner.device)[None], job.state,
                                 [job.request.adapter])
         job.done += len(chunk)
+        self.metrics.count("prompt_tokens", len(chunk))
         if job.done == len(job.prompt):
             self._prefilling.remove(job)
             self._start_choices(job, logits[0])
@@ -265,11 +268,19 @@ class DecodeEngine:
 
     def _accept(self, seq: _Seq, logits: torch.Tensor) -> None:
         """Samples the next token of ``seq``, streams its text and decides whether the choice ends."""
-        token = next_token(logits, seq.job.request.params, seq.gen)
-        if token in self.eos:
+        params = seq.job.request.params
+        token = next_token(logits, params, seq.gen)
+        now = time.perf_counter()
+        if seq.last:
+            self.metrics.inter_token(now - seq.last)
+        else:
+            self.metrics.first_token(now - seq.job.added)
+        seq.last = now
+        if token in self.eos or token in params.stop_token_ids:
             self._finish(seq, "stop", seq.stream.flush(), ())
             return
         seq.out.append(token)
+        self.metrics.count("tokens_generated")
         seq.pending = token
         text = seq.stream.push(token)
         if seq.stream.stopped:
@@ -285,8 +296,10 @@ class DecodeEngine:
         job.live -= 1
         usage = job.usage() if job.live == 0 else None
         job.handle.emit(Event(job.request.request_id, seq.index, text, tokens, reason, usage, error))
-        if job.live == 0 and self._jobs.pop(job.request.request_id, None) is not None:
-            self._running -= job.request.params.n
+        if job.live == 0:
+            self.metrics.finished(reason)
+            if self._jobs.pop(job.request.request_id, None) is not None:
+                self._running -= job.request.params.n
 
     def _end_job(self, job: _Job, reason: str, error: str | None = None) -> None:
         """Ends every unfinished choice of ``job`` (cancelled, failed), wherever the job is."""
@@ -309,7 +322,10 @@ class DecodeEngine:
         self._end_job(job, "cancelled")
 
     def _retire(self) -> None:
-        """Drops finished sequences and their cache rows."""
+        """Drops finished sequences and their cache rows, and the groups of adapters nothing runs on any more."""
+        busy = {job.key for job in self._jobs.values()}
+        for key in [k for k, g in self._groups.items() if k != SHARED and not g.seqs and k not in busy]:
+            del self._groups[key]  # a solo adapter's group: the adapter may be gone from the model by now
         for group in self._groups.values():
             keep = [i for i, s in enumerate(group.seqs) if s.finish is None]
             if len(keep) == len(group.seqs):

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from typing import Callable
+from typing import Any, Callable
 
 from rayft.generate.engine import DecodeEngine
 from rayft.generate.outputs import Event, Handle, Request
@@ -17,11 +18,13 @@ class EngineLoop:
     """Runs ``engine.step()`` on its own thread whenever a request is waiting or running; sleeps otherwise.
 
     Use ``add`` and ``cancel`` of the loop (they wake the thread). A step that raises ends every request in flight
-    with finish reason ``error`` and the loop goes on serving new ones.
+    with finish reason ``error`` and the loop goes on serving new ones. ``lock`` (optional) is held during each
+    step: whoever changes the model (loads or deletes adapters) takes it too, and then never runs mid-step.
     """
 
-    def __init__(self, engine: DecodeEngine, idle_wait_s: float = 1.0) -> None:
+    def __init__(self, engine: DecodeEngine, idle_wait_s: float = 1.0, lock: Any = None) -> None:
         self.engine, self.idle_wait_s = engine, idle_wait_s
+        self.lock = lock if lock is not None else contextlib.nullcontext()
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -32,6 +35,11 @@ class EngineLoop:
             self._thread = threading.Thread(target=self._run, name="rayft-decode", daemon=True)
             self._thread.start()
         return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the loop's thread was started and not stopped."""
+        return self._thread is not None
 
     def stop(self, timeout: float | None = 10.0) -> None:
         """Stops after the current step; requests still in flight stay where they are."""
@@ -64,10 +72,12 @@ class EngineLoop:
                 self._wake.wait(self.idle_wait_s)
                 continue
             try:
-                self.engine.step()
+                with self.lock:
+                    self.engine.step()
             except Exception as exc:  # noqa: BLE001 - the thread must outlive one bad step
                 log.exception("decode step failed")
-                self.engine.fail_all(f"{type(exc).__name__}: {exc}")
+                with self.lock:
+                    self.engine.fail_all(f"{type(exc).__name__}: {exc}")
 
 
 def asyncio_sink(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue) -> Callable[[Event], None]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from rayft.errors import FieldError, RayftError
 
-MAX_STOPS = 4  # as OpenAI: at most four stop strings
+MAX_STOPS = 8  # a client's four (as OpenAI allows) plus those of the model's prompt format
 
 
 class RequestError(RayftError):
@@ -32,7 +32,8 @@ class SamplingParams:
 
     ``temperature`` 0 is greedy (top_p/top_k then have no effect); ``top_k`` 0 keeps every token; ``seed`` makes
     sampling reproducible (choice ``i`` of ``n`` uses ``seed + i``); ``stop`` strings end a choice and are never part
-    of its text; ``n`` choices share one prompt (and one prefill).
+    of its text; ``stop_token_ids`` end it as the model's end-of-sequence token does (a chat template's end of turn,
+    say); ``n`` choices share one prompt (and one prefill).
     """
 
     max_tokens: int = 16
@@ -42,12 +43,15 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     n: int = 1
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop or ()))
+        if not isinstance(self.stop_token_ids, tuple):
+            object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids or ()))
         _int("max_tokens", self.max_tokens, 1, "an integer >= 1")
         _int("top_k", self.top_k, 0, "an integer >= 0 (0 keeps every token)")
         _int("n", self.n, 1, "an integer >= 1")
@@ -59,6 +63,8 @@ class SamplingParams:
             raise RequestError("top_p", self.top_p, "a number in (0, 1]")
         if len(self.stop) > MAX_STOPS or any(not isinstance(s, str) or not s for s in self.stop):
             raise RequestError("stop", self.stop, f"at most {MAX_STOPS} non-empty strings")
+        if any(isinstance(t, bool) or not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise RequestError("stop_token_ids", self.stop_token_ids, "token ids (integers >= 0)")
 
     @property
     def greedy(self) -> bool:
@@ -94,3 +100,23 @@ def check_request(params: SamplingParams, prompt_tokens: int, context: int, max_
                            code="context_length_exceeded")
     if params.n > max_n:
         raise RequestError("n", params.n, f"at most {max_n} (this engine's limit)")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Per-engine limits: running sequences, queued requests, tokens per step, choices per request."""
+
+    max_running: int = 16
+    max_queued: int = 64
+    step_tokens: int = 256
+    max_n: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("max_running", "max_queued", "max_n"):
+            if getattr(self, name) < 1:
+                raise RequestError(name, getattr(self, name), "an integer >= 1")
+        if self.step_tokens <= self.max_running:
+            raise RequestError("step_tokens", self.step_tokens,
+                               f"more than max_running ({self.max_running}), so prompts advance every step")
+        if self.max_n > self.max_running:
+            raise RequestError("max_n", self.max_n, f"at most max_running ({self.max_running})")

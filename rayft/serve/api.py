@@ -1,7 +1,8 @@
 """The HTTP contract of ``rayft serve``, free of Ray: request models, the model catalog, errors, responses.
 
-Every error leaves the server as ``{"error": {"message", "type", "code"}}``: 4xx for client mistakes
-(unknown model 404, bad body 422, wrong task for the route 400) and 5xx only for the server's own trouble.
+Every error leaves the server as ``{"error": {"message", "type", "code", "param"}}``: 4xx for client mistakes
+(unknown model 404, bad body 422, wrong task for the route or a request the model cannot take 400, a full replica
+429 with ``Retry-After``) and 5xx only for the server's own trouble.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Iterable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayft.errors import StoreError
+from rayft.generate.params import RequestError, SamplingParams
 from rayft.store.store import Manifest, validate_id
 
 CLASSIFY_TASK = "sequence_classification"
@@ -25,24 +27,51 @@ Text = Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]
 
 
 class ServeError(Exception):
-    """An error with its HTTP status, carried as data between the model replicas and the gateway."""
+    """An error with its HTTP status, carried as data between the model replicas and the gateway.
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None):
+    ``param`` names the request field at fault (OpenAI's ``error.param``); ``retry_after`` (seconds) becomes a
+    ``Retry-After`` header.
+    """
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error", code: str | None = None,
+                 param: str | None = None, retry_after: int | None = None):
         super().__init__(message)
         self.status, self.message, self.type, self.code = status, message, type, code
+        self.param, self.retry_after = param, retry_after
 
     def to_dict(self) -> dict[str, Any]:
         """A picklable form (``ServeError(**d)`` rebuilds it)."""
-        return {"status": self.status, "message": self.message, "type": self.type, "code": self.code}
+        return {"status": self.status, "message": self.message, "type": self.type, "code": self.code,
+                "param": self.param, "retry_after": self.retry_after}
 
     def body(self) -> dict[str, Any]:
         """The JSON response body."""
-        return error_body(self.message, self.type, self.code)
+        return error_body(self.message, self.type, self.code, self.param)
+
+    def headers(self) -> dict[str, str] | None:
+        if self.status == 401:
+            return {"WWW-Authenticate": 'Bearer realm="rayft admin"'}
+        return {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
 
 
-def error_body(message: str, type: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
+def error_body(message: str, type: str = "invalid_request_error", code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
     """The OpenAI-style error body every failing route returns."""
-    return {"error": {"message": message, "type": type, "code": code}}
+    return {"error": {"message": message, "type": type, "code": code, "param": param}}
+
+
+def request_refused(exc: RequestError) -> ServeError:
+    """The 4xx for a generation request the model or the replica cannot take (the field is named).
+
+    A full queue (code ``queue_full``) is 429 with ``Retry-After``; anything else the client can fix is 400.
+    """
+    if exc.code == "queue_full":
+        return ServeError(429, f"the model server is at capacity ({exc}); retry later", "server_busy", exc.code,
+                          None, RETRY_AFTER_S)
+    return ServeError(400, str(exc), "invalid_request_error", exc.code, exc.field)
+
+
+RETRY_AFTER_S = 1  # what a 429 asks a client to wait: a decode step frees slots within a second on any model here
 
 
 def not_found(model: Any, reason: str = "") -> ServeError:
@@ -106,7 +135,8 @@ class ClassifyRequest(_Request):
 class _Sampling(_Request):
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1, description="only one choice per prompt is supported")
+    top_k: int = Field(0, ge=0, description="keep the k likeliest tokens (0: all)")
+    n: int = Field(1, ge=1, description="choices per prompt (at most the server's max_n)")
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool = False
@@ -124,14 +154,22 @@ class _Sampling(_Request):
         """Whether a streamed answer ends with a usage chunk (``stream_options.include_usage``)."""
         return bool(self.stream and (self.stream_options or {}).get("include_usage"))
 
-    def params(self, max_tokens: int) -> dict[str, Any]:
-        return {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p,
-                "stop": self.stop, "seed": self.seed}
+    def params(self, max_tokens: int) -> SamplingParams:
+        """How to decode (checked against the model's context and the server's limits by the model replica).
+
+        Raises:
+            ServeError: 400 naming a field the decoder refuses.
+        """
+        try:
+            return SamplingParams(max_tokens=max_tokens, temperature=self.temperature, top_p=self.top_p,
+                                  top_k=self.top_k, seed=self.seed, stop=tuple(self.stop or ()), n=self.n)
+        except RequestError as exc:
+            raise request_refused(exc) from None
 
 
 class CompletionRequest(_Sampling):
     prompt: Text | list[Text] = Field(min_length=1)
-    max_tokens: int = Field(16, ge=1, le=4096)
+    max_tokens: int = Field(16, ge=1, description="at most the model's context")
 
     @field_validator("prompt")
     @classmethod
@@ -156,8 +194,8 @@ class ChatMessage(BaseModel):
 
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1, le=4096)
-    max_completion_tokens: int | None = Field(None, ge=1, le=4096)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
 
     def plain_messages(self) -> list[dict[str, str]]:
         """Messages as ``{"role", "content"}`` dicts for a chat template (``developer`` acts as ``system``)."""
@@ -255,25 +293,64 @@ def classification_response(model: str, rows: list[dict[str, Any]]) -> dict[str,
     return {"model": model, "object": "classification", "data": data}
 
 
-def _usage(outs: list[dict[str, Any]]) -> dict[str, int]:
-    prompt = sum(o["prompt_tokens"] for o in outs)
-    completion = sum(o["completion_tokens"] for o in outs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+# ---------------------------------------------------------------- what a model replica answers
 
 
-def completion_response(model: str, outs: list[dict[str, Any]]) -> dict[str, Any]:
-    """``outs``: per prompt ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
-    choices = [{"text": o["text"], "index": i, "logprobs": None, "finish_reason": o["finish_reason"]}
-               for i, o in enumerate(outs)]
+@dataclass(frozen=True)
+class TokenUsage:
+    """OpenAI ``usage``: every prompt counted once, every choice's completion tokens."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: "TokenUsage") -> "TokenUsage":
+        return TokenUsage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens)
+
+    def body(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.prompt_tokens + self.completion_tokens}
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One streamed piece of a generation answer: new text of choice ``index`` (its last piece has
+    ``finish_reason``), or the answer's ``usage`` (the stream's last piece), or an ``error`` (``ServeError.to_dict``).
+    """
+
+    index: int = 0
+    text: str = ""
+    finish_reason: str | None = None
+    usage: TokenUsage | None = None
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedChoice:
+    index: int
+    text: str
+    finish_reason: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole generation answer: its choices in index order (prompt ``p``, choice ``i`` at ``p * n + i``)."""
+
+    choices: tuple[GeneratedChoice, ...]
+    usage: TokenUsage
+
+
+def completion_response(model: str, out: Completion) -> dict[str, Any]:
+    choices = [{"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason}
+               for c in out.choices]
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-            "model": model, "choices": choices, "usage": _usage(outs)}
+            "model": model, "choices": choices, "usage": out.usage.body()}
 
 
-def chat_response(model: str, out: dict[str, Any]) -> dict[str, Any]:
-    choice = {"index": 0, "message": {"role": "assistant", "content": out["text"]},
-              "logprobs": None, "finish_reason": out["finish_reason"]}
+def chat_response(model: str, out: Completion) -> dict[str, Any]:
+    choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text}, "logprobs": None,
+                "finish_reason": c.finish_reason} for c in out.choices]
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-            "model": model, "choices": [choice], "usage": _usage([out])}
+            "model": model, "choices": choices, "usage": out.usage.body()}
 
 
 # ---------------------------------------------------------------- streamed (server-sent events) responses
@@ -291,12 +368,12 @@ class StreamShape:
         return {"id": self.id, "object": "chat.completion.chunk" if self.chat else "text_completion",
                 "created": self.created, "model": self.model, "choices": choices, **extra}
 
-    def opening(self) -> dict[str, Any] | None:
-        """Chat streams open with the assistant role and no text."""
+    def opening(self, choices: int = 1) -> dict[str, Any] | None:
+        """Chat streams open with the assistant role and no text, for every choice."""
         if not self.chat:
             return None
-        return self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                             "finish_reason": None}])
+        return self._chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                             "finish_reason": None} for i in range(choices)])
 
     def text(self, index: int, text: str, finish_reason: str | None = None) -> dict[str, Any]:
         if self.chat:
@@ -304,8 +381,8 @@ class StreamShape:
             return self._chunk([{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
         return self._chunk([{"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}])
 
-    def usage(self, outs: list[dict[str, Any]]) -> dict[str, Any]:
-        return self._chunk([], usage=_usage(outs))
+    def usage(self, usage: TokenUsage) -> dict[str, Any]:
+        return self._chunk([], usage=usage.body())
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

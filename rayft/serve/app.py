@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -30,10 +30,12 @@ from rayft.serve import defaults
 from rayft.serve.replica import ModelServer
 from rayft.serve.admin import AliasRequest, RegisterRequest, check_bearer, configured_digest
 from rayft.serve.api import (CLASSIFY_TASK, SFT_TASK, ChatRequest, ClassifyRequest, CompletionRequest, ModelEntry,
-                             ServeError, StreamShape, chat_response, classification_response, completion_response,
+                             Piece, ServeError, StreamShape, chat_response, classification_response, completion_response,
                              internal_error, models_response, not_found, require_task, sse,
                              validation_error)
 from rayft.serve.catalog import Catalog
+from rayft.serve.defaults import GenerationLimits
+from rayft.serve.metrics import open_board
 from rayft.store import AdapterStore
 from rayft.store.compat import BaseInfo
 from rayft.store.records import remove_alias, set_alias, set_registered
@@ -44,8 +46,7 @@ api = FastAPI(title="rayft", description="OpenAI-compatible serving of rayft ada
 
 
 async def _serve_error(request: Request, exc: ServeError) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Bearer realm="rayft admin"'} if exc.status == 401 else None
-    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers())
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -100,34 +101,34 @@ async def require_admin(request: Request) -> None:
 ADMIN_ONLY = [Depends(require_admin)]  # ``dependencies=`` of the admin routes
 
 
-async def _events(first: dict[str, Any], gen: Any, shape: StreamShape, usage: bool) -> AsyncIterator[bytes]:
-    """OpenAI stream chunks from the model server's pieces, then ``[DONE]``."""
-    opening = shape.opening()
+async def _events(first: Piece, gen: Any, shape: StreamShape, usage: bool, choices: int) -> AsyncIterator[bytes]:
+    """OpenAI stream chunks from the model server's pieces, then ``[DONE]``; leaving early (the client went away)
+    cancels the model server's stream, which frees the request's sequences."""
+    opening = shape.opening(choices)
     if opening:
         yield sse(opening)
-    outs: list[dict[str, Any]] = []
 
-    async def pieces() -> AsyncIterator[dict[str, Any]]:
+    async def pieces() -> AsyncIterator[Piece]:
         yield first
         async for piece in gen:
             yield piece
 
     try:
         async for piece in pieces():
-            if "error" in piece:
-                yield sse(ServeError(**piece["error"]).body())
+            if piece.error is not None:
+                yield sse(ServeError(**piece.error).body())
                 return
-            if "done" in piece:
-                outs.append(piece["done"])
-                yield sse(shape.text(piece["index"], "", piece["done"]["finish_reason"]))
-            elif piece["text"]:
-                yield sse(shape.text(piece["index"], piece["text"]))
+            if piece.usage is not None:
+                if usage:
+                    yield sse(shape.usage(piece.usage))
+            elif piece.text or piece.finish_reason:
+                yield sse(shape.text(piece.index, piece.text, piece.finish_reason))
     except Exception as exc:  # noqa: BLE001 - the replica went away mid-stream
         logger.error("stream broke: %r", exc)
         yield sse(internal_error("the model server stopped while streaming; retry").body())
         return
-    if usage:
-        yield sse(shape.usage(outs))
+    finally:
+        gen.cancel()  # a no-op once the stream ended; else the client left and the replica stops decoding for it
     yield sse("[DONE]")
 
 
@@ -137,11 +138,12 @@ class Gateway:
     """HTTP ingress: validation, model resolution against the store, one model deployment per base, admin routes."""
 
     def __init__(self, servers: dict, store: str, catalog_ttl: float = defaults.CATALOG_TTL_S,
-                 admin_digest: str | None = None) -> None:
+                 admin_digest: str | None = None, app: str = defaults.APP_NAME) -> None:
         self.servers: dict[str, DeploymentHandle] = servers
         self.store = AdapterStore(store)
         self.catalog = Catalog(self.store, {name: BaseInfo.of(name) for name in servers}, catalog_ttl)
         self.admin_digest = admin_digest
+        self.board = open_board(app)  # the model replicas' figures, for /metrics
 
     def entry(self, model: str, task: str, route: str) -> ModelEntry:
         """The served entry for ``model``, checked against the route's task."""
@@ -170,7 +172,7 @@ class Gateway:
             raise ServeError(**out["error"])
         return out["result"]
 
-    async def stream(self, entry: ModelEntry, method: str, shape: StreamShape, usage: bool,
+    async def stream(self, entry: ModelEntry, method: str, shape: StreamShape, usage: bool, choices: int,
                      *args: Any) -> StreamingResponse:
         """Server-sent events of a streamed answer; an error before the first piece is a plain JSON error."""
         gen = self.handle(entry, method, stream=True).remote(*args)
@@ -180,14 +182,22 @@ class Gateway:
             logger.error("model server stream %s(%s) failed: %r", method, entry.id, exc)
             raise ServeError(503, f"the model server could not answer for {entry.id!r}; retry later",
                              "server_error", "unavailable") from None
-        if "error" in first:
-            raise ServeError(**first["error"])
-        return StreamingResponse(_events(first, gen, shape, usage), media_type="text/event-stream",
+        if first.error is not None:
+            gen.cancel()
+            raise ServeError(**first.error)
+        return StreamingResponse(_events(first, gen, shape, usage, choices), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache"})
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "bases": sorted(self.servers)}
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        """Prometheus text: tokens, running and queued sequences, latency histograms, adapter loads/evictions."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(await self.board.render.remote(), media_type=CONTENT_TYPE_LATEST)
 
     @api.get("/v1/models")
     async def list_models(self) -> dict[str, Any]:
@@ -210,7 +220,7 @@ class Gateway:
         params = body.params(body.max_tokens)
         if body.stream:
             return await self.stream(entry, "stream_completions", StreamShape(entry.id, chat=False),
-                                     body.include_usage(), prompts, params)
+                                     body.include_usage(), len(prompts) * params.n, prompts, params)
         return completion_response(entry.id, await self.call(entry, "completions", prompts, params))
 
     @api.post("/v1/chat/completions")
@@ -219,7 +229,7 @@ class Gateway:
         params = body.params(body.limit())
         if body.stream:
             return await self.stream(entry, "stream_chat", StreamShape(entry.id, chat=True), body.include_usage(),
-                                     body.plain_messages(), params)
+                                     params.n, body.plain_messages(), params)
         return chat_response(entry.id, await self.call(entry, "chat", body.plain_messages(), params))
 
     # ------------------------------------------------------------ admin (bearer token)
@@ -290,6 +300,8 @@ class BaseArgs(BaseModel):
     autoscaling_config: dict[str, Any] | None = None
     max_adapters: int | None = Field(None, ge=1, le=1024)
     num_cpus: float | None = Field(None, gt=0)
+    max_running: int | None = Field(None, ge=1, le=1024)
+    max_queued: int | None = Field(None, ge=1, le=100_000)
 
 
 class AppArgs(BaseModel):
@@ -308,6 +320,11 @@ class AppArgs(BaseModel):
     max_batch_size: int = Field(defaults.MAX_BATCH_SIZE, ge=1, le=256)
     batch_wait_ms: float = Field(defaults.BATCH_WAIT_MS, ge=0, le=1000)
     admin_token: str | None = Field(None, min_length=16)
+    max_running: int = Field(GenerationLimits.max_running, ge=1, le=1024)
+    max_queued: int = Field(GenerationLimits.max_queued, ge=1, le=100_000)
+    step_tokens: int = Field(GenerationLimits.step_tokens, ge=2, le=65_536)
+    max_n: int = Field(GenerationLimits.max_n, ge=1, le=1024)
+    request_timeout_s: float = Field(GenerationLimits.request_timeout_s, gt=0)
 
 
 def deployment_name(app: str, base: str) -> str:
@@ -331,7 +348,10 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
               autoscaling_config: dict[str, Any] | None = None, name: str = defaults.APP_NAME,
               num_cpus: float = defaults.NUM_CPUS, catalog_ttl: float = defaults.CATALOG_TTL_S,
               max_batch_size: int = defaults.MAX_BATCH_SIZE, batch_wait_ms: float = defaults.BATCH_WAIT_MS,
-              admin_token: str | None = None) -> serve.Application:
+              admin_token: str | None = None, max_running: int = GenerationLimits.max_running,
+              max_queued: int = GenerationLimits.max_queued, step_tokens: int = GenerationLimits.step_tokens,
+              max_n: int = GenerationLimits.max_n,
+              request_timeout_s: float = GenerationLimits.request_timeout_s) -> serve.Application:
     """The bound Serve application: ``<name>-gateway`` (ingress) in front of one model deployment per base.
 
     Args:
@@ -348,9 +368,19 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
         max_batch_size: classification requests gathered into one forward pass.
         batch_wait_ms: how long a replica waits to fill a batch.
         admin_token: bearer token of the admin routes (default ``$RAYFT_ADMIN_TOKEN``; none: admin disabled).
+        max_running: sequences each replica's decode engine runs at once (per base; requests beyond wait).
+        max_queued: requests that may wait per engine; beyond them a request is refused with 429.
+        step_tokens: tokens one decode step spends (one per running sequence, the rest on prompt chunks).
+        max_n: choices per prompt (``n``) a request may ask for.
+        request_timeout_s: a generation request not finished by then ends with 504.
+
+    Autoscaling keys off queue depth: Serve counts a request as ongoing from its arrival at the replica until its
+    answer ends, so running and queued generation requests both count; ``target_ongoing_requests`` defaults to
+    ``max_running`` (a replica full of running sequences, nothing waiting).
 
     Raises:
         StoreError: if ``store`` is not a directory, or holds nothing and no bases are named.
+        RequestError: for limits that do not fit together (``step_tokens`` <= ``max_running``, ...).
     """
     root = Path(store).expanduser().resolve()
     if not root.is_dir():
@@ -358,18 +388,23 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
     servers = {}
     for base, own in _bases(root, {k: BaseArgs.model_validate(v) for k, v in bases.items()}
                             if isinstance(bases, dict) else bases).items():
+        limits = GenerationLimits(max_running=own.max_running or max_running, max_queued=own.max_queued or max_queued,
+                                  step_tokens=step_tokens, max_n=max_n, request_timeout_s=request_timeout_s)
+        # Serve must let every request the engine may hold reach the replica, or it queues them itself and no 429
+        # is ever answered; the rest is for classification batches and admin calls.
+        ongoing = max(64, 4 * max_batch_size, limits.max_running + limits.max_queued + 16)
         options: dict[str, Any] = {"name": deployment_name(name, base),
                                    "ray_actor_options": {"num_cpus": own.num_cpus or num_cpus},
-                                   "max_ongoing_requests": max(64, 4 * max_batch_size)}
+                                   "max_ongoing_requests": ongoing}
         scaling = own.autoscaling_config or (None if own.num_replicas else autoscaling_config)
-        if scaling:  # replicas between min_replicas and max_replicas, on queue length
-            options["autoscaling_config"] = scaling
+        if scaling:  # replicas between min_replicas and max_replicas, on ongoing (running + queued) requests
+            options["autoscaling_config"] = {"target_ongoing_requests": limits.max_running, **scaling}
         else:
             options["num_replicas"] = own.num_replicas or num_replicas
         servers[base] = ModelServer.options(**options).bind(str(root), own.max_adapters or max_adapters,
-                                                            max_batch_size, batch_wait_ms / 1000)
+                                                            max_batch_size, batch_wait_ms / 1000, limits, name)
     gateway = Gateway.options(name=f"{name}-gateway")
-    return gateway.bind(servers, str(root), catalog_ttl, configured_digest(admin_token))
+    return gateway.bind(servers, str(root), catalog_ttl, configured_digest(admin_token), name)
 
 
 def app_builder(args: dict[str, Any]) -> serve.Application:

@@ -8,6 +8,10 @@ Free of Ray (the CLI imports it).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from rayft.generate.params import EngineConfig
+
 APP_NAME = "rayft"  # Serve application name and prefix of the deployment names
 HOST = "127.0.0.1"  # interface the HTTP proxy binds
 PORT = 8000  # HTTP port
@@ -22,3 +26,12 @@ START_TIMEOUT_S = 120.0  # seconds :func:`rayft.serve.start` waits for ``/health
 COMPLETION_MAX_TOKENS = 32  # completion length of ``rayft query`` and :meth:`rayft.serve.Client.complete`
 CHAT_MAX_TOKENS = 64  # reply length of :meth:`rayft.serve.Client.chat`, and of sft models scored by ``rayft eval``
 EVAL_BATCH_SIZE = 32  # texts per ``/v1/classify`` request when ``rayft eval`` scores a model
+
+
+@dataclass(frozen=True)
+class GenerationLimits(EngineConfig):
+    """What one model replica takes on for generation, per decode engine (one per served base model): the engine's
+    limits (running sequences, queued requests, tokens per step, choices per prompt) plus ``request_timeout_s``,
+    after which a request that has not finished ends with 504."""
+
+    request_timeout_s: float = 300.0

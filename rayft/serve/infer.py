@@ -4,19 +4,28 @@ their answers, for ``/v1/classify``, ``/v1/completions`` and ``/v1/chat/completi
 The model deployment (:mod:`rayft.serve.replica`) and the tests call these functions on the models that
 :mod:`rayft.serve.runtime` loads. Classification requests for different LoRA adapters on the same base run as one
 forward pass with peft's mixed-adapter batches (``adapter_names=[...]``, one name per row); other methods (DoRA,
-prompt learning) and full-weight models run one group per model. Generation runs one prompt at a time, plain or
-streamed token by token.
+prompt learning) and full-weight models run one group per model. Generation hands requests to the model's decode
+engine (:mod:`rayft.generate`), which batches every request on the same base between decode steps, and streams
+their text back piece by piece.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import asyncio
+import dataclasses
+import threading
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
 
 import torch
 
-from rayft.serve.api import ServeError, evicted, inference_failed
+from rayft.errors import RayftError
+from rayft.generate.outputs import Event, Request
+from rayft.generate.params import RequestError, SamplingParams
+from rayft.serve.api import (Completion, GeneratedChoice, Piece, ServeError, TokenUsage, evicted, inference_failed,
+                             internal_error, request_refused)
 from rayft.serve.runtime import LoadedModel, activate
-from rayft.tasks.sft import FALLBACK_TEMPLATE, _ids, generate
 
 ROWS_PER_FORWARD = 64
 
@@ -135,108 +144,130 @@ class _Sequential(Exception):
 
 
 def completion_prompts(loaded: LoadedModel, prompts: list[str]) -> list[list[int]]:
-    """Token ids of plain-text prompts (no chat template: ``/v1/completions`` semantics)."""
-    return [loaded.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    """Token ids of plain-text prompts (``/v1/completions``: no chat template, special tokens as training had them)."""
+    return [loaded.prompt_format.render_completion(loaded.tokenizer, p) for p in prompts]
 
 
 def render_chat(loaded: LoadedModel, messages: list[dict[str, str]]) -> list[int]:
-    """Token ids of a conversation followed by the assistant turn opener (the model's system prompt first,
-    unless the conversation has one)."""
-    tok = loaded.tokenizer
-    if loaded.system_prompt and not any(m["role"] == "system" for m in messages):
-        messages = [{"role": "system", "content": loaded.system_prompt}] + messages
-    if getattr(tok, "chat_template", None):
-        return _ids(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-    system = "\n".join(m["content"] for m in messages if m["role"] == "system")
-    turns = [m for m in messages if m["role"] != "system"]
-    history = "".join(f"{m['role']}: {m['content']}\n" for m in turns[:-1])
-    text = (system + "\n\n" if system else "") + history + FALLBACK_TEMPLATE.format(prompt=turns[-1]["content"]
-                                                                                    if turns else "")
-    return tok(text, add_special_tokens=True)["input_ids"]
-
-
-def complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
-             generate_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Generate one continuation; ``params``: max_tokens, temperature, top_p, stop, seed.
-
-    Returns ``{"text", "finish_reason", "prompt_tokens", "completion_tokens"}``.
+    """Token ids of a conversation followed by the assistant turn opener, rendered as the model was trained: its
+    chat template (or text fallback) and its system prompt, unless the conversation has one.
 
     Raises:
-        ServeError: 400 if the prompt leaves no room in the model's context.
+        ServeError: 400 for a conversation the template cannot render.
     """
-    limit = getattr(model.config, "max_position_embeddings", None) or 1 << 30
-    room = limit - len(prompt_ids)
-    if room < 1:
-        raise ServeError(400, f"the prompt has {len(prompt_ids)} tokens; model {loaded.model_id!r} takes at most "
-                              f"{limit}", "invalid_request_error", "context_length_exceeded")
-    new, finish = generate(model, loaded.tokenizer, prompt_ids, min(params["max_tokens"], room),
-                           params["temperature"], params["top_p"], params.get("seed"), generate_kwargs)
-    text = loaded.tokenizer.decode(new, skip_special_tokens=True)
-    for stop in params.get("stop") or []:
-        if stop in text:
-            text, finish = text[: text.index(stop)], "stop"
-    return {"text": text, "finish_reason": finish, "prompt_tokens": len(prompt_ids),
-            "completion_tokens": len(new)}
+    try:
+        return loaded.prompt_format.render_chat(loaded.tokenizer, messages)
+    except RayftError as exc:
+        raise ServeError(400, str(exc), "invalid_request_error", "invalid_messages", "messages") from None
 
 
-def complete_text(loaded: LoadedModel, model: Any, prompts: list[str], params: dict[str, Any]) -> list[dict]:
-    """Plain-text completion of each prompt (``/v1/completions``)."""
-    return [complete(loaded, model, ids, params) for ids in completion_prompts(loaded, prompts)]
+def with_model_stops(loaded: LoadedModel, params: SamplingParams) -> SamplingParams:
+    """``params`` plus the stop tokens and stop strings the model was trained to end its answers with."""
+    fmt = loaded.prompt_format
+    stops = params.stop + tuple(s for s in fmt.stop if s not in params.stop)
+    return dataclasses.replace(params, stop=stops, stop_token_ids=tuple(fmt.stop_token_ids))
 
 
-def complete_chat(loaded: LoadedModel, model: Any, messages: list[dict[str, str]], params: dict[str, Any]) -> dict:
-    """The assistant's reply to a conversation, rendered with the tokenizer's chat template
-    (``/v1/chat/completions``)."""
-    return complete(loaded, model, render_chat(loaded, messages), params)
+class Generation:
+    """One HTTP request's prompts on the model's decode engine (one engine request per prompt, ``n`` choices each).
+
+    :meth:`pieces` yields the answer as it is decoded; leaving it early (a client that went away, a timeout, an
+    error) cancels what still runs, which frees the sequences' slots at the engine's next step. ``on_end`` is called
+    exactly once, on the event loop, when every request the engine took has ended (cancelled ones included), or
+    right away if the engine took none: only then may the caller unpin the model, so no decode step ever meets an
+    adapter that was evicted under it.
+
+    Raises (from the constructor):
+        ServeError: 400 for a request the model cannot take (naming the field), 429 if the engine's queue is full.
+    """
+
+    def __init__(self, loaded: LoadedModel, prompts: list[list[int]], params: SamplingParams,
+                 on_end: Callable[[], Any]) -> None:
+        self.aio = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.n, self.on_end = params.n, on_end
+        self.index: dict[str, int] = {}  # engine request id -> prompt index
+        self.pending: set[str] = set()  # read and written on the event loop only
+        self._open = 1  # engine requests not ended, plus this constructor's own count (no end while adding)
+        self._count = threading.Lock()
+        params = with_model_stops(loaded, params)
+        try:
+            self.loop, adapter = loaded.generator()
+            for p, ids in enumerate(prompts):
+                request = Request(tuple(ids), params, adapter, request_id=f"gen-{uuid.uuid4().hex}", sink=self._sink)
+                self._opened(1)
+                try:
+                    self.loop.add(request)
+                except BaseException:
+                    self._opened(-1)
+                    raise
+                self.index[request.request_id] = p
+                self.pending.add(request.request_id)
+        except RequestError as exc:
+            self.cancel()
+            raise request_refused(exc) from None
+        except BaseException:
+            self.cancel()
+            raise
+        finally:
+            self._opened(-1)
+
+    def _opened(self, change: int) -> None:
+        """Counts engine requests in (+1) and out (-1); the count's end schedules ``on_end`` on the event loop."""
+        with self._count:
+            self._open += change
+            ended = self._open == 0
+        if ended:
+            self.aio.call_soon_threadsafe(self.on_end)
+
+    def _sink(self, event: Event) -> None:
+        """On the engine's thread: hand the event to the event loop; count the request out when it ends."""
+        self.aio.call_soon_threadsafe(self.queue.put_nowait, event)
+        if event.done:
+            self._opened(-1)
+
+    def cancel(self) -> None:
+        for request_id in self.pending:
+            self.loop.cancel(request_id)
+
+    async def pieces(self, timeout: float) -> AsyncIterator[Piece]:
+        """Text pieces as they are decoded (choice ``p * n + i`` of prompt ``p``), then one piece with the usage.
+
+        Raises:
+            ServeError: 504 past ``timeout`` seconds, 500 if the model failed on this request.
+        """
+        deadline = time.monotonic() + timeout
+        usage = TokenUsage()
+        try:
+            while self.pending:
+                try:
+                    event = await asyncio.wait_for(self.queue.get(), max(deadline - time.monotonic(), 0))
+                except asyncio.TimeoutError:
+                    raise ServeError(504, f"the answer took longer than the server's request timeout of {timeout:g} s",
+                                     "server_error", "timeout") from None
+                if event.error is not None:
+                    raise internal_error(f"inference failed: {event.error}"[:300])
+                if event.text or event.finish_reason:
+                    yield Piece(self.index[event.request_id] * self.n + event.index, event.text, event.finish_reason)
+                if event.done:
+                    self.pending.discard(event.request_id)
+                    usage += TokenUsage(event.usage.prompt_tokens, event.usage.completion_tokens)
+            yield Piece(usage=usage)
+        finally:
+            self.cancel()  # whatever still runs: the reader left, timed out or failed
 
 
-# ---------------------------------------------------------------- streaming
-
-
-class _TextStream:
-    """A transformers streamer that turns generated ids into text deltas, holding back partial stop strings."""
-
-    def __init__(self, tokenizer: Any, stops: list[str], emit: Callable[[str], None]) -> None:
-        self.tok, self.stops, self.emit = tokenizer, stops, emit
-        self.ids: list[int] = []
-        self.sent = 0
-        self.stopped = False
-        self.prompt_seen = False
-        self.hold = max((len(s) for s in stops), default=1) - 1
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate() first hands over the prompt
-            self.prompt_seen = True
-            return
-        ids = [i for i in value.flatten().tolist() if i != self.tok.eos_token_id]
-        self.ids += ids
-        text = self.tok.decode(self.ids, skip_special_tokens=True)
-        cut = min((text.index(s) for s in self.stops if s in text), default=None)
-        if cut is not None:
-            self.stopped = True
-            self._send(text[:cut])
-        elif not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            self._send(text[: len(text) - self.hold] if self.hold else text)
-
-    def _send(self, text: str) -> None:
-        if len(text) > self.sent:
-            self.emit(text[self.sent:])
-            self.sent = len(text)
-
-    def end(self) -> None:
-        pass
-
-    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> bool:  # a stopping criterion
-        return self.stopped
-
-
-def stream_complete(loaded: LoadedModel, model: Any, prompt_ids: list[int], params: dict[str, Any],
-                    emit: Callable[[str], None]) -> dict[str, Any]:
-    """:func:`complete`, calling ``emit(text)`` with each new piece of the answer."""
-    from transformers import StoppingCriteriaList
-
-    stream = _TextStream(loaded.tokenizer, params.get("stop") or [], emit)
-    extra = {"streamer": stream, "stopping_criteria": StoppingCriteriaList([stream])}
-    out = complete(loaded, model, prompt_ids, params, generate_kwargs=extra)
-    stream._send(out["text"])  # whatever was held back
-    return out
+async def collect(pieces: AsyncIterator[Piece]) -> Completion:
+    """A whole answer from its streamed pieces."""
+    texts: dict[int, list[str]] = {}
+    finish: dict[int, str] = {}
+    usage = TokenUsage()
+    async for piece in pieces:
+        if piece.usage is not None:
+            usage = piece.usage
+            continue
+        texts.setdefault(piece.index, []).append(piece.text)
+        if piece.finish_reason:
+            finish[piece.index] = piece.finish_reason
+    choices = tuple(GeneratedChoice(i, "".join(texts[i]), finish.get(i, "stop")) for i in sorted(texts))
+    return Completion(choices, usage)

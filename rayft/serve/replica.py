@@ -2,9 +2,11 @@
 
 Each replica loads the base once and hot-swaps adapters with ``@serve.multiplexed`` (LRU of ``max_adapters``
 resident models). Classification requests are gathered by ``@serve.batch``: requests for different LoRA
-adapters on the base share one forward pass (peft mixed-adapter batches). Completions stream token by token.
-Models come from :mod:`rayft.serve.runtime`, answers from :mod:`rayft.serve.infer`; this class adds Serve's
-multiplexing, batching, pinning against eviction and the threads that keep the event loop free.
+adapters on the base share one forward pass (peft mixed-adapter batches). Generation requests go to the base's
+decode engine (:mod:`rayft.generate`), which batches them continuously across adapters; beyond its limits a request
+is refused with 429. Models come from :mod:`rayft.serve.runtime`, answers from :mod:`rayft.serve.infer`; this class
+adds Serve's multiplexing, batching, pinning against eviction, the threads that keep the event loop free and the
+push of the replica's figures to ``/metrics``.
 """
 
 # No ``from __future__ import annotations``: Serve inspects these methods.
@@ -15,8 +17,10 @@ from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 
+from rayft.generate.params import SamplingParams
 from rayft.serve import defaults, infer, runtime
-from rayft.serve.api import CLASSIFY_TASK, SFT_TASK, ServeError, evicted, inference_failed
+from rayft.serve.defaults import GenerationLimits
+from rayft.serve.api import CLASSIFY_TASK, SFT_TASK, Piece, ServeError, evicted, inference_failed
 from rayft.store import AdapterStore
 
 logger = logging.getLogger("ray.serve")
@@ -29,15 +33,22 @@ class ModelServer:
 
     def __init__(self, store: str, max_adapters: int = defaults.MAX_ADAPTERS,
                  max_batch_size: int = defaults.MAX_BATCH_SIZE,
-                 batch_wait_s: float = defaults.BATCH_WAIT_MS / 1000) -> None:
+                 batch_wait_s: float = defaults.BATCH_WAIT_MS / 1000,
+                 limits: GenerationLimits = GenerationLimits(), app: str = defaults.APP_NAME) -> None:
         from rayft.paths import quiet_libraries, setup_env
 
         setup_env()
         quiet_libraries()
         import torch
 
+        from rayft.serve.metrics import Pusher
+
         torch.set_num_threads(max(1, int(float(os.environ.get("OMP_NUM_THREADS", "1")))))
-        self.pool = runtime.ModelPool(AdapterStore(store), spare_slots=max_adapters)
+        self.request_timeout_s = limits.request_timeout_s
+        self.pool = runtime.ModelPool(AdapterStore(store), spare_slots=max_adapters, engine_config=limits)
+        rid = serve.get_replica_context().replica_id
+        replica = f"{rid.deployment_id.name}#{rid.unique_id}"
+        self.pusher = Pusher(app, replica, lambda: self.pool.metrics.snapshot(*self.pool.load_figures()))
 
         async def _load_model(key: str) -> runtime.LoadedModel:
             return await asyncio.to_thread(self.pool.load, key)
@@ -46,6 +57,10 @@ class ModelServer:
         self.get_model = serve.multiplexed(max_num_models_per_replica=max_adapters)(_load_model)
         self.classify_batch.set_max_batch_size(max_batch_size)
         self.classify_batch.set_batch_wait_timeout_s(batch_wait_s)
+
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down
+        self.pusher.stop()
+        self.pool.close()
 
     async def _pin(self, task: str) -> runtime.LoadedModel:
         """The request's model, loaded and pinned against eviction until ``_unpin``."""
@@ -100,63 +115,49 @@ class ModelServer:
     async def classify_batch(self, items: list[tuple[runtime.LoadedModel, list[str]]]) -> list[Any]:
         return await asyncio.to_thread(infer.classify_many, items)
 
-    async def _generate(self, fn: Callable[[runtime.LoadedModel, Any], Any]) -> Any:
+    # ------------------------------------------------------------ generation (the decode engine)
+
+    async def completions(self, prompts: list[str], params: SamplingParams) -> dict[str, Any]:
+        """``{"result": Completion}`` (choice ``p * n + i`` of prompt ``p``) or ``{"error": ...}``."""
+        return await self._guarded(lambda: infer.collect(
+            self._generation(lambda loaded: infer.completion_prompts(loaded, prompts), params)))
+
+    async def chat(self, messages: list[dict[str, str]], params: SamplingParams) -> dict[str, Any]:
+        """``{"result": Completion}`` of the assistant's reply, or ``{"error": ...}``."""
+        return await self._guarded(lambda: infer.collect(
+            self._generation(lambda loaded: [infer.render_chat(loaded, messages)], params)))
+
+    async def stream_completions(self, prompts: list[str], params: SamplingParams) -> AsyncIterator[Piece]:
+        """Streamed ``completions``: text :class:`Piece` s as they are decoded, then the usage (or one error)."""
+        async for piece in self._stream(lambda loaded: infer.completion_prompts(loaded, prompts), params):
+            yield piece
+
+    async def stream_chat(self, messages: list[dict[str, str]], params: SamplingParams) -> AsyncIterator[Piece]:
+        """Streamed ``chat`` (see :meth:`stream_completions`)."""
+        async for piece in self._stream(lambda loaded: [infer.render_chat(loaded, messages)], params):
+            yield piece
+
+    async def _generation(self, prompt_ids: Callable[[runtime.LoadedModel], list[list[int]]],
+                          params: SamplingParams) -> AsyncIterator[Piece]:
+        """The request's pieces from the model's decode engine; the model stays pinned until the engine is done
+        with it (cancelled requests included: a client that leaves cancels its sequences)."""
         loaded = await self._pin(SFT_TASK)
         try:
-            return await asyncio.to_thread(loaded.run, fn)
-        finally:
+            prompts = prompt_ids(loaded)
+        except BaseException:
             await self._unpin(loaded)
-
-    async def completions(self, prompts: list[str], params: dict[str, Any]) -> dict[str, Any]:
-        """``{"result": [{"text", "finish_reason", "prompt_tokens", "completion_tokens"}, ...]}``."""
-        return await self._guarded(lambda: self._generate(lambda lm, m: infer.complete_text(lm, m, prompts, params)))
-
-    async def chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> dict[str, Any]:
-        """``{"result": {"text", "finish_reason", "prompt_tokens", "completion_tokens"}}``."""
-        return await self._guarded(lambda: self._generate(lambda lm, m: infer.complete_chat(lm, m, messages, params)))
-
-    async def stream_completions(self, prompts: list[str], params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """Streamed ``completions``: ``{"index", "text"}`` pieces, ``{"index", "done": out}``, or ``{"error"}``."""
-        async for item in self._stream(lambda loaded: infer.completion_prompts(loaded, prompts), params):
-            yield item
-
-    async def stream_chat(self, messages: list[dict[str, str]], params: dict[str, Any]) -> AsyncIterator[dict]:
-        """Streamed ``chat`` (see :meth:`stream_completions`)."""
-        async for item in self._stream(lambda loaded: [infer.render_chat(loaded, messages)], params):
-            yield item
+            raise
+        gen = infer.Generation(loaded, prompts, params, lambda: asyncio.ensure_future(self._unpin(loaded)))
+        async for piece in gen.pieces(self.request_timeout_s):
+            yield piece
 
     async def _stream(self, prompt_ids: Callable[[runtime.LoadedModel], list[list[int]]],
-                      params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+                      params: SamplingParams) -> AsyncIterator[Piece]:
         try:
-            loaded = await self._pin(SFT_TASK)
+            async for piece in self._generation(prompt_ids, params):
+                yield piece
         except ServeError as exc:
-            yield {"error": exc.to_dict()}
-            return
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-
-        def put(item: Any) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            try:
-                for index, ids in enumerate(prompt_ids(loaded)):
-                    def one(lm: runtime.LoadedModel, model: Any) -> dict[str, Any]:
-                        return infer.stream_complete(lm, model, ids, params,
-                                                     lambda text: put({"index": index, "text": text}))
-                    put({"index": index, "done": loaded.run(one)})
-            except ServeError as exc:
-                put({"error": exc.to_dict()})
-            except Exception as exc:  # noqa: BLE001
-                logger.exception("streamed request for %s failed", loaded.model_id)
-                put({"error": inference_failed(exc).to_dict()})
-            finally:
-                put(None)
-
-        worker = loop.run_in_executor(None, work)
-        try:
-            while (item := await queue.get()) is not None:
-                yield item
-        finally:
-            await worker
-            await self._unpin(loaded)
+            yield Piece(error=exc.to_dict())
+        except Exception as exc:  # noqa: BLE001 - the stream ends with an error event, the replica goes on
+            logger.exception("streamed request for %s failed", serve.get_multiplexed_model_id())
+            yield Piece(error=inference_failed(exc).to_dict())

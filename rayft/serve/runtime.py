@@ -7,6 +7,11 @@ models of their own. One re-entrant lock serializes whatever runs a model or cha
 + forward, ``load_adapter``, ``delete_adapter``), so requests never see another's adapter; refilling a free slot
 needs no model lock, so adapter churn does not wait for forward passes.
 
+Generation runs on decode engines (:mod:`rayft.generate`): one per shared base, serving the bare base and every
+adapter on it in one continuous batch, and one per model of its own; each engine steps on its own thread while it
+holds the pool's lock, so adapter loads and deletions happen between steps. An adapter stays loaded while a request
+runs on it (pinned), so no step ever meets a deleted adapter.
+
 This module loads and evicts models only; what runs them (tokenizing, forward passes, generation) is
 :mod:`rayft.serve.infer`.
 """
@@ -25,8 +30,10 @@ from typing import Any, Callable
 import torch
 
 from rayft.errors import StoreError
+from rayft.generate.metrics import GenerationMetrics
 from rayft.serve.api import BASE_PREFIX, SFT_TASK, ServeError, load_error, not_found, short_error
 from rayft.store import AdapterStore, Manifest, base_key, load_base, load_for_inference
+from rayft.tasks.prompt_format import for_manifest
 
 logger = logging.getLogger("ray.serve")  # inside replicas, Serve writes it to the replica log files
 EVICTED = object()  # returned by LoadedModel.run when the model was evicted before the request got the lock
@@ -42,11 +49,14 @@ class BaseEntry:
     changes the model's modules (``load_adapter``, ``delete_adapter``) takes ``lock``.
     """
 
-    def __init__(self, manifest: Manifest, lock: threading.RLock, spare_slots: int = 0) -> None:
+    def __init__(self, manifest: Manifest, lock: threading.RLock, spare_slots: int = 0,
+                 make_loop: Callable[[Any, Any], Any] | None = None) -> None:
         self.manifest, self.lock, self.spare_slots = manifest, lock, spare_slots
         self.slots = threading.Lock()  # guards free / signature / views (never held for long)
         self.model, self.tokenizer, self.fingerprint = load_base(manifest)
         self.peft: Any = None
+        self.make_loop = make_loop
+        self.loop: Any = None  # the decode engine's loop, made on the first generation request
         self.retired: set[str] = set()  # evicted but kept: peft cannot delete its last adapter
         self.signature: dict[str, str] = {}  # adapter name -> its peft config, for slot reuse
         self.free: dict[str, list[str]] = {}  # peft config -> free slots (evicted adapter names)
@@ -83,6 +93,22 @@ class BaseEntry:
                     self.signature[name], self.views[name] = sig, views
         return name
 
+    def generator(self) -> Any:
+        """The running :class:`~rayft.generate.EngineLoop` of this base (the bare base and all its adapters)."""
+        with self.lock:
+            if self.loop is None:
+                self.loop = self.make_loop(self.peft if self.peft is not None else self.model, self.tokenizer)
+            return self.loop
+
+    def _serve(self, model: Any) -> None:
+        """Points the decode engine at ``model`` (the base wrapped anew, or loaded again); lock held."""
+        if self.loop is not None:
+            self.loop.engine.set_model(model)
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.stop()
+
     def _take_free(self, sig: str | None) -> str | None:
         with self.slots:
             return self.free[sig].pop() if sig and self.free.get(sig) else None
@@ -95,12 +121,14 @@ class BaseEntry:
         try:
             if fresh:
                 self.peft = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name).eval()
+                self._serve(self.peft)
             else:
                 self.peft.load_adapter(str(folder), adapter_name=name)
         except Exception:
             if fresh:  # from_pretrained may have injected layers into the base: start over from disk
                 self.peft = None
                 self.model, self.tokenizer, self.fingerprint = load_base(self.manifest)
+                self._serve(self.model)
             elif name in self.peft.peft_config:
                 self._delete(name)
             raise
@@ -178,9 +206,25 @@ class LoadedModel:
         self.model, self.entry, self.adapter, self.manifest = model, entry, adapter, manifest
         self.labels = list(manifest.labels or []) if manifest and manifest.labels else None
         self.max_length = manifest.max_length if manifest else 128
-        self.system_prompt = _system_prompt(manifest)
+        self.prompt_format = for_manifest(manifest, tokenizer)  # renders requests exactly as training did
         self.closed = self.evicting = False
         self.users = 0
+        self.loop: Any = None  # a model of its own: its decode engine's loop, made on the first generation request
+
+    def generator(self) -> tuple[Any, str | None]:
+        """The :class:`~rayft.generate.EngineLoop` that generates with this model, and the adapter to ask it for
+        (None: the bare model)."""
+        if self.entry is not None:
+            return self.entry.generator(), self.adapter
+        from rayft.generate.runners import is_peft
+
+        with self.pool.lock:
+            if self.closed:
+                raise RuntimeError(f"model {self.model_id} was unloaded")
+            if self.loop is None:
+                self.loop = self.pool.make_loop(self.model, self.tokenizer)
+        # a PeftModel of its own (IA3, prompt learning, ...) generates with its adapter, not without it
+        return self.loop, (self.model.active_adapter if is_peft(self.model) else None)
 
     def run(self, fn: Callable[["LoadedModel", Any], Any]) -> Any:
         """``fn(self, model)`` with this model's adapter active, or :data:`EVICTED` if it was evicted."""
@@ -231,7 +275,11 @@ class LoadedModel:
             self.closed = True
         if self.entry is not None and self.adapter is not None:
             self.entry.detach(self.adapter)
+        if self.loop is not None:
+            self.loop.stop()
+            self.loop = None
         self.model = None
+        self.pool.metrics.count("adapter_evictions")
         logger.info("unloaded %s", self.model_id)
 
     def __del__(self) -> None:
@@ -247,21 +295,40 @@ def activate(peft_model: Any, name: str) -> None:
         peft_model.set_adapter(name)
 
 
-def _system_prompt(manifest: Manifest | None) -> str | None:
-    if manifest is None:
-        return None
-    return ((manifest.config or {}).get("data") or {}).get("system_prompt")
-
-
 class ModelPool:
     """Loads models for one replica by multiplexed key: ``<adapter_id>@<created>`` or ``base:<name>``."""
 
-    def __init__(self, store: AdapterStore, spare_slots: int = 0) -> None:
-        self.store, self.spare_slots = store, spare_slots
-        self.lock = threading.RLock()  # held while a model loads, runs or unloads
+    def __init__(self, store: AdapterStore, spare_slots: int = 0, engine_config: Any = None,
+                 metrics: GenerationMetrics | None = None) -> None:
+        self.store, self.spare_slots, self.engine_config = store, spare_slots, engine_config
+        self.metrics = metrics or GenerationMetrics()
+        self.lock = threading.RLock()  # held while a model loads, runs or unloads, and during each decode step
         self.pins = threading.Lock()  # guards LoadedModel.users / evicting (never held for long)
         self.bases: dict[tuple[str, str, int], BaseEntry] = {}
+        self.loops: list[Any] = []  # every decode engine loop made, for the running/queued gauges
         self._count = 0
+
+    def make_loop(self, model: Any, tokenizer: Any) -> Any:
+        """A started decode engine loop over ``model`` that steps under :attr:`lock`."""
+        from rayft.generate import DecodeEngine, EngineLoop
+
+        engine = DecodeEngine(model, tokenizer, self.engine_config, metrics=self.metrics)
+        loop = EngineLoop(engine, lock=self.lock).start()
+        with self.pins:
+            self.loops = [lp for lp in self.loops if lp.alive] + [loop]
+        return loop
+
+    def load_figures(self) -> tuple[int, int]:
+        """Sequences running and requests waiting, over every live engine of the pool."""
+        with self.pins:
+            loops = list(self.loops)
+        stats = [lp.engine.stats() for lp in loops if lp.alive]
+        return sum(s["running"] for s in stats), sum(s["waiting"] for s in stats)
+
+    def close(self) -> None:
+        """Stops every decode engine (the replica is shutting down)."""
+        for entry in list(self.bases.values()):
+            entry.close()
 
     def load(self, key: str) -> LoadedModel:
         """Load the model a multiplexed key names.
@@ -282,10 +349,9 @@ class ModelPool:
             raise (not_found(model_id, str(exc)) if not self.store.exists(model_id)
                    else load_error(model_id, str(exc))) from None
         try:
-            if manifest.swappable:
-                return self._load_adapter(manifest)
-            with self.lock:
-                return self._load_full(manifest)
+            loaded = self._load_adapter(manifest) if manifest.swappable else self._load_full(manifest)
+            self.metrics.count("adapter_loads")
+            return loaded
         except ServeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure to load is this adapter's alone
@@ -297,7 +363,7 @@ class ModelPool:
         if key not in self.bases:
             with self.lock:
                 if key not in self.bases:
-                    self.bases[key] = BaseEntry(manifest, self.lock, self.spare_slots)
+                    self.bases[key] = BaseEntry(manifest, self.lock, self.spare_slots, self.make_loop)
         entry = self.bases[key]
         if manifest.base_fingerprint and manifest.base_fingerprint != entry.fingerprint:
             raise load_error(manifest.adapter_id, f"it was trained on base weights {manifest.base_fingerprint}, "
@@ -318,7 +384,10 @@ class ModelPool:
                            manifest=manifest)
 
     def _load_full(self, manifest: Manifest) -> LoadedModel:
-        """A result that cannot share a base (full weights, QLoRA, prompt learning, bottleneck adapters)."""
+        """A result that cannot share a base (full weights, QLoRA, prompt learning, bottleneck adapters).
+
+        A model of its own touches nothing shared, so it loads without the pool's lock (decode steps go on).
+        """
         model, tokenizer, manifest = load_for_inference(self.store, manifest.adapter_id)
         return LoadedModel(self, manifest.adapter_id, manifest.task, tokenizer, model=model, manifest=manifest)
 

@@ -124,7 +124,7 @@ def test_other_client_mistakes(url):
     ]
     for resp, status in cases:
         assert resp.status_code == status, resp.text
-        assert set(resp.json()["error"]) == {"message", "type", "code"}
+        assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
 
 
 def test_corrupt_adapter_fails_alone_and_new_adapters_appear(url, store, tmp_path, tiny_bert):

@@ -155,7 +155,7 @@ def test_admin_routes_need_the_token(url, method, path, body):
                             ({"Authorization": TOKEN}, 401)]:
         resp = requests.request(method, url + path, json=body, headers=headers, timeout=60)
         assert resp.status_code == status, (headers, resp.text)
-        assert set(resp.json()["error"]) == {"message", "type", "code"}
+        assert set(resp.json()["error"]) == {"message", "type", "code", "param"}
         assert (resp.headers.get("www-authenticate", "").startswith("Bearer")) == (status == 401)
     assert _classify(url, "cls-a")["data"]  # nothing changed
 

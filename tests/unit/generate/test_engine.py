@@ -92,14 +92,16 @@ def test_mixed_batch_matches_each_request_alone(world):
     eng = engine(world)
     cases = [(None, 3), ("lora-a", 9), ("lora-b", 5), ("dora", 14), ("pfx", 7), ("soft", 11), ("lora-a", 4)]
     handles = [eng.add(Request(prompt_ids(world, n), GREEDY, adapter=a)) for a, n in cases]
+    eng.step()
+    assert set(eng._groups) == {("shared", None), ("solo", "dora")}  # LoRA, base and prompt learning share a forward
     drain(eng)
+    assert set(eng._groups) == {("shared", None)}  # the solo group went with its last sequence
     for (adapter, n), handle in zip(cases, handles):
         result = handle.result(timeout=0)
         choice = result.choices[0]
         assert list(choice.token_ids) == alone(world, adapter, prompt_ids(world, n)), adapter
         assert choice.text == world["tok"].decode(choice.token_ids, skip_special_tokens=True)
         assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (n, len(choice.token_ids))
-    assert set(eng._groups) == {("shared", None), ("solo", "dora")}  # LoRA, base and prompt learning share a forward
 
 
 def test_ia3_adapters_run_alone_and_base_rows_without_them(world):

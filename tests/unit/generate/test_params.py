@@ -17,7 +17,7 @@ from rayft.generate.sampling import TextStream, make_generator, next_token
     ("temperature", -0.1, ">= 0"), ("temperature", math.nan, ">= 0"), ("temperature", "hot", ">= 0"),
     ("top_p", 0.0, "(0, 1]"), ("top_p", 1.5, "(0, 1]"), ("top_p", -1, "(0, 1]"),
     ("top_k", -1, ">= 0"), ("n", 0, ">= 1"), ("seed", "7", "integer or None"),
-    ("stop", ("",), "non-empty"), ("stop", ("a", "b", "c", "d", "e"), "at most 4"),
+    ("stop", ("",), "non-empty"), ("stop", tuple("abcdefghi"), "at most 8"),
 ])
 def test_each_bad_field_is_named_with_its_value_and_what_was_expected(field, value, expected):
     with pytest.raises(RequestError) as info:

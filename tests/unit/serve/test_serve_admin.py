@@ -63,21 +63,6 @@ def test_an_evicted_model_stays_until_its_requests_finish(store):
     assert a.closed and a.run(lambda lm, m: "ran") is runtime.EVICTED
 
 
-def test_stream_holds_back_partial_stop_strings(tiny_llama):
-    from transformers import AutoTokenizer
-
-    from rayft.serve.infer import _TextStream
-
-    tok = AutoTokenizer.from_pretrained(tiny_llama)
-    pieces: list[str] = []
-    stream = _TextStream(tok, ["paris ."], pieces.append)
-    stream.put(torch.tensor([tok.convert_tokens_to_ids("hello")]))  # the prompt: not emitted
-    for word in ["the", "capital", "paris", ".", "hello"]:
-        stream.put(torch.tensor([tok.convert_tokens_to_ids(word)]))
-    assert stream.stopped and stream(None, None) is True
-    assert "".join(pieces) == "the capital " and "paris" not in "".join(pieces)
-
-
 def test_alias_and_registration_records(store):
     from rayft.errors import StoreError
     from rayft.store.records import (alias_record, aliases, remove_alias, set_alias, set_registered,

@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from rayft.serve.api import (BASE_PREFIX, ChatRequest, ClassifyRequest, CompletionRequest, ServeError,
                              build_catalog, chat_response, classification_response, completion_response, error_body,
+                             Completion, GeneratedChoice, RETRY_AFTER_S, TokenUsage, request_refused,
                              models_response, require_task, resolve, validation_error)
 from rayft.store import Manifest
 from tests.support import REPO
@@ -43,10 +44,14 @@ def test_completion_request_defaults_and_limits():
     req = CompletionRequest.model_validate({"model": "m", "prompt": "hi", "user": "ignored", "logprobs": None})
     assert (req.max_tokens, req.temperature, req.stop) == (16, 1.0, None)
     assert CompletionRequest.model_validate({"model": "m", "prompt": "hi", "stop": "\n"}).stop == ["\n"]
-    for bad in [{"max_tokens": -1}, {"max_tokens": 0}, {"max_tokens": "many"}, {"temperature": 3}, {"n": 2},
+    for bad in [{"max_tokens": -1}, {"max_tokens": 0}, {"max_tokens": "many"}, {"temperature": 3}, {"n": 0},
+                {"top_p": 0}, {"top_p": 1.5}, {"temperature": -0.1}, {"top_k": -1},
                 {"stream": "sometimes"}, {"prompt": ""}, {"prompt": []}, {"stop": [""]}, {"prompt": "x" * 40_000},
                 {"prompt": ["ok", "x" * 40_000]}]:
         assert _errors(CompletionRequest, {"model": "m", "prompt": "hi", **bad}), bad
+    params = CompletionRequest.model_validate({"model": "m", "prompt": "hi", "n": 3, "top_k": 5, "seed": 1,
+                                               "stop": ["a", "b"]}).params(7)
+    assert (params.max_tokens, params.n, params.top_k, params.seed, params.stop) == (7, 3, 5, 1, ("a", "b"))
 
 
 def test_chat_request_messages():
@@ -54,7 +59,7 @@ def test_chat_request_messages():
         {"role": "developer", "content": "be brief"},
         {"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}]})
     assert req.plain_messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"}]
-    assert req.limit() == 5 and req.params(req.limit())["max_tokens"] == 5
+    assert req.limit() == 5 and req.params(req.limit()).max_tokens == 5
     assert _errors(ChatRequest, {"model": "m", "messages": []})
     assert _errors(ChatRequest, {"model": "m", "messages": [{"role": "robot", "content": "x"}]})
 
@@ -71,7 +76,7 @@ def test_validation_error_names_fields_and_malformed_json():
 def test_error_shape_round_trips():
     err = ServeError(404, "gone", "invalid_request_error", "model_not_found")
     assert err.body() == error_body("gone", "invalid_request_error", "model_not_found")
-    assert set(err.body()["error"]) == {"message", "type", "code"}
+    assert set(err.body()["error"]) == {"message", "type", "code", "param"}
     again = ServeError(**json.loads(json.dumps(err.to_dict())))
     assert (again.status, again.message, again.code) == (404, "gone", "model_not_found")
 
@@ -100,12 +105,25 @@ def test_require_task_is_400():
 
 
 def test_response_shapes():
-    out = {"text": "paris", "finish_reason": "stop", "prompt_tokens": 3, "completion_tokens": 2}
-    comp = completion_response("m", [out])
-    assert comp["object"] == "text_completion" and comp["choices"][0]["text"] == "paris"
+    out = Completion((GeneratedChoice(0, "paris", "stop"), GeneratedChoice(1, "lyon", "length")), TokenUsage(3, 2))
+    comp = completion_response("m", out)
+    assert comp["object"] == "text_completion" and [c["text"] for c in comp["choices"]] == ["paris", "lyon"]
+    assert comp["choices"][1] == {"text": "lyon", "index": 1, "logprobs": None, "finish_reason": "length"}
     assert comp["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
     chat = chat_response("m", out)
     assert chat["choices"][0]["message"] == {"role": "assistant", "content": "paris"}
+    assert chat["choices"][1]["index"] == 1
+
+
+def test_refused_generation_requests_name_the_field_and_a_full_queue_is_429():
+    from rayft.generate.params import RequestError
+
+    bad = request_refused(RequestError("n", 9, "at most 4 (this engine's limit)"))
+    assert (bad.status, bad.body()["error"]["param"], bad.headers()) == (400, "n", None)
+    assert "n" in bad.message and "9" in bad.message and "at most 4" in bad.message
+    full = request_refused(RequestError("queue", 64, "fewer than 64 waiting requests", "queue_full"))
+    assert full.status == 429 and full.headers() == {"Retry-After": str(RETRY_AFTER_S)}
+    assert ServeError(**full.to_dict()).headers() == full.headers()  # survives the trip from replica to gateway
     cls = classification_response("m", [{"label": "pos", "probabilities": {"neg": 0.1, "pos": 0.9}}])
     assert cls["data"][0] == {"index": 0, "label": "pos", "probabilities": {"neg": 0.1, "pos": 0.9}}
 
