@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from urllib.parse import quote
@@ -9,7 +10,7 @@ from urllib.parse import quote
 import requests
 
 from rayft.errors import RayftError
-from rayft.serve.defaults import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, URL
+from rayft.serve.defaults import CHAT_MAX_TOKENS, COMPLETION_MAX_TOKENS, EVAL_CONCURRENCY, URL
 
 
 class ServeClientError(RayftError):
@@ -34,6 +35,10 @@ class Client:
         self.timeout = timeout
         self.admin_token = admin_token
         self._session = requests.Session()
+        # one pooled connection per concurrent caller (rayft eval sends EVAL_CONCURRENCY requests at once)
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=max(EVAL_CONCURRENCY, 10))
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
 
     def health(self) -> dict[str, Any]:
         """``{"status": "ok"}`` when the server is up."""
@@ -87,11 +92,15 @@ class Client:
             ServeClientError: for an error response or an unreachable server.
         """
         url = self.base_url + path
-        try:
-            headers = {"Authorization": f"Bearer {self.admin_token}"} if admin and self.admin_token else None
-            resp = self._session.request(method, url, json=body, timeout=self.timeout, headers=headers)
-        except requests.RequestException as exc:
-            raise ServeClientError(None, f"cannot reach {url}: {type(exc).__name__}") from None
+        headers = {"Authorization": f"Bearer {self.admin_token}"} if admin and self.admin_token else None
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                resp = self._session.request(method, url, json=body, timeout=self.timeout, headers=headers)
+            except requests.RequestException as exc:
+                raise ServeClientError(None, f"cannot reach {url}: {type(exc).__name__}") from None
+            if resp.status_code != 429 or attempt == BUSY_RETRIES:
+                break
+            time.sleep(_retry_after(resp))  # the server is at capacity: wait as it asks, then try again
         try:
             data = resp.json()
         except ValueError:
@@ -103,3 +112,14 @@ class Client:
         if data is None:
             raise ServeClientError(resp.status_code, f"{url} answered with a body that is not JSON")
         return data
+
+
+BUSY_RETRIES = 5  # times a request refused with 429 (server at capacity) is sent again
+
+
+def _retry_after(resp: requests.Response) -> float:
+    """Seconds a 429 asks to wait (``Retry-After``), between 0.1 and 30."""
+    try:
+        return min(max(float(resp.headers.get("Retry-After", 1)), 0.1), 30.0)
+    except ValueError:
+        return 1.0

@@ -26,6 +26,7 @@ START_TIMEOUT_S = 120.0  # seconds :func:`rayft.serve.start` waits for ``/health
 COMPLETION_MAX_TOKENS = 32  # completion length of ``rayft query`` and :meth:`rayft.serve.Client.complete`
 CHAT_MAX_TOKENS = 64  # reply length of :meth:`rayft.serve.Client.chat`, and of sft models scored by ``rayft eval``
 EVAL_BATCH_SIZE = 32  # texts per ``/v1/classify`` request when ``rayft eval`` scores a model
+EVAL_CONCURRENCY = 16  # chat requests ``rayft eval`` keeps in flight per sft model (the decode engine batches them)
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ import json
 import re
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from rayft.errors import RayftError
 from rayft.serve.client import Client, ServeClientError
-from rayft.serve.defaults import CHAT_MAX_TOKENS, EVAL_BATCH_SIZE
+from rayft.serve.defaults import CHAT_MAX_TOKENS, EVAL_BATCH_SIZE, EVAL_CONCURRENCY
 
 
 TASK_METRICS = {"sequence_classification": ("accuracy", "macro_f1"), "sft": ("exact_match", "token_f1")}
@@ -96,9 +97,14 @@ def _token_f1(pred: str, gold: str) -> float:
 
 
 def _answers(client: Client, card: dict[str, Any], data: Heldout, batch_size: int, max_tokens: int) -> list[str]:
-    if data.task == "sft":
-        return [client.chat(card["id"], [{"role": "user", "content": p}], max_tokens=max_tokens, temperature=0.0)
-                ["choices"][0]["message"]["content"] for p in data.texts]
+    if data.task == "sft":  # EVAL_CONCURRENCY prompts in flight at once: the server decodes them as one batch
+        def reply(prompt: str) -> str:
+            out = client.chat(card["id"], [{"role": "user", "content": prompt}], max_tokens=max_tokens,
+                              temperature=0.0)
+            return out["choices"][0]["message"]["content"]
+
+        with ThreadPoolExecutor(EVAL_CONCURRENCY, thread_name_prefix="rayft-eval") as pool:
+            return list(pool.map(reply, data.texts))
     preds: list[str] = []
     for i in range(0, len(data.texts), batch_size):
         preds += [row["label"] for row in client.classify(card["id"], data.texts[i:i + batch_size])["data"]]

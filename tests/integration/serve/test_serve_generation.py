@@ -298,3 +298,18 @@ def test_chat_renders_as_training_did(url, served, tiny_llama):
     stops = {tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")}
     end = next((i for i, t in enumerate(new) if t in stops), len(new))
     assert out["choices"][0]["message"]["content"] == tok.decode(new[:end], skip_special_tokens=True)
+
+
+def test_eval_sends_prompts_concurrently_and_keeps_their_order(url):
+    """rayft eval's scoring of an sft model: 16 chats in flight against 4 running + 3 queued slots, so some are
+    refused with 429 and sent again after Retry-After; every answer still lands on its own prompt."""
+    from rayft.serve import Client
+    from rayft.serve.evaluate import Heldout, score_model
+
+    client = Client(url, timeout=120)
+    prompts = [_prompt(2 + i % 12) + f" {WORDS[i % len(WORDS)]}" for i in range(20)]
+    gold = [client.chat("chat-b", [{"role": "user", "content": p}], max_tokens=6)["choices"][0]["message"]["content"]
+            for p in prompts]
+    card = next(c for c in client.models() if c["id"] == "chat-b")
+    score = score_model(client, card, Heldout(prompts, gold, "prompts", task="sft"), max_tokens=6)
+    assert score.error is None and score.n == 20 and score.metrics["exact_match"] == 1.0
