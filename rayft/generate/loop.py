@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 from rayft.generate.engine import DecodeEngine
 from rayft.generate.outputs import Event, Handle, Request
 
 log = logging.getLogger(__name__)
+HANDOFF_S = 0.0005  # pause between steps under a shared lock; a step takes tens of milliseconds or more
 
 
 class EngineLoop:
@@ -25,6 +27,7 @@ class EngineLoop:
     def __init__(self, engine: DecodeEngine, idle_wait_s: float = 1.0, lock: Any = None) -> None:
         self.engine, self.idle_wait_s = engine, idle_wait_s
         self.lock = lock if lock is not None else contextlib.nullcontext()
+        self.shared = lock is not None
         self._wake = threading.Event()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -74,6 +77,8 @@ class EngineLoop:
             try:
                 with self.lock:
                     self.engine.step()
+                if self.shared:
+                    time.sleep(HANDOFF_S)  # Python locks are not fair: let a waiting loader take it between steps
             except Exception as exc:  # noqa: BLE001 - the thread must outlive one bad step
                 log.exception("decode step failed")
                 with self.lock:

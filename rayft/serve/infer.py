@@ -181,8 +181,8 @@ class Generation:
         ServeError: 400 for a request the model cannot take (naming the field), 429 if the engine's queue is full.
     """
 
-    def __init__(self, loaded: LoadedModel, prompts: list[list[int]], params: SamplingParams,
-                 on_end: Callable[[], Any]) -> None:
+    def __init__(self, loaded: LoadedModel, engine: tuple[Any, str | None], prompts: list[list[int]],
+                 params: SamplingParams, on_end: Callable[[], Any]) -> None:
         self.aio = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.n, self.on_end = params.n, on_end
@@ -192,7 +192,7 @@ class Generation:
         self._count = threading.Lock()
         params = with_model_stops(loaded, params)
         try:
-            self.loop, adapter = loaded.generator()
+            self.loop, adapter = engine  # loaded.generator(), fetched off the event loop
             for p, ids in enumerate(prompts):
                 request = Request(tuple(ids), params, adapter, request_id=f"gen-{uuid.uuid4().hex}", sink=self._sink)
                 self._opened(1)

@@ -144,10 +144,13 @@ class ModelServer:
         loaded = await self._pin(SFT_TASK)
         try:
             prompts = prompt_ids(loaded)
+            # the engine's loop: made on first use under the pool's lock, which a decode step holds: never wait
+            # for it on the event loop, which streams every other request's tokens
+            engine = loaded.generator() if loaded.has_generator() else await asyncio.to_thread(loaded.generator)
         except BaseException:
             await self._unpin(loaded)
             raise
-        gen = infer.Generation(loaded, prompts, params, lambda: asyncio.ensure_future(self._unpin(loaded)))
+        gen = infer.Generation(loaded, engine, prompts, params, lambda: asyncio.ensure_future(self._unpin(loaded)))
         async for piece in gen.pieces(self.request_timeout_s):
             yield piece
 

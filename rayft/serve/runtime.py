@@ -94,11 +94,16 @@ class BaseEntry:
         return name
 
     def generator(self) -> Any:
-        """The running :class:`~rayft.generate.EngineLoop` of this base (the bare base and all its adapters)."""
-        with self.lock:
-            if self.loop is None:
-                self.loop = self.make_loop(self.peft if self.peft is not None else self.model, self.tokenizer)
-            return self.loop
+        """The running :class:`~rayft.generate.EngineLoop` of this base (the bare base and all its adapters).
+
+        Once made, it is returned without any lock; making it takes :attr:`lock` (so no adapter load swaps the
+        model meanwhile), which can wait for a decode step: call it off the event loop the first time.
+        """
+        if self.loop is None:
+            with self.lock:
+                if self.loop is None:
+                    self.loop = self.make_loop(self.peft if self.peft is not None else self.model, self.tokenizer)
+        return self.loop
 
     def _serve(self, model: Any) -> None:
         """Points the decode engine at ``model`` (the base wrapped anew, or loaded again); lock held."""
@@ -210,15 +215,20 @@ class LoadedModel:
         self.closed = self.evicting = False
         self.users = 0
         self.loop: Any = None  # a model of its own: its decode engine's loop, made on the first generation request
+        self.making = threading.Lock()  # guards making that loop
+
+    def has_generator(self) -> bool:
+        """Whether :meth:`generator` answers at once (its engine loop exists)."""
+        return (self.entry.loop if self.entry is not None else self.loop) is not None
 
     def generator(self) -> tuple[Any, str | None]:
         """The :class:`~rayft.generate.EngineLoop` that generates with this model, and the adapter to ask it for
-        (None: the bare model)."""
+        (None: the bare model). May wait for a decode step the first time (see :meth:`BaseEntry.generator`)."""
         if self.entry is not None:
             return self.entry.generator(), self.adapter
         from rayft.generate.runners import is_peft
 
-        with self.pool.lock:
+        with self.making:  # a model of its own: nothing else changes it, the pool's lock is not needed
             if self.closed:
                 raise RuntimeError(f"model {self.model_id} was unloaded")
             if self.loop is None:

@@ -264,3 +264,62 @@ def test_engine_loop_serves_threads_and_asyncio(world):
         assert list(threaded.result(timeout=20).choices[0].token_ids) == alone(world, "lora-b", prompt_ids(world, 6))
     assert outputs == [alone(world, a, prompt_ids(world, n)) for a, n in cases]
     assert not eng.has_work()
+
+
+def test_stop_token_ids_end_a_choice_like_eos(world):
+    ids = prompt_ids(world, 6)
+    free = alone(world, None, ids)
+    eng = DecodeEngine(base(world), world["tok"], EngineConfig(max_running=4, step_tokens=300))
+    handle = eng.add(Request(ids, SamplingParams(max_tokens=10, temperature=0, stop_token_ids=(free[3],))))
+    drain(eng)
+    choice = handle.result(timeout=0).choices[0]
+    assert (list(choice.token_ids), choice.finish_reason) == (free[:3], "stop")
+
+
+def test_the_first_adapter_wraps_the_base_under_running_sequences(world):
+    """What a server does when a base request runs and the first adapter arrives: peft wraps the base in place,
+    the engine is pointed at the PeftModel, and the running base sequence goes on without any adapter."""
+    model = base(world)
+    eng = DecodeEngine(model, world["tok"], EngineConfig(max_running=4, step_tokens=300))
+    plain = eng.add(Request(prompt_ids(world, 7), GREEDY))
+    for _ in range(3):
+        eng.step()
+    peft = PeftModel.from_pretrained(model, world["root"] / "lora-a", adapter_name="lora-a")
+    eng.set_model(peft)
+    assert "lora-a" in eng.sources
+    lora = eng.add(Request(prompt_ids(world, 5), GREEDY, adapter="lora-a"))
+    drain(eng)
+    assert list(plain.result(timeout=0).choices[0].token_ids) == alone(world, None, prompt_ids(world, 7))
+    assert list(lora.result(timeout=0).choices[0].token_ids) == alone(world, "lora-a", prompt_ids(world, 5))
+
+
+def test_metrics_count_tokens_latencies_and_finishes_in_prometheus_text(world):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from rayft.generate.metrics import GenerationMetrics, render_prometheus
+
+    metrics = GenerationMetrics()
+    config = EngineConfig(max_running=2, max_queued=3, step_tokens=300, max_n=1)
+    eng = DecodeEngine(base(world), world["tok"], config, metrics=metrics)
+    handles = [eng.add(Request(prompt_ids(world, n), GREEDY)) for n in (4, 6, 3)]
+    with pytest.raises(EngineFull):
+        eng.add(Request(prompt_ids(world, 3), GREEDY))
+    drain(eng)
+    results = [h.result(timeout=0) for h in handles]
+    tokens = sum(r.usage.completion_tokens for r in results)
+    snap = metrics.snapshot(running=0, queued=0)
+    reasons = [r.choices[0].finish_reason for r in results]
+    assert snap.tokens_generated == tokens and snap.rejected == 1
+    assert snap.finished == {r: reasons.count(r) for r in set(reasons)}
+    assert snap.prompt_tokens == sum(len(prompt_ids(world, n)) for n in (4, 6, 3))
+    # one first token per request, then a gap per sampled token (an end-of-sequence token too, though not counted)
+    assert snap.ttft.count == 3 and snap.itl.count == tokens - 3 + reasons.count("stop")
+    text = render_prometheus({"r1": snap, "r2": snap}).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert {"rayft_generation_tokens", "rayft_requests_finished", "rayft_sequences_running",
+            "rayft_time_to_first_token_seconds", "rayft_inter_token_latency_seconds",
+            "rayft_adapter_evictions"} <= set(families)
+    total = [s.value for s in families["rayft_generation_tokens"].samples if s.name.endswith("_total")]
+    assert total == [snap.tokens_generated] * 2
+    buckets = [s for s in families["rayft_time_to_first_token_seconds"].samples if s.name.endswith("_bucket")]
+    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == 3
