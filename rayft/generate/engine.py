@@ -126,6 +126,12 @@ class DecodeEngine:
         for key, group in self._groups.items():
             group.runner = make_runner(model, key)
 
+    def adapters_changed(self) -> None:
+        """Adapters of the model were loaded, refilled with new weights or deleted (call it while no step runs, or
+        before a request for a new adapter is added)."""
+        for group in self._groups.values():
+            group.runner.adapters_changed()
+
     # ------------------------------------------------------------ the caller's side
 
     def add(self, request: Request) -> Handle:

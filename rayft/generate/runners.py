@@ -4,8 +4,9 @@ peft keeps one tuner type per ``PeftModel`` (it refuses to add a prefix adapter 
 given its main model plus, optionally, prompt-learning ``PeftModel``s built on the same base. Groups (one forward
 each per step):
 
-- ``shared``: the main model's bare forward. Rows of plain-LoRA adapters select their adapter per row through peft's
-  mixed-batch ``adapter_names`` (``__base__`` for the others), so every LoRA adapter, the bare base and every
+- ``shared``: the main model's bare forward. Rows of plain-LoRA adapters select their adapter per row, gathered into
+  two batched matmuls per layer (:mod:`rayft.generate.gathered`), or through peft's mixed-batch ``adapter_names``
+  (``__base__`` for the others) where that cannot run, so every LoRA adapter, the bare base and every
   prompt-learning adapter batch together. Prompt learning needs no adapter in the forward: prefix tuning is
   key/values at the start of the cache and prompt/p-tuning is virtual tokens run as the first prefill chunk
   (:func:`begin`); peft's own ``forward`` would re-inject them on every call and ignore a given cache.
@@ -25,6 +26,8 @@ import torch
 from transformers import DynamicCache
 
 from rayft.generate.cache import BatchCache
+from rayft.generate.device import device_of
+from rayft.generate.gathered import GatheredLora
 
 BASE_ROW = "__base__"  # peft's name for a row that uses no adapter in a mixed batch
 SHARED = ("shared", None)
@@ -36,7 +39,8 @@ class Runner:
     def __init__(self, model: Any, adapter: str | None = None) -> None:
         self.model, self.adapter = model, adapter
         self.tuner = model.base_model if is_peft(model) else None
-        self.device = next(model.parameters()).device
+        self.device = device_of(model)
+        self.gathered = GatheredLora(model) if self.tuner is not None and mixes(self.tuner) else None
 
     def forward(self, ids: torch.Tensor | None, positions: torch.Tensor, cache: BatchCache,
                 adapters: list[str | None], embeds: torch.Tensor | None = None) -> torch.Tensor:
@@ -53,13 +57,23 @@ class Runner:
         if self.tuner is None:
             yield self.model, {}
         elif mixes(self.tuner):
-            mixed = [a if a in self.tuner.peft_config else BASE_ROW for a in adapters]
-            yield self.model, {"adapter_names": mixed}  # whichever LoRA adapter is active
+            own = [a if a in self.tuner.peft_config else None for a in adapters]
+            if self.gathered.supports({a for a in own if a is not None}):
+                with self.gathered.rows(own):
+                    yield self.model, {}
+            else:
+                yield self.model, {"adapter_names": [a or BASE_ROW for a in own]}  # whichever adapter is active
         elif self.model.active_peft_config.is_prompt_learning:
             yield self.model.get_base_model(), {}  # the PeftModel's own tuner is the prompt encoder: not in forward
         else:
             with self.model.disable_adapter():
                 yield self.model, {}
+
+
+    def adapters_changed(self) -> None:
+        """Adapters were loaded, refilled or deleted: gathered weights must be gathered again."""
+        if self.gathered is not None:
+            self.gathered.invalidate()
 
 
 class SoloRunner(Runner):
@@ -120,8 +134,11 @@ def begin(source: Any, adapter: str | None, runner: Runner) -> BatchCache:
         prompt = source.get_prompt(batch_size=1)
     if source.peft_config[adapter].peft_type == "PREFIX_TUNING":
         cache = prompt if isinstance(prompt, DynamicCache) else DynamicCache(ddp_cache_data=list(prompt))
+        dtype = runner.model.get_input_embeddings().weight.dtype  # the prefix encoder may keep float32 weights
+        cache = DynamicCache(ddp_cache_data=[(layer.keys.to(runner.device, dtype), layer.values.to(runner.device, dtype))
+                                             for layer in cache.layers])
         return BatchCache(cache, torch.ones(1, width, dtype=torch.long, device=runner.device))
-    embeds = prompt.to(device=runner.device, dtype=source.word_embeddings.weight.dtype)
+    embeds = prompt.to(device=runner.device, dtype=runner.model.get_input_embeddings().weight.dtype)
     runner.forward(None, torch.arange(width, device=runner.device)[None], empty, [None], embeds=embeds)
     return empty
 

@@ -24,7 +24,7 @@ def next_token(logits: torch.Tensor, params: SamplingParams, gen: torch.Generato
     if params.greedy:
         return int(logits.argmax())
     scores = _warpers(params)(None, logits.float()[None])[0]  # transformers' own temperature, top-k, top-p
-    probs = scores.softmax(-1)
+    probs = scores.softmax(-1).cpu()  # drawn on the CPU: the seeded generator gives the same tokens on any device
     return int(torch.multinomial(probs, 1, generator=gen).item())
 
 

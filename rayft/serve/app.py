@@ -300,6 +300,7 @@ class BaseArgs(BaseModel):
     autoscaling_config: dict[str, Any] | None = None
     max_adapters: int | None = Field(None, ge=1, le=1024)
     num_cpus: float | None = Field(None, gt=0)
+    num_gpus: float | None = Field(None, ge=0)
     max_running: int | None = Field(None, ge=1, le=1024)
     max_queued: int | None = Field(None, ge=1, le=100_000)
 
@@ -316,6 +317,7 @@ class AppArgs(BaseModel):
     autoscaling_config: dict[str, Any] | None = None
     name: str = Field(defaults.APP_NAME, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     num_cpus: float = Field(defaults.NUM_CPUS, gt=0)
+    num_gpus: float = Field(0, ge=0)
     catalog_ttl: float = Field(defaults.CATALOG_TTL_S, ge=0)
     max_batch_size: int = Field(defaults.MAX_BATCH_SIZE, ge=1, le=256)
     batch_wait_ms: float = Field(defaults.BATCH_WAIT_MS, ge=0, le=1000)
@@ -350,8 +352,8 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
               max_batch_size: int = defaults.MAX_BATCH_SIZE, batch_wait_ms: float = defaults.BATCH_WAIT_MS,
               admin_token: str | None = None, max_running: int = GenerationLimits.max_running,
               max_queued: int = GenerationLimits.max_queued, step_tokens: int = GenerationLimits.step_tokens,
-              max_n: int = GenerationLimits.max_n,
-              request_timeout_s: float = GenerationLimits.request_timeout_s) -> serve.Application:
+              max_n: int = GenerationLimits.max_n, request_timeout_s: float = GenerationLimits.request_timeout_s,
+              num_gpus: float = 0) -> serve.Application:
     """The bound Serve application: ``<name>-gateway`` (ingress) in front of one model deployment per base.
 
     Args:
@@ -373,6 +375,7 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
         step_tokens: tokens one decode step spends (one per running sequence, the rest on prompt chunks).
         max_n: choices per prompt (``n``) a request may ask for.
         request_timeout_s: a generation request not finished by then ends with 504.
+        num_gpus: GPUs each model replica reserves; with one, models run there in bfloat16 with SDPA attention.
 
     Autoscaling keys off queue depth: Serve counts a request as ongoing from its arrival at the replica until its
     answer ends, so running and queued generation requests both count; ``target_ongoing_requests`` defaults to
@@ -393,8 +396,9 @@ def build_app(store: str, *, bases: dict[str, Any] | list[str] | None = None,
         # Serve must let every request the engine may hold reach the replica, or it queues them itself and no 429
         # is ever answered; the rest is for classification batches and admin calls.
         ongoing = max(64, 4 * max_batch_size, limits.max_running + limits.max_queued + 16)
+        resources = {"num_cpus": own.num_cpus or num_cpus, "num_gpus": own.num_gpus or num_gpus}
         options: dict[str, Any] = {"name": deployment_name(name, base),
-                                   "ray_actor_options": {"num_cpus": own.num_cpus or num_cpus},
+                                   "ray_actor_options": {k: v for k, v in resources.items() if v},
                                    "max_ongoing_requests": ongoing}
         scaling = own.autoscaling_config or (None if own.num_replicas else autoscaling_config)
         if scaling:  # replicas between min_replicas and max_replicas, on ongoing (running + queued) requests

@@ -21,6 +21,7 @@ from typing import Any, AsyncIterator, Callable
 import torch
 
 from rayft.errors import RayftError
+from rayft.generate.device import device_of
 from rayft.generate.outputs import Event, Request
 from rayft.generate.params import RequestError, SamplingParams
 from rayft.serve.api import (Completion, GeneratedChoice, Piece, ServeError, TokenUsage, evicted, inference_failed,
@@ -109,7 +110,7 @@ def _classify_group(items: list[tuple[LoadedModel, list[str]]]) -> list[list[dic
         model, names = _prepare(items)
         probs = []
         for start in range(0, len(rows), ROWS_PER_FORWARD):
-            batch = tok.pad(rows[start:start + ROWS_PER_FORWARD], return_tensors="pt")
+            batch = tok.pad(rows[start:start + ROWS_PER_FORWARD], return_tensors="pt").to(device_of(model))
             extra = {"adapter_names": names[start:start + ROWS_PER_FORWARD]} if names else {}
             probs.append(model(**batch, **extra).logits.float().softmax(-1))
     table = torch.cat(probs).tolist()

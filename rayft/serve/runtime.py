@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 
 from rayft.errors import StoreError
+from rayft.generate.device import accelerate
 from rayft.generate.metrics import GenerationMetrics
 from rayft.serve.api import BASE_PREFIX, SFT_TASK, ServeError, load_error, not_found, short_error
 from rayft.store import AdapterStore, Manifest, base_key, load_base, load_for_inference
@@ -53,7 +54,7 @@ class BaseEntry:
                  make_loop: Callable[[Any, Any], Any] | None = None) -> None:
         self.manifest, self.lock, self.spare_slots = manifest, lock, spare_slots
         self.slots = threading.Lock()  # guards free / signature / views (never held for long)
-        self.model, self.tokenizer, self.fingerprint = load_base(manifest)
+        self.model, self.tokenizer, self.fingerprint = _load_base(manifest)
         self.peft: Any = None
         self.make_loop = make_loop
         self.loop: Any = None  # the decode engine's loop, made on the first generation request
@@ -80,6 +81,7 @@ class BaseEntry:
                     self._drop(slot)  # half-copied: never reuse it
                 raise
             if filled:
+                self._changed()
                 return slot
             with self.lock:
                 self._drop(slot)  # the weights did not fit the slot: load them the usual way
@@ -91,6 +93,7 @@ class BaseEntry:
                 views = get_peft_model_state_dict(self.peft, adapter_name=name)
                 with self.slots:
                     self.signature[name], self.views[name] = sig, views
+            self._changed()
         return name
 
     def generator(self) -> Any:
@@ -114,6 +117,11 @@ class BaseEntry:
         if self.loop is not None:
             self.loop.stop()
 
+    def _changed(self) -> None:
+        """Adapters were loaded, refilled or deleted: the engine gathers LoRA weights anew."""
+        if self.loop is not None:
+            self.loop.engine.adapters_changed()
+
     def _take_free(self, sig: str | None) -> str | None:
         with self.slots:
             return self.free[sig].pop() if sig and self.free.get(sig) else None
@@ -132,7 +140,7 @@ class BaseEntry:
         except Exception:
             if fresh:  # from_pretrained may have injected layers into the base: start over from disk
                 self.peft = None
-                self.model, self.tokenizer, self.fingerprint = load_base(self.manifest)
+                self.model, self.tokenizer, self.fingerprint = _load_base(self.manifest)
                 self._serve(self.model)
             elif name in self.peft.peft_config:
                 self._delete(name)
@@ -182,6 +190,7 @@ class BaseEntry:
         with warnings.catch_warnings():  # "adapter X was active which is now deleted": set per request anyway
             warnings.simplefilter("ignore", UserWarning)
             self.peft.delete_adapter(name)
+        self._changed()
 
 
 def _signature(folder: Path) -> str | None:
@@ -399,6 +408,7 @@ class ModelPool:
         A model of its own touches nothing shared, so it loads without the pool's lock (decode steps go on).
         """
         model, tokenizer, manifest = load_for_inference(self.store, manifest.adapter_id)
+        model = accelerate(model)
         return LoadedModel(self, manifest.adapter_id, manifest.task, tokenizer, model=model, manifest=manifest)
 
     def _load_base_model(self, name: str) -> LoadedModel:
@@ -415,6 +425,12 @@ class ModelPool:
         except Exception as exc:  # noqa: BLE001
             raise load_error(name, short_error(exc)) from None
         return LoadedModel(self, name, SFT_TASK, entry.tokenizer, entry=entry)
+
+
+def _load_base(manifest: Manifest) -> tuple[Any, Any, str]:
+    """:func:`load_base`, on the GPU in bfloat16 when there is one."""
+    model, tokenizer, fingerprint = load_base(manifest)
+    return accelerate(model), tokenizer, fingerprint
 
 
 def _check_weights(folder: Path) -> None:

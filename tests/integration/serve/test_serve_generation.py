@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from pathlib import Path
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +17,7 @@ import requests
 import torch
 
 from rayft.cluster import free_port
+from rayft.serve.metrics import PUSH_S
 from tests.support.serve_helpers import config, manifest, merged_model, sft_adapter
 
 pytestmark = pytest.mark.integration
@@ -46,6 +48,7 @@ def served(tmp_path_factory, tiny_llama, chat_jsonl):
     from transformers import AutoTokenizer
 
     from rayft.config.schema import ExperimentConfig
+    from rayft.models import resolve_model
     from rayft.store import AdapterStore
     from rayft.tasks.prompt_format import PromptFormat
     from tests.support import cls_config
@@ -71,6 +74,11 @@ def served(tmp_path_factory, tiny_llama, chat_jsonl):
     put("soft", _peft(tiny_llama, tmp / "soft", PromptTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"), 8),
         "prompt", hot_swappable=False)
     put("full", merged_model_lm(tiny_llama, tmp / "chat-a", tmp / "full"), "full", kind="full")
+    smol = resolve_model("smollm2-135m")  # a real model, slow enough on a CPU to hang up mid-answer
+    smol_raw = cls_config(Path(smol), chat_jsonl, tmp, task={"name": "sft"})
+    smol_raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response")
+    store.put(_peft(smol, tmp / "smol", LoraConfig(r=4, target_modules=["q_proj", "v_proj"]), 10),
+              manifest("smol", Path(smol), "sft", config(smol_raw)))
     raw["data"]["system_prompt"] = SYSTEM  # trained with a system prompt: the manifest records its rendering
     sys_cfg = config(raw)
     fmt = PromptFormat.of_training(AutoTokenizer.from_pretrained(tiny_llama), ExperimentConfig.model_validate(sys_cfg))
@@ -211,11 +219,18 @@ def _wait_for(check, timeout=20.0):
 
 
 def test_a_client_that_disconnects_frees_its_slot(url):
-    before = _metrics(url).get("rayft_requests_finished_total[cancelled]", 0)
-    texts, finishes, _ = _stream(url, {"model": "chat-a", "prompt": _prompt(3), "max_tokens": 240,
-                                       "temperature": 0}, stop_after=2)
-    assert len(texts) == 2 and not finishes
-    assert _wait_for(lambda: _metrics(url).get("rayft_requests_finished_total[cancelled]", 0) > before)
+    """On smollm2-135m (about 12 tokens/s here: 200 tokens would take over 15 s; the tiny model would finish before
+    the hang-up reaches the replica) the sequence is cancelled a few tokens after the client leaves."""
+    time.sleep(2 * PUSH_S + 0.5)  # the figures of earlier tests have reached the board
+    before = _metrics(url)
+    texts, finishes, _ = _stream(url, {"model": "smol", "prompt": "The capital of France is", "max_tokens": 200,
+                                       "temperature": 0}, stop_after=1)
+    assert len(texts) == 1 and not finishes
+    cancelled = "rayft_requests_finished_total[cancelled]"
+    after = _wait_for(lambda: (m := _metrics(url)).get(cancelled, 0) > before.get(cancelled, 0) and m, timeout=60)
+    assert after, "the disconnected request was not cancelled"
+    made = after["rayft_generation_tokens_total"] - before.get("rayft_generation_tokens_total", 0)
+    assert 1 <= made < 100  # decoding stopped soon after the client left, far from max_tokens
     assert _wait_for(lambda: _metrics(url).get("rayft_sequences_running", 1) == 0)
     assert _text(_complete(url, "chat-a", _prompt(3)))[2] > 0  # and the server goes on answering
 

@@ -96,6 +96,7 @@ def test_mixed_batch_matches_each_request_alone(world):
     assert set(eng._groups) == {("shared", None), ("solo", "dora")}  # LoRA, base and prompt learning share a forward
     drain(eng)
     assert set(eng._groups) == {("shared", None)}  # the solo group went with its last sequence
+    assert eng._groups[("shared", None)].runner.gathered._weights  # LoRA rows ran gathered, not through peft's loop
     for (adapter, n), handle in zip(cases, handles):
         result = handle.result(timeout=0)
         choice = result.choices[0]
