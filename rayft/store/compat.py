@@ -15,7 +15,7 @@ from rayft.errors import StoreError
 from rayft.store.store import AdapterStore, Manifest
 
 SERVABLE_TASKS = {"sequence_classification": "SEQ_CLS", "sft": "CAUSAL_LM"}  # task -> peft task_type
-KINDS = ("adapter", "full")
+KINDS = ("adapter", "full", "modules")  # modules: rayft add-on modules (bottleneck adapters) + head
 
 
 class IncompatibleError(StoreError):

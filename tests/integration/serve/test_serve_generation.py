@@ -18,7 +18,8 @@ import torch
 
 from rayft.cluster import free_port
 from rayft.serve.metrics import PUSH_S
-from tests.support.serve_helpers import config, manifest, merged_model, sft_adapter
+from tests.support.method_cases import method_params
+from tests.support.serve_helpers import config, manifest, sft_adapter
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,10 @@ def served(tmp_path_factory, tiny_llama, chat_jsonl):
     put("soft", _peft(tiny_llama, tmp / "soft", PromptTuningConfig(num_virtual_tokens=3, task_type="CAUSAL_LM"), 8),
         "prompt", hot_swappable=False)
     put("full", merged_model_lm(tiny_llama, tmp / "chat-a", tmp / "full"), "full", kind="full")
+    for name in TRAINED_BY_RAYFT:  # the other generating methods, built and saved by rayft's own method code
+        folder, kind = _method_result(tiny_llama, tmp / name, name)
+        own = config({**raw, "method": {"name": name, **method_params(name, "llama")}})
+        store.put(folder, manifest(name, tiny_llama, "sft", own, method=name, kind=kind, hot_swappable=False))
     smol = resolve_model("smollm2-135m")  # a real model, slow enough on a CPU to hang up mid-answer
     smol_raw = cls_config(Path(smol), chat_jsonl, tmp, task={"name": "sft"})
     smol_raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response")
@@ -85,6 +90,31 @@ def served(tmp_path_factory, tiny_llama, chat_jsonl):
     store.put(sft_adapter(tiny_llama, tmp / "sys", seed=9),
               manifest("sys", tiny_llama, "sft", sys_cfg, prompt_format=fmt.to_dict()))
     return store
+
+
+TRAINED_BY_RAYFT = ("prefix", "ptuning", "adapter", "qlora")
+
+
+def _method_result(base, out, name):
+    """A result of method ``name`` on the tiny Llama (weights drawn at random), saved as rayft exports it."""
+    from transformers import AutoModelForCausalLM
+
+    from rayft.methods import METHODS
+
+    method = METHODS.get(name)
+    params = method.params.model_validate(method_params(name, "llama"))
+    torch.manual_seed(11)
+    model = method.apply(AutoModelForCausalLM.from_pretrained(base), params, "CAUSAL_LM")
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for _, param in filter(lambda item: item[1].requires_grad and item[1].is_floating_point(),
+                               model.named_parameters()):
+            param.add_(torch.randn(param.shape, generator=gen).to(param.dtype) * 0.5)
+    if method.artifact == "modules":
+        method.save(model, str(out))
+        return out, "modules"
+    model.save_pretrained(out)
+    return out, "adapter"
 
 
 def merged_model_lm(base, adapter, out):
@@ -122,13 +152,13 @@ def _prompt(words: int) -> str:
 
 
 CASES = [("chat-a", 3), ("chat-b", 9), ("dora", 14), ("TINY", 5), ("ia3", 7), ("soft", 11), ("full", 6),
-         ("chat-a", 12)]
+         ("chat-a", 12), ("prefix", 8), ("ptuning", 4), ("adapter", 10), ("qlora", 6)]
 
 
 def test_mixed_batch_equals_each_request_alone(url, served, tiny_llama):
     cases = [(str(tiny_llama) if m == "TINY" else m, n) for m, n in CASES]
     alone = [_text(_complete(url, m, _prompt(n))) for m, n in cases]
-    assert len({a[0] for a in alone}) >= 5  # the adapters really answer differently
+    assert len({a[0] for a in alone}) >= 8  # the adapters really answer differently
     with ThreadPoolExecutor(len(cases)) as pool:
         together = list(pool.map(lambda c: _text(_complete(url, c[0], _prompt(c[1]))), cases))
     assert together == alone
