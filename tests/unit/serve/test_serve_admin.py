@@ -239,6 +239,11 @@ def test_shipped_configs_build_one_deployment_per_base(tmp_path, config_file):
         scaling = {n: d._deployment_config.autoscaling_config for n, d in models.items()}
         assert {s.max_replicas for s in scaling.values()} == {4, 2}
         assert small.ray_actor_options["num_cpus"] == 2
+        smol = next(d for n, d in models.items() if "smollm2" in n)
+        # every request the decode engine may hold (32 running + 128 queued) reaches the replica, which then
+        # answers 429 itself; autoscaling counts those running and waiting
+        assert smol._deployment_config.max_ongoing_requests >= 32 + 128
+        assert scaling[smol.name].target_ongoing_requests == 32
     else:
         assert small.num_replicas == 1 and small._deployment_config.autoscaling_config is None
     with pytest.raises(ValueError, match="max_adapters"):
