@@ -86,6 +86,11 @@ class SoloRunner(Runner):
         yield self.model, {}
 
 
+def policy_adapter(model: Any) -> str | None:
+    """The adapter to ask the engine for to run ``model`` as it is: a ``PeftModel``'s active adapter, else None."""
+    return model.active_adapter if is_peft(model) else None
+
+
 def is_peft(model: Any) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "get_base_model")
 

@@ -235,7 +235,7 @@ class LoadedModel:
         (None: the bare model). May wait for a decode step the first time (see :meth:`BaseEntry.generator`)."""
         if self.entry is not None:
             return self.entry.generator(), self.adapter
-        from rayft.generate.runners import is_peft
+        from rayft.generate.runners import policy_adapter
 
         with self.making:  # a model of its own: nothing else changes it, the pool's lock is not needed
             if self.closed:
@@ -243,7 +243,7 @@ class LoadedModel:
             if self.loop is None:
                 self.loop = self.pool.make_loop(self.model, self.tokenizer)
         # a PeftModel of its own (IA3, prompt learning, ...) generates with its adapter, not without it
-        return self.loop, (self.model.active_adapter if is_peft(self.model) else None)
+        return self.loop, policy_adapter(self.model)
 
     def run(self, fn: Callable[["LoadedModel", Any], Any]) -> Any:
         """``fn(self, model)`` with this model's adapter active, or :data:`EVICTED` if it was evicted."""

@@ -13,7 +13,7 @@ reward margin, and the mean chosen/rejected rewards.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import torch
@@ -44,17 +44,23 @@ def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The frozen reference's log-probs: the adapter-free base, or the copy held by :meth:`DPO.prepare_model`."""
+def reference_logps_of(model: Any, batch: dict[str, torch.Tensor], logps: Callable[[Any, dict], Any]) -> Any:
+    """``logps(reference, batch)`` on the frozen reference: the adapter-free base, or the copy held by
+    :meth:`DPO.prepare_model` (and GRPO's) for full-weight methods."""
     inner = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
     reference = inner.__dict__.get(REFERENCE_ATTR)
     if reference is not None:
         device = batch["input_ids"].device
         if next(reference.parameters()).device != device:
             reference.to(device)
-        return sequence_logps(reference, batch)
+        return logps(reference, batch)
     with inner.disable_adapter():
-        return sequence_logps(inner, batch)
+        return logps(inner, batch)
+
+
+def reference_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The frozen reference's summed response log-probs."""
+    return reference_logps_of(model, batch, sequence_logps)
 
 
 def preference_terms(model: Any, batch: dict[str, torch.Tensor], beta: float) -> tuple[torch.Tensor, ...]:

@@ -29,7 +29,7 @@ def build_model(recipe: Recipe, data: PreparedData) -> torch.nn.Module:
 
 def train_loss(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The training loss of one batch: the task's own (pairwise, preference) or the model's."""
-    return recipe.task.compute_loss(engine, {k: v.to(engine.device) for k, v in batch.items()}, recipe.task_params)
+    return recipe.task.compute_loss(engine, on_device(batch, engine.device), recipe.task_params)
 
 
 def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank: int, world: int,
@@ -144,8 +144,13 @@ def continue_schedule(engine, settings: list[dict[str, Any]]) -> None:
     sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
 
+def on_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors moved to ``device``; other values (an RL task's raw prompts and columns) as they are."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) for k, v in batch.items() if k != "index"}
+    return {k: v for k, v in on_device(batch, device).items() if k != "index"}
 
 
 @torch.no_grad()
@@ -153,7 +158,7 @@ def evaluate(engine, recipe: Recipe, loader: DataLoader) -> dict[str, float]:
     """Task metrics over the whole split: every rank evaluates its shard, rank results are gathered."""
     task = recipe.task
     engine.eval()
-    parts = [task.eval_batch(engine, {k: v.to(engine.device) for k, v in b.items()}) for b in loader]
+    parts = [task.eval_batch(engine, on_device(b, engine.device)) for b in loader]
     engine.train()
     if dist.is_initialized() and dist.get_world_size() > 1:
         gathered: list[Any] = [None] * dist.get_world_size()

@@ -93,3 +93,10 @@ def chat_rows(n: int) -> list[dict]:
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+def rl_prompts(n: int) -> list[dict[str, str]]:
+    """Prompts for the RL tasks (words of the tiny vocabulary) and an ``answer`` column for column-reading rewards."""
+    from tests.support.tiny import chat_rows
+
+    return [{"prompt": r["prompt"], "answer": r["response"].split()[0]} for r in chat_rows(n)]

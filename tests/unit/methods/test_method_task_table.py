@@ -30,7 +30,7 @@ from tests.support.method_cases import CASES, method_params
 
 ARCHITECTURE = {  # task → the tiny model it is tested on
     "sequence_classification": "bert", "token_classification": "bert", "extractive_qa": "bert",
-    "reward_model": "bert", "sft": "llama", "dpo": "llama",
+    "reward_model": "bert", "sft": "llama", "dpo": "llama", "grpo": "llama",
 }
 VIRTUAL_TOKENS = "prepends virtual tokens to the input"  # the prompt-learning methods' own check
 UNSUPPORTED = [  # (method, task, what the one error on method.name says)
@@ -43,6 +43,8 @@ UNSUPPORTED = [  # (method, task, what the one error on method.name says)
 ]
 TEST_CASES = [(method, task, method_params(method, arch)) for task, arch in ARCHITECTURE.items() for method in CASES
               if (method, task) not in {(m, t) for m, t, _ in UNSUPPORTED}]
+TASK_KEYS = {"grpo": {"rewards": [{"function": "tests.support.rewards:text_length"}], "group_size": 2,
+                     "max_new_tokens": 3}}  # a reward that differs between samples: every group has an advantage
 ADAPTED = re.compile(r"lora_|ia3_|prompt_encoder|bottleneck_adapters")  # what an add-on method trains besides heads
 
 
@@ -52,7 +54,8 @@ class Table:
     def __init__(self, models: dict, files: dict, tmp) -> None:
         self.raw, self.data = {}, {}
         for task, (arch, source, data_keys) in files.items():
-            raw = cls_config(models[arch], source, tmp, name=f"table-{task}", task={"name": task})
+            task_keys = {"name": task, **TASK_KEYS.get(task, {})}
+            raw = cls_config(models[arch], source, tmp, name=f"table-{task}", task=task_keys)
             raw["data"] = {"source": str(source), "validation_size": 8, "test_size": 0, **data_keys}
             raw["method"] = {"name": "full"}
             self.raw[task] = raw
@@ -74,6 +77,7 @@ def table(tiny_bert, tiny_llama, sentiment_csv, chat_jsonl, tmp_path_factory) ->
         "reward_model": ("bert", tt.write_jsonl(tmp / "pairs.jsonl", tt.review_pairs(24)), {}),
         "sft": ("llama", chat_jsonl, {}),
         "dpo": ("llama", tt.write_jsonl(tmp / "pref.jsonl", tt.preference_rows(24)), {}),
+        "grpo": ("llama", tt.write_jsonl(tmp / "prompts.jsonl", tt.rl_prompts(24)), {}),
     }
     return Table({"bert": tiny_bert, "llama": tiny_llama}, files, tmp)
 
@@ -121,7 +125,7 @@ def test_method_trains_on_task(method, task, params, table):
         batch = recipe.task.collate(rows, data.pad_id)
         metrics = recipe.task.finish_eval_columns([recipe.task.eval_batch(model, batch)], data.splits["train"])
     assert metrics and all(math.isfinite(v) for v in metrics.values()), metrics
-    if recipe.task.peft_task_type == "CAUSAL_LM":  # the tasks' own token arithmetic agrees with the model's loss
+    if "labels" in batch and recipe.task.peft_task_type == "CAUSAL_LM":  # own token arithmetic = the model's loss
         labelled = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
         with torch.no_grad():
             expected = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss
