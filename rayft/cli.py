@@ -28,7 +28,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     metric, mode = metric_and_mode(cfg)
     print(f"{args.config}: ok — model {cfg.model.name}, task {cfg.task.name}, method {cfg.method.name}, "
-          f"data {cfg.data.source}; sweep {cfg.sweep.num_trials} trials over "
+          f"data {cfg.data.source or cfg.data.named_splits()}; sweep {cfg.sweep.num_trials} trials over "
           f"{', '.join(cfg.sweep.space) or 'no parameters'} ({mode} {metric})")
     return 0
 

@@ -43,7 +43,15 @@ class ConfigError(RayftError):
 
 
 class DataError(RayftError):
-    """A data source that is missing, empty or unreadable."""
+    """A data source that is missing, empty or unreadable.
+
+    ``field`` and ``value`` say which config key and value it is about (``data.source`` unless told), so that
+    config validation can report it as a :class:`FieldError`."""
+
+    def __init__(self, message: str, *, field: str = "data.source", value: Any = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.value = value
 
 
 class StoreError(RayftError):

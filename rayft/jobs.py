@@ -115,7 +115,9 @@ def build_submission(config: str | os.PathLike[str], overrides: Iterable[str] = 
 def _outside_files(cfg: Any, workdir: Path) -> list[str]:
     """Warnings for local files the experiment reads that the job would not carry."""
     out = []
-    for name, value in (("data.source", cfg.data.source), ("model.name", cfg.model.name)):
+    named = [("data.source", cfg.data.source), ("model.name", cfg.model.name)]
+    named += [(f"data.splits.{role}", value) for role, value in cfg.data.named_splits().items()]
+    for name, value in ((n, v) for n, v in named if v is not None):
         path = Path(value).expanduser()
         if path.exists() and path.is_absolute() and not path.resolve().is_relative_to(workdir):
             out.append(f"{name}={value!r} is outside the working dir: every node must have it at that path")

@@ -26,10 +26,32 @@ class ModelConfig(_Section):
     max_length: int = Field(128, ge=8, le=8192)
 
 
+class DataSplits(_Section):
+    """Splits the user already has, used as they are (``data.splits``): files when ``data.source`` is left out,
+    split names of ``data.source`` when it is a ``save_to_disk`` folder or a hub dataset."""
+
+    train: str | None = Field(None, min_length=1)
+    validation: str | None = Field(None, min_length=1)
+    test: str | None = Field(None, min_length=1)
+
+    def named(self) -> dict[str, str]:
+        return {role: value for role, value in self.model_dump().items() if value}
+
+
+DEFAULT_VALIDATION_SIZE = 0.1  # the sizes rayft splits with when validation_size / test_size are not set
+DEFAULT_TEST_SIZE = 0.1
+
+
 class DataConfig(_Section):
     """Where the examples come from and how they are split."""
 
-    source: str = Field(min_length=1, description="catalog name or path to csv/jsonl/json/parquet")
+    source: str | None = Field(
+        None, min_length=1, description="catalog name, path to a csv/jsonl/json/parquet/conll file, a folder "
+                                        "written by datasets' save_to_disk, or hub:<owner>/<name>")
+    splits: DataSplits | None = Field(
+        None, description="{train, validation, test}: files (without data.source) or the source's split names; "
+                          "used as they are, never re-split")
+    hub_config: str | None = Field(None, min_length=1, description="the config (subset) of a hub:<owner>/<name> source")
     format: Literal["auto", "csv", "jsonl", "json", "parquet", "conll"] = "auto"
     text_column: str | None = None
     text_pair_column: str | None = None
@@ -37,14 +59,31 @@ class DataConfig(_Section):
     prompt_column: str | None = None
     response_column: str | None = None
     system_prompt: str | None = None
-    max_samples: int | None = Field(None, ge=4)
+    max_samples: int | None = Field(None, ge=4, description="rows kept before splitting; per split when given")
     train_size: int | None = Field(None, ge=2)
-    validation_size: float | int = Field(0.1, gt=0)
-    test_size: float | int = Field(0.1, ge=0)
+    validation_size: float | int | None = Field(
+        None, gt=0, description=f"when rayft splits: a fraction or a count (default {DEFAULT_VALIDATION_SIZE})")
+    test_size: float | int | None = Field(
+        None, ge=0, description=f"when rayft splits: a fraction or a count (default {DEFAULT_TEST_SIZE})")
     seed: int = 0
     columns: dict[str, str] = Field(
         default_factory=dict, description="task role -> column (e.g. {chosen: good, rejected: bad}); "
                                           "for roles without their own *_column key")
+
+    def named_splits(self) -> dict[str, str]:
+        """``data.splits`` as role → file or split name (empty when not set)."""
+        return self.splits.named() if self.splits else {}
+
+    @model_validator(mode="after")
+    def _source_or_splits(self) -> "DataConfig":
+        named = self.named_splits()
+        if self.source is None and not named.get("train"):
+            raise ValueError("data needs a source, or data.splits with the train file (and validation, test)")
+        if self.source is None and "test" in named and "validation" not in named:
+            raise ValueError("data.splits has a test file but no validation file: give both, or train alone")
+        if self.hub_config is not None and not (self.source or "").startswith("hub:"):
+            raise ValueError("data.hub_config applies to a hub:<owner>/<name> source only")
+        return self
 
 
 class TaskConfig(_Section):

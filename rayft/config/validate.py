@@ -125,21 +125,28 @@ def check_method(method: dict[str, Any]) -> list[FieldError]:
 
 
 def check_data(raw: dict[str, Any]) -> list[FieldError]:
-    """The data source exists, is readable, and has the columns the task needs."""
+    """The data source (or split files) exists, is readable, and has the columns the task needs."""
     from rayft.data.prepare import catalog_columns
-    from rayft.data.sources import is_catalog, source_columns
+    from rayft.data.sources import open_source
+    from rayft.data.splits import sizes_error
     from rayft.tasks import TASKS, task_roles
     from rayft.tasks.base import pick_column
 
     data = _section(raw, "data")
     source = data.get("source")
+    splits = data.get("splits") if isinstance(data.get("splits"), dict) else {}
     task_name = section_name(raw, "task")
-    if not isinstance(source, str) or not source:
+    if not (isinstance(source, str) and source) and not (source is None and splits.get("train")):
         return []
     try:
-        present = source_columns(source, data.get("format", schema.default("data.format")))
+        loaded = open_source(source, data.get("format", schema.default("data.format")), splits,
+                             data.get("hub_config"), nrows=5)
     except RayftError as exc:
-        return [FieldError("data.source", source, str(exc).split(": ", 1)[-1] if not is_catalog(source) else str(exc))]
+        return [_data_error(exc, source)]
+    present = loaded.columns
+    unused = sizes_error(data) if loaded.given else None
+    if unused:
+        return [_data_error(unused, source)]
     if task_name not in TASKS:
         return []
     task = TASKS.get(task_name)
@@ -154,9 +161,17 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
         if col is not None and col not in present:
             own_key = key in schema.DataConfig.model_fields and not (data.get("columns") or {}).get(role)
             where = f"data.{key}" if own_key else f"data.columns.{role}"
-            errors.append(FieldError(where, col, f"a column of {source!r} for the {role!r} role of task "
+            errors.append(FieldError(where, col, f"a column of {loaded.name!r} for the {role!r} role of task "
                                      f"{task_name!r}; it has: {', '.join(map(str, present))}"))
     return errors
+
+
+def _data_error(exc: RayftError, source: Any) -> FieldError:
+    """A data stage's error as a FieldError: its field and value (``data.source`` unless it names another), and
+    its message without the leading ``<field> <value>:``."""
+    field, value, message = getattr(exc, "field", "data.source"), getattr(exc, "value", None), str(exc)
+    return FieldError(field, source if value is None else value,
+                      message.split(": ", 1)[-1] if message.startswith(field) else message)
 
 
 def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
@@ -244,6 +259,6 @@ def partial_checks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]
 
     The stages' own checks (:mod:`rayft.config.checks`) run after the sweep space's, as one list of errors."""
     errors = check_names(raw) + check_sweep(raw) + run_registered(raw) + check_storage(raw)
-    if not any(p.startswith(("data.source", "task.name")) for p in bad_paths):
+    if not any(p == "data" or p.startswith(("data.source", "data.splits", "task.name")) for p in bad_paths):
         errors += check_data(raw)
     return [e for e in errors if e.path not in bad_paths]

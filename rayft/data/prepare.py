@@ -6,10 +6,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rayft.config.schema import ExperimentConfig
+import pandas as pd
+
+from rayft.config.schema import DataConfig, ExperimentConfig
 from rayft.data.catalog import DATASETS
-from rayft.data.sources import is_catalog, load_source
-from rayft.data.splits import make_splits
+from rayft.data.sources import WHOLE, SourceData, is_catalog, open_source
+from rayft.data.splits import given_splits, make_splits
 from rayft.errors import DataError
 
 
@@ -31,8 +33,17 @@ class PreparedData:
         return len(next(iter(cols.values()))) if cols else 0
 
 
-def catalog_columns(source: str) -> dict[str, str]:
-    return dict(DATASETS.get(source).columns) if is_catalog(source) else {}
+def catalog_columns(source: str | None) -> dict[str, str]:
+    return dict(DATASETS.get(source).columns) if source and is_catalog(source) else {}
+
+
+def load_data(data: DataConfig, nrows: int | None = None) -> SourceData:
+    """The configured source (or split files), as :func:`rayft.data.sources.open_source` reads it.
+
+    Raises:
+        DataError: for a missing, empty or unreadable source, a split it lacks, or splits whose columns differ.
+    """
+    return open_source(data.source, data.format, data.named_splits(), data.hub_config, nrows)
 
 
 def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> PreparedData:
@@ -47,21 +58,26 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     start = time.perf_counter()
     task = get_task(cfg.task.name)
     model_path = model_path or resolve_model(cfg.model.name)
-    df = load_source(cfg.data.source, cfg.data.format)
-    columns = resolve_columns(task, cfg, catalog_columns(cfg.data.source), [str(c) for c in df.columns])
-    missing = [c for c in columns.values() if c not in df.columns]
+    source = load_data(cfg.data)
+    columns = resolve_columns(task, cfg, catalog_columns(cfg.data.source), source.columns)
+    missing = [c for c in columns.values() if c not in source.columns]
     if missing:
-        raise DataError(f"data.source {cfg.data.source!r}: column(s) {missing} not found; "
-                        f"the file has: {', '.join(map(str, df.columns))}")
-    df = df.dropna(subset=list(columns.values()))
-    if df.empty:
-        raise DataError(f"data.source {cfg.data.source!r}: no rows with all of {list(columns.values())}")
-    labels = task.labels(cfg, df, columns)
+        raise DataError(f"{_field(cfg.data)} {source.name!r}: column(s) {missing} not found; "
+                        f"the data has: {', '.join(source.columns)}", field=_field(cfg.data), value=source.name)
+    frames = {name: df.dropna(subset=list(columns.values())) for name, df in source.frames.items()}
+    empty = [name for name, df in frames.items() if df.empty]
+    if empty:
+        raise DataError(f"{_field(cfg.data)} {source.name!r}: no rows with all of {list(columns.values())} "
+                        f"in {', '.join(empty)}", field=_field(cfg.data), value=source.name)
+    everything = pd.concat(frames.values(), ignore_index=True) if source.given else frames[WHOLE]
+    labels = task.labels(cfg, everything, columns)
     if labels is not None and "label" in columns:
-        unknown = sorted({str(v) for v in df[columns["label"]]} - set(labels))
+        unknown = sorted({str(v) for v in everything[columns["label"]]} - set(labels))
         if unknown:
             raise DataError(f"data: label values {unknown[:10]} are not in task.labels {labels}")
-    splits = make_splits(df, cfg.data, columns.get("label") if task.stratify else None)
+    stratify = columns.get("label") if task.stratify else None
+    splits = (given_splits(frames, cfg.data, stratify) if source.given
+              else make_splits(frames[WHOLE], cfg.data, stratify))
     tokenizer = load_tokenizer(model_path)
     tokenized = {name: task.tokenize(part, tokenizer, cfg, columns, labels)
                  for name, part in vars(splits).items() if len(part)}
@@ -72,3 +88,7 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
         seconds=time.perf_counter() - start,
         stats={"mean_train_tokens": sum(lengths) / max(len(lengths), 1), "max_train_tokens": max(lengths, default=0)},
     )
+
+
+def _field(data: DataConfig) -> str:
+    return "data.source" if data.source is not None else "data.splits"

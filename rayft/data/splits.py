@@ -1,12 +1,14 @@
-"""Seeded train/validation/test splits (stratified when the task has labels)."""
+"""Seeded train/validation/test splits (stratified when the task has labels), or the user's own splits used as
+they are (only subsampled, seeded, by ``max_samples`` / ``train_size``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import pandas as pd
 
-from rayft.config.schema import DataConfig
+from rayft.config.schema import DEFAULT_TEST_SIZE, DEFAULT_VALIDATION_SIZE, DataConfig
 from rayft.errors import DataError
 
 
@@ -44,16 +46,47 @@ def make_splits(df: pd.DataFrame, cfg: DataConfig, stratify: str | None = None) 
     Raises:
         DataError: if the requested sizes do not fit the data.
     """
+    df = _cap(df, cfg.max_samples, cfg.seed, stratify)
     total = len(df)
-    if cfg.max_samples and total > cfg.max_samples:
-        df, _ = _cut(df, cfg.max_samples, cfg.seed, stratify)
-        total = len(df)
-    n_val, n_test = _count(cfg.validation_size, total), _count(cfg.test_size, total)
+    val_size = DEFAULT_VALIDATION_SIZE if cfg.validation_size is None else cfg.validation_size
+    test_size = DEFAULT_TEST_SIZE if cfg.test_size is None else cfg.test_size
+    n_val, n_test = _count(val_size, total), _count(test_size, total)
     if n_val < 1 or n_val + n_test >= total:
-        raise DataError(f"data: validation_size={cfg.validation_size} and test_size={cfg.test_size} leave no "
+        raise DataError(f"data: validation_size={val_size} and test_size={test_size} leave no "
                         f"training rows out of {total}; expected fractions < 1 or counts that sum below {total}")
     val, rest = _cut(df, n_val, cfg.seed, stratify)
     test, train = _cut(rest, n_test, cfg.seed + 1, stratify)
-    if cfg.train_size and len(train) > cfg.train_size:
-        train, _ = _cut(train, cfg.train_size, cfg.seed + 2, stratify)
-    return Splits(*(part.reset_index(drop=True) for part in (train, val, test)))
+    return _splits(_cap(train, cfg.train_size, cfg.seed + 2, stratify), val, test)
+
+
+def given_splits(frames: dict[str, pd.DataFrame], cfg: DataConfig, stratify: str | None = None) -> Splits:
+    """The user's own train/validation(/test) splits, never re-split: each capped at ``max_samples`` rows and
+    train at ``train_size`` (seeded, stratified), nothing else.
+
+    Raises:
+        DataError: if ``validation_size`` or ``test_size`` is set (they only apply when rayft splits).
+    """
+    unused = sizes_error(cfg.model_dump())
+    if unused:
+        raise unused
+    capped = {role: _cap(df, cfg.max_samples, cfg.seed, stratify) for role, df in frames.items()}
+    train = _cap(capped["train"], cfg.train_size, cfg.seed + 2, stratify)
+    return _splits(train, capped["validation"], capped.get("test", capped["validation"].iloc[:0]))
+
+
+def sizes_error(data: Mapping[str, Any]) -> DataError | None:
+    """The error for ``validation_size`` / ``test_size`` set on data that comes split, None if neither is set."""
+    sizes = [k for k in ("validation_size", "test_size") if data.get(k) is not None]
+    if not sizes:
+        return None
+    return DataError(f"data.{sizes[0]} {data[sizes[0]]!r}: no sizes for data that comes split (train, validation): "
+                     f"its splits are used as they are; remove data.{' and data.'.join(sizes)} (train_size and "
+                     "max_samples still subsample)", field=f"data.{sizes[0]}", value=data[sizes[0]])
+
+
+def _cap(df: pd.DataFrame, limit: int | None, seed: int, stratify: str | None) -> pd.DataFrame:
+    return _cut(df, limit, seed, stratify)[0] if limit and len(df) > limit else df
+
+
+def _splits(train: pd.DataFrame, validation: pd.DataFrame, test: pd.DataFrame) -> Splits:
+    return Splits(*(part.reset_index(drop=True) for part in (train, validation, test)))

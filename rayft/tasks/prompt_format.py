@@ -250,7 +250,7 @@ def _training_columns(cfg: Any) -> dict[str, str]:
     from rayft.tasks.base import get_task, resolve_columns
 
     try:
-        present = source_columns(cfg.data.source, cfg.data.format)
+        present = source_columns(cfg.data.source, cfg.data.format, cfg.data.named_splits(), cfg.data.hub_config)
     except DataError:  # e.g. exported where the data is not: the configured columns and defaults decide
         present = []
     return resolve_columns(get_task(cfg.task.name), cfg, catalog_columns(cfg.data.source), present)
