@@ -1,5 +1,6 @@
 """Reward functions named in the YAML as ``module:function`` and combined with weights.
 
+A stored ``reward_model`` (``task.reward_model``) scores completions as one more weighted reward.
 A reward function follows TRL's convention: ``f(prompts: list[str], completions: list[str], **columns) -> list[float]``,
 one float per completion; ``columns`` are the data's other columns, one value per completion. Modules resolve from
 the working directory first (``rayft submit`` ships it to the cluster). :func:`load_rewards` resolves and checks
@@ -16,11 +17,68 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayft.errors import ConfigError, FieldError
 
 RewardFn = Callable[..., Sequence[float]]
+
+
+class RewardModelSpec(BaseModel):
+    """A trained rayft ``reward_model`` from a store: its score of (prompt, completion) is one more reward."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str = Field(min_length=1)
+    store: str = Field("store", description="the adapter store (a local folder is made absolute where the config "
+                                            "is built, so workers find it)")
+    weight: float = 1.0
+
+    @field_validator("store")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return value if "://" in value else os.path.abspath(value)
+
+
+def check_reward_model(spec: RewardModelSpec, field: str = "task.reward_model") -> None:
+    """Before training: the id names a ``reward_model`` result in the store, trained on the base found here.
+
+    Raises:
+        ConfigError: naming the field, with the store's reward models when the id is wrong.
+    """
+    from rayft.errors import StoreError
+    from rayft.models import fingerprint, resolve_model
+    from rayft.store import AdapterStore
+
+    try:
+        store = AdapterStore(spec.store)
+        scorers = sorted(m.adapter_id for m in store.list() if m.task == "reward_model")
+        manifest = store.manifest(spec.id) if store.exists(spec.id) else None
+    except StoreError as exc:
+        raise ConfigError([FieldError(f"{field}.store", spec.store, f"a readable adapter store ({exc})")]) from None
+    known = f"reward models in {spec.store}: {', '.join(scorers) or 'none (train one with task reward_model)'}"
+    if manifest is None:
+        raise ConfigError([FieldError(f"{field}.id", spec.id, f"the id of a stored result; {known}")])
+    if manifest.task != "reward_model":
+        raise ConfigError([FieldError(f"{field}.id", spec.id, f"a result of task 'reward_model', not "
+                                                              f"{manifest.task!r}; {known}")])
+    found = fingerprint(resolve_model(manifest.base_model))
+    if manifest.base_fingerprint and manifest.base_fingerprint != found:
+        raise ConfigError([FieldError(f"{field}.id", spec.id, f"a reward model whose base is the local "
+                                      f"{manifest.base_model!r}: it was trained on weights {manifest.base_fingerprint}, "
+                                      f"the local base has {found}")])
+
+
+def reward_model_function(spec: RewardModelSpec) -> RewardFn:
+    """The stored reward model as a reward function (TRL's signature): its score of each prompt + completion."""
+    from rayft.store import AdapterStore, load_for_inference
+    from rayft.tasks.reward_model import score
+
+    model, tokenizer, manifest = load_for_inference(AdapterStore(spec.store), spec.id)
+
+    def reward(prompts: list[str], completions: list[str], **columns: Any) -> list[float]:
+        return score(model, tokenizer, completions, prompts, manifest.max_length)
+    return reward
 
 
 class RewardSpec(BaseModel):
@@ -67,7 +125,7 @@ def resolve(spec: str) -> RewardFn:
 
 
 def load_rewards(specs: list[RewardSpec], sample: tuple[str, str, dict[str, Any]] | None = None,
-                 field: str = "task.rewards") -> Rewards:
+                 field: str = "task.rewards", reward_model: RewardModelSpec | None = None) -> Rewards:
     """Resolve ``specs`` and call each on ``sample`` (one prompt, one completion, its columns) to check it.
 
     Raises:
@@ -93,6 +151,8 @@ def load_rewards(specs: list[RewardSpec], sample: tuple[str, str, dict[str, Any]
         functions.append((spec.function, fn, spec.weight))
     if errors:
         raise ConfigError(errors)
+    if reward_model is not None:
+        functions.append((f"reward_model:{reward_model.id}", reward_model_function(reward_model), reward_model.weight))
     return Rewards(tuple(functions))
 
 

@@ -82,6 +82,14 @@ class Task(ABC):
         """
         return model(**{k: v for k, v in batch.items() if k != "index"}).loss
 
+    def step_figures(self, model: Any) -> dict[str, float]:
+        """What the last :meth:`compute_loss` measured besides the loss (an RL task's reward, KL, rollout time...);
+        the loop averages them between evaluations and reports them as ``train_<name>``.
+
+        Default: nothing.
+        """
+        return {}
+
     def prepare_model(self, model: torch.nn.Module, params: TaskParams) -> torch.nn.Module:
         """The task's last touch on the model after the method is applied (e.g. DPO's frozen reference), under the
         task's parameters.

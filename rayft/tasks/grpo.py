@@ -1,5 +1,6 @@
 """Group relative policy optimisation (GRPO) on a causal LM against reward functions.
 
+Rewards come from functions (``task.rewards``) and/or a stored ``reward_model`` (``task.reward_model``), weighted.
 Rows hold a ``prompt`` (rendered as ``sft`` renders a user turn, through the model's :class:`PromptFormat`) and any
 other columns, which reach the reward functions by name (TRL's convention). Each training step samples
 ``group_size`` completions of every prompt of the batch on the decode engine (:func:`rayft.rl.grpo.rollout`, inside
@@ -14,32 +15,43 @@ so a missing, failing or wrongly shaped one is a config error, not a crash in a 
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
 import pandas as pd
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import pad_batch
 from rayft.errors import ConfigError, FieldError
-from rayft.rl.rewards import RewardSpec, Rewards, load_rewards
+from rayft.rl.rewards import RewardModelSpec, RewardSpec, Rewards, check_reward_model, load_rewards
 from rayft.tasks.base import Task, TaskParams, register_task, task_params
 from rayft.tasks.dpo import REFERENCE_ATTR
 from rayft.tasks.prompt_format import PromptFormat
 
 PARAMS_ATTR = "_rayft_grpo_params"
+FIGURES_ATTR = "_rayft_grpo_figures"  # what the last step measured, for the loop's train_* report
 
 
 class GRPOParams(TaskParams):
-    rewards: list[RewardSpec] = Field(min_length=1, description="reward functions (module:function) and weights")
+    rewards: list[RewardSpec] = Field(default_factory=list, description="reward functions (module:function), "
+                                                                        "weighted")
+    reward_model: RewardModelSpec | None = Field(None, description="a stored reward_model whose score is a reward")
     group_size: int = Field(4, ge=2, le=64, description="completions sampled per prompt (G)")
     max_new_tokens: int = Field(32, ge=1, le=4096)
     temperature: float = Field(1.0, gt=0, le=2.0)
     top_p: float = Field(1.0, gt=0, le=1.0)
     beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the reference")
     epsilon: float = Field(0.2, gt=0, lt=1, description="clip range of the policy ratio")
+
+    @model_validator(mode="after")
+    def _some_reward(self) -> "GRPOParams":
+        if not self.rewards and self.reward_model is None:
+            raise ValueError("give reward functions (rewards: [{function: module:function}]) or a stored "
+                             "reward model (reward_model: {id: ...}), or both")
+        return self
 
 
 @lru_cache(maxsize=8)
@@ -50,8 +62,8 @@ def _tokenizer(path: str) -> Any:
 
 
 @lru_cache(maxsize=8)
-def _rewards(specs: tuple[RewardSpec, ...]) -> Rewards:
-    return load_rewards(list(specs))
+def _rewards(specs: tuple[RewardSpec, ...], reward_model: RewardModelSpec | None) -> Rewards:
+    return load_rewards(list(specs), reward_model=reward_model)
 
 
 class GRPO(Task):
@@ -74,6 +86,8 @@ class GRPO(Task):
         prompt_col = columns["prompt"]
         others = [c for c in df.columns if c != prompt_col]
         rows = df.to_dict("records")
+        if params.reward_model is not None:
+            check_reward_model(params.reward_model)
         if rows:
             first = rows[0]
             load_rewards(params.rewards, (str(first[prompt_col]), "", {c: first[c] for c in others}))
@@ -120,7 +134,9 @@ class GRPO(Task):
         g = params.group_size
         sampling = SamplingParams(max_tokens=params.max_new_tokens, temperature=params.temperature,
                                   top_p=params.top_p, n=g)
+        started = time.perf_counter()
         groups = rollout(inner, tok, prompts, sampling)
+        rollout_s = time.perf_counter() - started
         completions = [c for group in groups for c in group]
         texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
         rewards = _score(params, batch, texts, g)
@@ -129,9 +145,17 @@ class GRPO(Task):
         seqs = {k: v.to(batch["input_ids"].device) for k, v in seqs.items()}
         logps, mask = token_logps(model, seqs)
         ref = reference_logps_of(model, seqs, lambda m, b: token_logps(m, b)[0]) if params.beta > 0 else None
-        loss, _ = grpo_loss(logps, logps.detach(), ref, advantages.to(logps.device), mask, params.epsilon,
-                            params.beta)
+        loss, figures = grpo_loss(logps, logps.detach(), ref, advantages.to(logps.device), mask, params.epsilon,
+                                  params.beta)
+        scores = torch.tensor(rewards)
+        inner.__dict__[FIGURES_ATTR] = {
+            **figures, "reward": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)),
+            "completion_length": sum(map(len, completions)) / len(completions), "rollout_s": rollout_s,
+            "rollout_tokens_per_s": sum(map(len, completions)) / max(rollout_s, 1e-9)}
         return loss
+
+    def step_figures(self, model: Any) -> dict[str, float]:
+        return getattr(model, "module", model).__dict__.pop(FIGURES_ATTR, {})
 
     def eval_batch(self, model: torch.nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         from rayft.generate.params import SamplingParams
@@ -164,7 +188,7 @@ def _score(params: GRPOParams, batch: dict[str, Any], texts: list[str], g: int) 
     rows = [c for c in batch["columns"] for _ in range(g)]
     columns = {k: [r[k] for r in rows] for k in (rows[0] if rows else {})}
     try:
-        return _rewards(tuple(params.rewards)).score(prompts, texts, columns)
+        return _rewards(tuple(params.rewards), params.reward_model).score(prompts, texts, columns)
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001 - user code failing mid-training: say which and why

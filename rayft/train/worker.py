@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import ray
@@ -87,7 +87,8 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
             engine.backward(loss)
             engine.step()
             now = time.perf_counter()
-            window.add(loss.item(), len(batch["index"]), now - mark)  # includes loading the batch
+            window.add(loss.item(), len(batch["index"]), now - mark,  # includes loading the batch
+                       recipe.task.step_figures(engine))
             mark = now
             state = state.trained(i)
             if first_step_s is None:
@@ -139,12 +140,15 @@ class _Window:
     n: int = 0
     samples: int = 0
     seconds: float = 0.0
+    figures: dict[str, float] = field(default_factory=dict)  # the task's own per-step figures, summed
 
-    def add(self, loss: float, samples: int, seconds: float) -> None:
+    def add(self, loss: float, samples: int, seconds: float, figures: dict[str, float] | None = None) -> None:
         self.loss += loss
         self.n += 1
         self.samples += samples
         self.seconds += seconds
+        for name, value in (figures or {}).items():
+            self.figures[name] = self.figures.get(name, 0.0) + value
 
 
 def _startup_phases(marks: dict[str, float], first_step_at: float, loop: LoopConfig) -> dict[str, float]:
@@ -210,6 +214,7 @@ def _metrics(run: WorkerRun, window: _Window, state: LoopState, final: bool) -> 
         step=engine.global_steps, epoch=round(state.progress, 4),
         train_loss=window.loss / max(window.n, 1), lr=float(engine.get_lr()[0]),
         samples_per_s=samples_per_s, final=final, **run.info,
+        **{f"train_{k}": v / max(window.n, 1) for k, v in window.figures.items()},  # this rank's batches
     )
     return metrics
 

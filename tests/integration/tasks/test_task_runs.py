@@ -114,6 +114,10 @@ def test_grpo_raises_the_reward_of_a_target_word(ray_local, tiny_llama, tmp_path
     _, out, history = _run(tiny_llama, data, tmp_path, "grpo", task, LLAMA_LORA, lr=3e-2)
     assert history[-1]["eval_reward"] >= 0.5 and history[-1]["eval_reward"] >= history[0]["eval_reward"]
     assert out.metrics["test_reward"] >= 0.5 and "eval_completion_length" in out.metrics
+    # what the rollouts and updates measured, averaged since the last evaluation
+    assert {"train_reward", "train_reward_std", "train_kl", "train_clip_fraction", "train_completion_length",
+            "train_rollout_s", "train_rollout_tokens_per_s"} <= set(out.metrics)
+    assert out.metrics["train_kl"] >= 0 and out.metrics["train_rollout_s"] > 0
     _, manifest = _export(out, tmp_path, "grpo")
     assert manifest.task == "grpo" and manifest.prompt_format is not None  # served as an sft model
 

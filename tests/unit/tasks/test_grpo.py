@@ -102,8 +102,65 @@ def test_grpo_raises_the_reward_of_saying_the_target_word(tiny_llama, tmp_path):
     for _ in range(25):
         loss = E.train_loss(model, recipe, batch)
         assert torch.isfinite(loss)
+        figures = recipe.task.step_figures(model)
+        assert figures.keys() >= {"reward", "reward_std", "kl", "clip_fraction", "completion_length", "rollout_s"}
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     after = held_out_reward()
     assert after >= before + 0.3, (before, after)
+
+
+@pytest.fixture()
+def rm_store(tmp_path, tiny_bert, tiny_llama, sentiment_csv):
+    """A store with a reward model (tiny BERT, scalar head), an sft result, and a reward model of other weights."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    from rayft.store import AdapterStore
+    from tests.support.serve_helpers import config, manifest, sft_adapter
+
+    store = AdapterStore(tmp_path / "store")
+    torch.manual_seed(0)
+    scorer = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=1)
+    lora = LoraConfig(task_type="SEQ_CLS", r=2, target_modules=["query"], init_lora_weights=False)
+    get_peft_model(scorer, lora).save_pretrained(tmp_path / "rm")
+    rm_cfg = config(cls_config(tiny_bert, sentiment_csv, tmp_path, task={"name": "reward_model"}))
+    store.put(tmp_path / "rm", manifest("rm", tiny_bert, "reward_model", rm_cfg))
+    store.put(tmp_path / "rm", manifest("rm-elsewhere", tiny_bert, "reward_model", rm_cfg, base_fingerprint="0" * 16))
+    sft_cfg = config(cls_config(tiny_llama, sentiment_csv, tmp_path, task={"name": "sft"}))
+    store.put(sft_adapter(tiny_llama, tmp_path / "chat"), manifest("chat", tiny_llama, "sft", sft_cfg))
+    return store
+
+
+@pytest.mark.parametrize("model_id,says", [
+    ("nope", "the id of a stored result; reward models in"),
+    ("chat", "a result of task 'reward_model', not 'sft'"),
+    ("rm-elsewhere", "trained on weights 0000000000000000"),
+])
+def test_a_reward_model_that_cannot_score_is_refused_before_training(tiny_llama, tmp_path, rm_store, model_id, says):
+    raw = _raw(tiny_llama, tmp_path, rewards=(), reward_model={"id": model_id, "store": str(rm_store.root)})
+    with pytest.raises(ConfigError) as err:
+        prepare_data(build_config(raw))
+    (error,) = err.value.errors
+    assert error.path == "task.reward_model.id" and says in error.expected
+    if model_id != "rm-elsewhere":
+        assert "rm, rm-elsewhere" in error.expected  # the ones that are reward models
+
+
+def test_a_stored_reward_model_scores_the_rollouts(tiny_llama, tmp_path, rm_store):
+    raw = _raw(tiny_llama, tmp_path, rewards=(REWARD,), reward_model={"id": "rm", "store": str(rm_store.root),
+                                                                      "weight": 0.5})
+    cfg = build_config(raw)
+    recipe, data = Recipe.of(cfg), prepare_data(cfg)
+    model = E.build_model(recipe, data)
+    rows = [{k: v[i] for k, v in data.splits["train"].items()} | {"index": i} for i in range(2)]
+    loss = E.train_loss(model, recipe, recipe.task.collate(rows, data.pad_id))
+    figures = recipe.task.step_figures(model)
+    assert torch.isfinite(loss) and figures["reward_std"] > 0  # the scalar head's scores differ per completion
+
+
+def test_no_reward_at_all_is_a_config_error(tiny_llama, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        build_config(_raw(tiny_llama, tmp_path, rewards=()))
+    assert "reward functions" in str(err.value) and "reward_model" in str(err.value)
