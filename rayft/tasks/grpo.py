@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import pad_batch
@@ -45,13 +45,6 @@ class GRPOParams(TaskParams):
     top_p: float = Field(1.0, gt=0, le=1.0)
     beta: float = Field(0.04, ge=0, description="weight of the KL penalty to the reference")
     epsilon: float = Field(0.2, gt=0, lt=1, description="clip range of the policy ratio")
-
-    @model_validator(mode="after")
-    def _some_reward(self) -> "GRPOParams":
-        if not self.rewards and self.reward_model is None:
-            raise ValueError("give reward functions (rewards: [{function: module:function}]) or a stored "
-                             "reward model (reward_model: {id: ...}), or both")
-        return self
 
 
 @lru_cache(maxsize=8)
@@ -86,6 +79,9 @@ class GRPO(Task):
         prompt_col = columns["prompt"]
         others = [c for c in df.columns if c != prompt_col]
         rows = df.to_dict("records")
+        if not params.rewards and params.reward_model is None:
+            raise ConfigError([FieldError("task.rewards", [], "reward functions ([{function: module:function}]) "
+                                          "or a stored reward model (task.reward_model: {id: ...}), or both")])
         if params.reward_model is not None:
             check_reward_model(params.reward_model)
         if rows:

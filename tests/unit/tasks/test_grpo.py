@@ -162,5 +162,17 @@ def test_a_stored_reward_model_scores_the_rollouts(tiny_llama, tmp_path, rm_stor
 
 def test_no_reward_at_all_is_a_config_error(tiny_llama, tmp_path):
     with pytest.raises(ConfigError) as err:
-        build_config(_raw(tiny_llama, tmp_path, rewards=()))
+        prepare_data(build_config(_raw(tiny_llama, tmp_path, rewards=())))
     assert "reward functions" in str(err.value) and "reward_model" in str(err.value)
+
+
+def test_shipped_reward_functions_and_the_keyword_prompts():
+    from rayft.data.sources import load_source
+    from rayft.rl.library import length_target, uses_keyword
+
+    assert uses_keyword(["q"] * 3, ["I love Food.", "foodie", "no"], ["food"] * 3) == [1.0, 0.0, 0.0]
+    assert length_target(["q"] * 3, ["a b c", "a", "a b c d e f"], [3, 3, 3]) == [1.0, pytest.approx(1 / 3), 0.0]
+    rows = load_source("chatterbot_keywords")
+    assert len(rows) > 500 and set(rows.columns) == {"prompt", "keyword"}
+    first = rows.iloc[0]
+    assert f'uses the word "{first["keyword"]}"' in first["prompt"]
