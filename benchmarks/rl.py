@@ -84,8 +84,30 @@ def grpo_step(name: str, prompts: list[str], group: int, new: int) -> dict:
             "generating_share": round(figures["rollout_s"] / step, 3)}
 
 
+def base_reward(config: str) -> dict:
+    """The held-out (test split) reward of the untrained policy, scored as the grpo task scores a trained run's
+    ``test_reward`` (greedy answers, the config's reward): the baseline that run is compared with."""
+    from rayft.config import load_config
+    from rayft.data import prepare_data
+    from rayft.train import engine as E
+    from rayft.train.recipe import Recipe
+
+    cfg = load_config(config)
+    recipe, data = Recipe.of(cfg), prepare_data(cfg)
+    model = E.build_model(recipe, data).eval()  # LoRA's B starts at zero: the base model's answers
+    split = data.splits["test"]
+    rows = [{k: v[i] for k, v in split.items()} | {"index": i} for i in range(len(split["input_ids"]))]
+    start = time.perf_counter()
+    parts = [recipe.task.eval_batch(model, recipe.task.collate(rows[i:i + 16], data.pad_id))
+             for i in range(0, len(rows), 16)]
+    return {"config": config, "test_rows": len(rows), **recipe.task.finish_eval(parts),
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base-reward", metavar="CONFIG",
+                        help="only score the untrained policy of a grpo experiment on its test split")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
@@ -93,6 +115,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.base_reward:
+        print(json.dumps(base_reward(args.base_reward), indent=1))
+        return
     from peft import LoraConfig, get_peft_model
 
     from rayft.data.sources import load_source
