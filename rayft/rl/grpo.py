@@ -90,7 +90,8 @@ def grpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, ref_logps: torch.Ten
         per_token = per_token + beta * kl
     lengths = mask.sum(1).clamp(min=1)
     loss = ((per_token * mask).sum(1) / lengths).mean()
-    clipped = ((ratio - 1).abs() > epsilon).to(mask.dtype)
-    figures = {"kl": float(((kl * mask).sum(1) / lengths).mean()),
-               "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1))}
+    with torch.no_grad():
+        clipped = ((ratio - 1).abs() > epsilon).to(mask.dtype)
+        figures = {"kl": float(((kl * mask).sum(1) / lengths).mean()),
+                   "clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1))}
     return loss, figures

@@ -105,20 +105,25 @@ def test_dpo_prefers_the_chosen_answers(method, stage, ray_local, tiny_llama, tm
     assert manifest.task == "dpo" and manifest.kind == ("adapter" if method["name"] == "lora" else "full")
 
 
-def test_grpo_raises_the_reward_of_a_target_word(ray_local, tiny_llama, tmp_path):
-    """GRPO on 2 workers at ZeRO-2, rollouts on each worker's decode engine: the held-out greedy answers go from
-    never saying the target word (the tiny base) to saying it most of the time within 12 steps."""
+@pytest.mark.parametrize(("method", "stage"), [
+    (LLAMA_LORA, 2),
+    pytest.param({"name": "full"}, 3, marks=pytest.mark.slow),  # partitioned weights, a frozen-copy reference
+], ids=["lora-zero2", "full-zero3"])
+def test_grpo_raises_the_reward_of_a_target_word(method, stage, ray_local, tiny_llama, tmp_path):
+    """GRPO on 2 workers, rollouts on each worker's decode engine: the held-out greedy answers go from never saying
+    the target word (the tiny base) to saying it most of the time within 12 steps."""
     data = tt.write_jsonl(tmp_path / "prompts.jsonl", tt.rl_prompts(96))
     task = {"name": "grpo", "rewards": [{"function": "tests.support.rewards:target_word"}], "group_size": 8,
             "max_new_tokens": 6, "beta": 0.02}
-    _, out, history = _run(tiny_llama, data, tmp_path, "grpo", task, LLAMA_LORA, lr=3e-2)
+    _, out, history = _run(tiny_llama, data, tmp_path, f"grpo-{method['name']}", task, method, stage=stage,
+                           lr=3e-2 if method["name"] == "lora" else 3e-3)
     assert history[-1]["eval_reward"] >= 0.5 and history[-1]["eval_reward"] >= history[0]["eval_reward"]
     assert out.metrics["test_reward"] >= 0.5 and "eval_completion_length" in out.metrics
     # what the rollouts and updates measured, averaged since the last evaluation
     assert {"train_reward", "train_reward_std", "train_kl", "train_clip_fraction", "train_completion_length",
             "train_rollout_s", "train_rollout_tokens_per_s"} <= set(out.metrics)
     assert out.metrics["train_kl"] >= 0 and out.metrics["train_rollout_s"] > 0
-    _, manifest = _export(out, tmp_path, "grpo")
+    _, manifest = _export(out, tmp_path, f"grpo-{method['name']}")
     assert manifest.task == "grpo" and manifest.prompt_format is not None  # served as an sft model
 
 
