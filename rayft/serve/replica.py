@@ -58,9 +58,12 @@ class ModelServer:
         self.classify_batch.set_max_batch_size(max_batch_size)
         self.classify_batch.set_batch_wait_timeout_s(batch_wait_s)
 
-    def __del__(self) -> None:  # Serve calls it when the replica shuts down
-        self.pusher.stop()
-        self.pool.close()
+    def __del__(self) -> None:  # Serve calls it when the replica shuts down (also after a failed __init__)
+        pusher, pool = getattr(self, "pusher", None), getattr(self, "pool", None)
+        if pusher is not None:
+            pusher.stop()
+        if pool is not None:
+            pool.close()
 
     async def _pin(self, task: str) -> runtime.LoadedModel:
         """The request's model, loaded and pinned against eviction until ``_unpin``."""
