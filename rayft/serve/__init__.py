@@ -49,7 +49,8 @@ def start(store: str, *, host: str = defaults.HOST, port: int = defaults.PORT, a
         timeout: seconds to wait for the app to answer.
         **app_args: further :func:`rayft.serve.app.build_app` arguments, with its defaults (``max_adapters``,
             ``num_replicas``, ``num_cpus``, ``bases``, ``admin_token``, ``autoscaling_config``,
-            ``max_batch_size``, ``batch_wait_ms``, ``catalog_ttl``).
+            ``max_batch_size``, ``batch_wait_ms``, ``catalog_ttl``, and generation's ``max_running``,
+            ``max_queued``, ``step_tokens``, ``max_n``, ``request_timeout_s``, ``num_gpus``).
 
     Raises:
         StoreError: if ``store`` is not a directory.
