@@ -93,12 +93,15 @@ class DecodeEngine:
     thread; ``step`` from one thread at a time. The adapters of ``model`` are read at each ``add``, so adapters
     loaded into it later are served (load them while no step runs); :meth:`set_model` swaps the model itself.
     ``metrics`` (shared by several engines, if wanted) receives tokens, latencies and finished requests.
+    ``inference_mode=False`` steps under ``no_grad`` instead, for a model that trains between rollouts: tensors
+    made in inference mode (DeepSpeed ZeRO-3's gathered weights, say) could not take part in its backward.
     """
 
     def __init__(self, model: Any, tokenizer: Any, config: EngineConfig | None = None,
                  eos_token_ids: list[int] | None = None, prompt_adapters: dict[str, Any] | None = None,
-                 metrics: GenerationMetrics | None = None) -> None:
+                 metrics: GenerationMetrics | None = None, inference_mode: bool = True) -> None:
         self.model, self.tokenizer = model.eval(), tokenizer
+        self.inference_mode = inference_mode
         self._extra = dict(prompt_adapters or {})
         _sources(model, self._extra)  # checks the prompt-learning models now
         self.metrics = metrics or GenerationMetrics()
@@ -183,7 +186,7 @@ class DecodeEngine:
         self._retire()
         self._admit()
         budget = self.config.step_tokens
-        with torch.inference_mode():
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
             for group in self._groups.values():
                 if group.seqs:
                     budget -= self._guard(group.seqs, lambda g=group: self._decode(g), len(group.seqs))

@@ -32,7 +32,7 @@ def rollout(model: Any, tokenizer: Any, prompts: list[list[int]], params: Sampli
     running = len(prompts) * n
     config = EngineConfig(max_running=running, max_queued=len(prompts), max_n=n,
                           step_tokens=max(running + 1, sum(map(len, prompts)) + running))
-    engine = DecodeEngine(model, tokenizer, config)
+    engine = DecodeEngine(model, tokenizer, config, inference_mode=False)  # the model trains after this
     adapter = policy_adapter(model)
     try:
         handles = [engine.add(Request(tuple(ids), params, adapter)) for ids in prompts]
