@@ -24,7 +24,7 @@ from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX, REJECTED, pad_pairs
 from rayft.tasks.base import Task, TaskParams, register_task
 from rayft.tasks.prompt_format import PromptFormat
-from rayft.tasks.sft import token_logits
+from rayft.tasks.sft import causal_lm, token_logits
 
 REFERENCE_ATTR = "_rayft_reference"  # kept outside nn.Module registration: never trained, saved or sharded
 PARAMS_ATTR = "_rayft_dpo_params"
@@ -56,6 +56,12 @@ def reference_logps_of(model: Any, batch: dict[str, torch.Tensor], logps: Callab
         return logps(reference, batch)
     with inner.disable_adapter():
         return logps(inner, batch)
+
+
+def hold_reference(model: torch.nn.Module) -> None:
+    """Keep a frozen copy of ``model`` as its reference, unless it can switch its adapters off (peft)."""
+    if not hasattr(model, "disable_adapter"):
+        model.__dict__[REFERENCE_ATTR] = copy.deepcopy(model).eval().requires_grad_(False)
 
 
 def reference_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -113,15 +119,11 @@ class DPO(Task):
         return pad_pairs(features, pad_id)
 
     def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return causal_lm(path)
 
     def prepare_model(self, model: torch.nn.Module, params: DPOParams) -> torch.nn.Module:
         """Hold a frozen reference copy unless the model can switch its adapters off."""
-        if not hasattr(model, "disable_adapter"):
-            reference = copy.deepcopy(model).eval().requires_grad_(False)
-            model.__dict__[REFERENCE_ATTR] = reference
+        hold_reference(model)
         model.__dict__[PARAMS_ATTR] = params  # evaluation sees the run's beta too
         return model
 

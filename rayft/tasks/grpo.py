@@ -28,8 +28,9 @@ from rayft.data.collate import pad_batch
 from rayft.errors import ConfigError, FieldError
 from rayft.rl.rewards import RewardModelSpec, RewardSpec, Rewards, check_reward_model, load_rewards
 from rayft.tasks.base import Task, TaskParams, register_task, task_params
-from rayft.tasks.dpo import REFERENCE_ATTR
+from rayft.tasks.dpo import hold_reference
 from rayft.tasks.prompt_format import PromptFormat
+from rayft.tasks.sft import causal_lm
 
 PARAMS_ATTR = "_rayft_grpo_params"
 FIGURES_ATTR = "_rayft_grpo_figures"  # what the last step measured, for the loop's train_* report
@@ -106,16 +107,12 @@ class GRPO(Task):
         return batch
 
     def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return causal_lm(path)
 
     def prepare_model(self, model: torch.nn.Module, params: GRPOParams) -> torch.nn.Module:
         """A frozen reference when the model cannot switch its adapters off (and the KL penalty is on)."""
-        if params.beta > 0 and not hasattr(model, "disable_adapter"):
-            import copy
-
-            model.__dict__[REFERENCE_ATTR] = copy.deepcopy(model).eval().requires_grad_(False)
+        if params.beta > 0:
+            hold_reference(model)
         model.__dict__[PARAMS_ATTR] = params  # evaluation samples with the run's settings
         return model
 

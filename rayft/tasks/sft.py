@@ -35,6 +35,13 @@ def render_example(tokenizer: Any, prompt: str, response: str, system: str | Non
     return PromptFormat.of_tokenizer(tokenizer, system).render_example(tokenizer, prompt, response)
 
 
+def causal_lm(path: str) -> torch.nn.Module:
+    """The causal LM every generating task trains (``sft``, ``dpo``, ``grpo``), in float32."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
 def token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """The causal LM's logits at the batch's own token positions (float32).
 
@@ -92,9 +99,7 @@ class InstructionTuning(Task):
         return out
 
     def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        return causal_lm(path)
 
     def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         logits = token_logits(model, batch)
