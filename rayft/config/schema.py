@@ -22,7 +22,9 @@ class ModelConfig(_Section):
     """Which base model to fine-tune: a catalog name, a local HF folder or a hub id."""
 
     name: str = Field(min_length=1)
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
+        "training precision through DeepSpeed (bf16, or fp16 with dynamic loss scaling; fp32 master weights); "
+        "refused where the hardware lacks it"))
     max_length: int = Field(128, ge=8, le=8192)
 
 
@@ -123,6 +125,9 @@ class TrainConfig(_Section):
     log_every: int = Field(10, ge=1)
     eval_batch_size: int = Field(64, ge=1)
     seed: int = 0
+    packing: bool = Field(False, description=(
+        "sft/dpo: several examples per row of model.max_length tokens, attention kept within each example"))
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward: less memory")
 
 
 class ScalingConfig(_Section):

@@ -25,7 +25,17 @@ def deepspeed_config(cfg: ExperimentConfig) -> dict[str, Any]:
         # A torch optimizer is the client optimizer: DeepSpeed's fused/CPU Adam would need JIT builds.
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
+        # DeepSpeed casts the module to the 16-bit type and keeps fp32 master weights in its optimizer wrapper.
         "bf16": {"enabled": cfg.model.dtype == "bfloat16"},
+        "fp16": _fp16(cfg.model.dtype == "float16"),
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def _fp16(enabled: bool) -> dict[str, Any]:
+    """fp16 with dynamic loss scaling (``loss_scale: 0``), where bf16 is missing from the hardware."""
+    if not enabled:
+        return {"enabled": False}
+    return {"enabled": True, "loss_scale": 0, "initial_scale_power": 16, "loss_scale_window": 1000,
+            "hysteresis": 2, "min_loss_scale": 1}
