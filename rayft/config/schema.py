@@ -55,6 +55,10 @@ class DataConfig(_Section):
                           "used as they are, never re-split")
     hub_config: str | None = Field(None, min_length=1, description="the config (subset) of a hub:<owner>/<name> source")
     format: Literal["auto", "csv", "jsonl", "json", "parquet", "conll"] = "auto"
+    engine: Literal["memory", "ray"] = Field(
+        "memory", description="memory: read, split and tokenize on the driver (any source); ray: stream parquet/"
+                              "jsonl/csv files (local or any pyarrow filesystem URI) through Ray Data, tokenized on "
+                              "the cluster, each worker fed its shard (docs/architecture.md: Streaming data)")
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
