@@ -36,6 +36,7 @@ class LoopConfig:
     trial_started_at: float | None = None  # wall clock when the enclosing Tune trial started (start-up timing)
     start_checkpoint: Any = None  # a ray.train.Checkpoint of another run to start from (PBT clone, paused trial)
     entered_at: float | None = None  # wall clock when the worker entered rayft.train.entry (start-up timing)
+    progress: Any = None  # the driver's ProgressBoard actor (rayft.train.progress): rank 0 reports progress there
 
     @property
     def method(self) -> str:

@@ -18,6 +18,7 @@ from rayft.methods import method_summary
 from rayft.paths import quiet_libraries, setup_env
 from rayft.train import engine as E
 from rayft.train.handoff import MODEL_DIR, CheckpointState, LoopConfig, LoopState
+from rayft.train.progress import worker_progress
 from rayft.train.quiet import quiet_late_gloo_threads, quiet_worker_threads
 from rayft.train.recipe import Recipe
 from rayft.train.steps import steps_per_epoch, total_steps
@@ -51,7 +52,7 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
     data = ray.get(loop.data) if isinstance(loop.data, ray.ObjectRef) else loop.data
     torch.set_num_threads(max(1, int(cfg.scaling.torch_threads or cfg.scaling.cpus_per_worker)))
     torch.manual_seed(cfg.train.seed)
-    say = _printer(rank == 0 and loop.verbose, loop.label)
+    say = worker_progress(loop, rank)  # rank 0's progress: to the driver's console, or printed
 
     marks["data_ready"] = time.time()
     model = E.build_model(recipe, data)
@@ -98,8 +99,8 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
             step = engine.global_steps
             unfreezing(step)
             if step % cfg.train.log_every == 0:
-                say(f"step {step}/{steps} loss {window.loss / window.n:.4f} lr {engine.get_lr()[0]:.2e} "
-                    f"{window.samples / max(window.seconds, 1e-9):.1f} samples/s")
+                say.step(step, steps, window.loss / window.n, engine.get_lr()[0],
+                         window.samples / max(window.seconds, 1e-9))
             if step % eval_every == 0 or step >= steps:
                 state = state.evaluating(len(train_loader))
                 final = step >= steps
@@ -110,7 +111,7 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
                 state = state.recorded({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
                 keep = final or state.evals % (cfg.train.checkpoint_every or 1) == 0
                 _report(run, metrics, state, checkpoint=keep)
-                say(_summary(metrics))
+                say.evaluated(metrics)
                 window, mark = _Window(), time.perf_counter()  # evaluation time is not training time
             if step >= steps:
                 break
@@ -252,15 +253,3 @@ def _unfreeze_hook(engine, recipe: Recipe, steps_per_epoch: int, say):
 
     return hook
 
-
-def _summary(metrics: dict[str, Any]) -> str:
-    keys = [k for k in metrics if k.startswith(("eval_", "test_"))]
-    return f"eval @ step {metrics['step']}: " + " ".join(f"{k}={metrics[k]:.4f}" for k in keys)
-
-
-def _printer(enabled: bool, label: str):
-    def say(message: str) -> None:
-        if enabled:
-            print(f"[{label}] {message}", flush=True)
-
-    return say
