@@ -245,7 +245,7 @@ def build_catalog(manifests: Iterable[Manifest]) -> dict[str, ModelEntry]:
     from rayft.tasks.base import serving_task
 
     for m in manifests:
-        task = serving_task(m.task)
+        task = serving_task(m.task, m.config)
         out[m.adapter_id] = ModelEntry(m.adapter_id, m.kind, task, m.base_model, f"{m.adapter_id}@{m.created}",
                                        _epoch(m.created), m.labels, dict(m.metrics or {}))
         if task == SFT_TASK and m.base_model not in bases:

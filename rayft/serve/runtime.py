@@ -216,7 +216,8 @@ class LoadedModel:
                  entry: BaseEntry | None = None, adapter: str | None = None, manifest: Manifest | None = None):
         from rayft.tasks.base import serving_task
 
-        self.pool, self.model_id, self.task, self.tokenizer = pool, model_id, serving_task(task), tokenizer
+        self.pool, self.model_id, self.task, self.tokenizer = (pool, model_id, serving_task(
+            task, manifest.config if manifest else None), tokenizer)
         self.model, self.entry, self.adapter, self.manifest = model, entry, adapter, manifest
         self.labels = list(manifest.labels or []) if manifest and manifest.labels else None
         self.max_length = manifest.max_length if manifest else 128
@@ -414,8 +415,8 @@ class ModelPool:
     def _load_base_model(self, name: str) -> LoadedModel:
         from rayft.tasks.base import serving_task
 
-        manifest = next((m for m in self.store.list() if m.base_model == name and serving_task(m.task) == SFT_TASK),
-                        None)
+        manifest = next((m for m in self.store.list()
+                         if m.base_model == name and serving_task(m.task, m.config) == SFT_TASK), None)
         if manifest is None:
             raise not_found(name)
         try:

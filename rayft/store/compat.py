@@ -62,11 +62,15 @@ def check_compatible(store: AdapterStore, manifest: Manifest, bases: dict[str, B
     Raises:
         IncompatibleError: naming what differs and what was expected.
     """
+    import rayft.tasks  # noqa: F401  (registers the tasks serving_task looks up)
+    from rayft.tasks.base import serving_task
+
     mid = manifest.adapter_id
+    task = serving_task(manifest.task, manifest.config)  # a DPO or distilled result serves as its routes' task
     if manifest.kind not in KINDS:
         raise IncompatibleError("unsupported_kind", f"{mid!r} has kind {manifest.kind!r}; servable kinds: "
                                                     f"{', '.join(KINDS)}")
-    if manifest.task not in SERVABLE_TASKS:
+    if task not in SERVABLE_TASKS:
         raise IncompatibleError("unsupported_task", f"{mid!r} is a {manifest.task!r} model; servable tasks: "
                                                     f"{', '.join(SERVABLE_TASKS)}")
     base = bases.get(manifest.base_model)
@@ -87,7 +91,7 @@ def check_compatible(store: AdapterStore, manifest: Manifest, bases: dict[str, B
         task_type = json.loads((folder / "adapter_config.json").read_text()).get("task_type")
     except (OSError, ValueError, AttributeError):
         return  # unreadable adapter files fail when loaded, for this adapter alone
-    expected = SERVABLE_TASKS[manifest.task]
+    expected = SERVABLE_TASKS[task]
     if task_type and task_type != expected:
         raise IncompatibleError("task_mismatch", f"{mid!r} claims task {manifest.task!r} (peft task_type "
                                 f"{expected}) but its adapter_config.json has task_type {task_type!r}")

@@ -66,7 +66,7 @@ def _prompt_format(cfg: ExperimentConfig, base_path: str) -> dict[str, Any] | No
     from rayft.tasks.base import serving_task
     from rayft.tasks.prompt_format import PromptFormat
 
-    if serving_task(cfg.task.name) != "sft":
+    if serving_task(cfg.task.name, cfg.model_dump(mode="json")) != "sft":
         return None
     return PromptFormat.of_training(load_tokenizer(base_path), cfg).to_dict()
 

@@ -90,6 +90,16 @@ class Task(ABC):
         """
         return {}
 
+    def peft_task_type_for(self, cfg: ExperimentConfig) -> str:
+        """The peft task type of this run's model. Default: :attr:`peft_task_type`; a task whose head depends on the
+        run (``distill`` learns its teacher's task) answers per config."""
+        return self.peft_task_type
+
+    def serves_for(self, task: dict[str, Any]) -> str | None:
+        """The task whose routes serve a result trained with this task section (a stored manifest's
+        ``config["task"]``). Default: :attr:`serves_as`."""
+        return self.serves_as
+
     def prepare_model(self, model: torch.nn.Module, params: TaskParams) -> torch.nn.Module:
         """The task's last touch on the model after the method is applied (e.g. DPO's frozen reference), under the
         task's parameters.
@@ -155,9 +165,12 @@ def resolve_columns(task: Task, cfg: ExperimentConfig, catalog_columns: dict[str
     return out
 
 
-def serving_task(name: str) -> str:
-    """The task whose routes serve results of task ``name`` (a DPO-tuned model completes text like an SFT one)."""
-    return (TASKS.get(name).serves_as or name) if name in TASKS else name
+def serving_task(name: str, config: dict[str, Any] | None = None) -> str:
+    """The task whose routes serve results of task ``name`` (a DPO-tuned model completes text like an SFT one),
+    trained with the experiment ``config`` (a manifest's recorded config; it decides for tasks such as ``distill``)."""
+    if name not in TASKS:
+        return name
+    return TASKS.get(name).serves_for(((config or {}).get("task") or {})) or name
 
 
 def method_problem(task: Task, method: str) -> str | None:

@@ -23,7 +23,7 @@ def build_model(recipe: Recipe, data: PreparedData) -> torch.nn.Module:
     task = recipe.task
     model = task.build_model(data.model_path, recipe.cfg, data.labels)
     # from_pretrained hands the base back in eval mode: train from the first step (dropout on).
-    model = recipe.method.apply(model, recipe.method_params, task.peft_task_type).train()
+    model = recipe.method.apply(model, recipe.method_params, task.peft_task_type_for(recipe.cfg)).train()
     return task.prepare_model(model, recipe.task_params)
 
 
