@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import pad_batch
+from rayft.data.packing import pad_packed
 from rayft.registry import Registry
 
 
@@ -74,6 +75,18 @@ class Task(ABC):
     def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
         """One batch from tokenized rows. Default: dynamic padding (:func:`rayft.data.collate.pad_batch`)."""
         return pad_batch(features, pad_id)
+
+    def pack(self, columns: dict[str, list[Any]], max_length: int) -> dict[str, list[Any]] | None:
+        """The tokenized training split packed into rows of about ``max_length`` tokens (``train.packing``, see
+        :func:`rayft.data.packing.pack_split`), or None where this task's rows cannot share one.
+
+        Default: None (the config check refuses packing for such tasks before any work starts).
+        """
+        return None
+
+    def collate_packed(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+        """One batch of packed rows. Default: :func:`rayft.data.packing.pad_packed`."""
+        return pad_packed(features, pad_id)
 
     def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], params: TaskParams) -> torch.Tensor:
         """The training loss of one batch (already on the model's device) under the task's parameters.

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX, REJECTED, pad_pairs
+from rayft.data.packing import SEGMENTS, pack_split, segment_sums
 from rayft.tasks.base import Task, TaskParams, register_task
 from rayft.tasks.prompt_format import PromptFormat
 from rayft.tasks.sft import causal_lm, token_logits
@@ -36,11 +37,14 @@ class DPOParams(TaskParams):
 
 
 def sequence_logps(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Summed log-probabilities of each row's labelled (response) tokens."""
+    """Summed log-probabilities of each sequence's labelled (response) tokens: one per row of a padded batch, one
+    per sequence of a packed one (chosen sequences first, then rejected ones, as padded)."""
     logits, labels = token_logits(model, batch)[:, :-1], batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    return (token_logps * mask).sum(-1)
+    token_logps = torch.gather(logits.log_softmax(-1), 2, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+    if SEGMENTS in batch:
+        return segment_sums(token_logps, batch[SEGMENTS][:, 1:], 2 * len(batch["index"]))
+    return token_logps.sum(-1)
 
 
 @torch.no_grad()
@@ -117,6 +121,9 @@ class DPO(Task):
 
     def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
         return pad_pairs(features, pad_id)
+
+    def pack(self, columns: dict[str, list[Any]], max_length: int) -> dict[str, list[Any]]:
+        return pack_split(columns, max_length, pairs=True)
 
     def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
         return causal_lm(path)

@@ -19,9 +19,13 @@ import torch.nn.functional as F
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import IGNORE_INDEX
+from rayft.data.packing import SEGMENTS, pack_split
 from rayft.tasks.base import Task, register_task, task_params
 from rayft.tasks.prompt_format import FALLBACK_TEMPLATE, PromptFormat, _ids  # noqa: F401  (serve.infer's names)
 from rayft.tasks.sft_formats import SFTParams, alpaca_prompt, detect_layout, layout_roles, learned_labels
+
+
+MODEL_KEYS = ("input_ids", "attention_mask", "position_ids", "labels")
 
 
 def render_prompt(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
@@ -48,8 +52,17 @@ def token_logits(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     Prompt-learning adapters (``prompt``, ``ptuning``) prepend virtual tokens whose outputs come first: they are
     dropped, so position ``i`` of the result always predicts token ``i + 1`` of ``input_ids``.
     """
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(**model_inputs(batch, ("input_ids", "attention_mask", "position_ids"))).logits
     return logits[:, -batch["input_ids"].size(1):].float()
+
+
+def model_inputs(batch: dict[str, torch.Tensor], keys: tuple[str, ...] = MODEL_KEYS) -> dict[str, torch.Tensor]:
+    """The batch's entries the model takes: a packed batch has ``position_ids`` and no attention mask (so that
+    transformers masks attention by example, see :mod:`rayft.data.packing`), a padded one an attention mask."""
+    inputs = {k: batch[k] for k in keys if k in batch}
+    if SEGMENTS in batch:
+        inputs["use_cache"] = False  # with a cache transformers does not look for packed sequences in the positions
+    return inputs
 
 
 class InstructionTuning(Task):
@@ -100,6 +113,13 @@ class InstructionTuning(Task):
 
     def build_model(self, path: str, cfg: ExperimentConfig, labels: list[str] | None) -> torch.nn.Module:
         return causal_lm(path)
+
+    def pack(self, columns: dict[str, list[Any]], max_length: int) -> dict[str, list[Any]]:
+        return pack_split(columns, max_length)
+
+    def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], params: Any) -> torch.Tensor:
+        """The model's own loss (mean over the learned tokens), on padded or packed batches."""
+        return model(**model_inputs(batch)).loss
 
     def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         logits = token_logits(model, batch)

@@ -24,7 +24,24 @@ def build_model(recipe: Recipe, data: PreparedData) -> torch.nn.Module:
     model = task.build_model(data.model_path, recipe.cfg, data.labels)
     # from_pretrained hands the base back in eval mode: train from the first step (dropout on).
     model = recipe.method.apply(model, recipe.method_params, task.peft_task_type_for(recipe.cfg)).train()
+    if recipe.cfg.train.gradient_checkpointing:
+        checkpoint_activations(model)
     return task.prepare_model(model, recipe.task_params)
+
+
+def checkpoint_activations(model: torch.nn.Module) -> None:
+    """Recompute each block's activations in the backward instead of keeping them (``train.gradient_checkpointing``).
+
+    transformers' non-reentrant checkpointing works under every ZeRO stage; with frozen embeddings (peft methods)
+    the inputs are made to require grad as well, as peft's own ``prepare_model_for_kbit_training`` does, so the
+    checkpointed blocks always have a gradient to carry back.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base.config, "use_cache"):
+        base.config.use_cache = False  # a cache is of no use in training and conflicts with recomputation
+    if not base.get_input_embeddings().weight.requires_grad:
+        base.enable_input_require_grads()
 
 
 def train_loss(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -37,11 +54,14 @@ def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank
     """A loader over this rank's shard with the task's collator; evaluation shards pad to equal length
     (duplicates dedupe later)."""
     cfg, task = recipe.cfg, recipe.task
+    collate = task.collate
+    if train and cfg.train.packing:  # rows of several examples each (evaluation stays padded, one per row)
+        columns, collate = task.pack(columns, cfg.model.max_length), task.collate_packed
     dataset = Columnar(columns)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
                                  drop_last=False)
     return DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
-                      sampler=sampler, collate_fn=lambda rows: task.collate(rows, pad_id))
+                      sampler=sampler, collate_fn=lambda rows: collate(rows, pad_id))
 
 
 def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_epoch: int | None = None):
@@ -52,7 +72,10 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_e
     import deepspeed
     from transformers import get_scheduler
 
+    from rayft.train.checks import require_precision
+
     cfg = recipe.cfg
+    require_precision(cfg.model.dtype, torch.cuda.is_available() and cfg.scaling.gpus_per_worker > 0)
     optimizer = torch.optim.AdamW(param_groups(model, recipe), lr=cfg.train.lr)
     warmup = int(round(cfg.train.warmup_ratio * steps))
 

@@ -16,6 +16,7 @@ import torch
 from rayft.config.schema import ExperimentConfig
 from rayft.methods import method_summary
 from rayft.paths import quiet_libraries, setup_env
+from rayft.data.packing import real_tokens
 from rayft.train import engine as E
 from rayft.train.handoff import MODEL_DIR, CheckpointState, LoopConfig, LoopState
 from rayft.train.progress import worker_progress
@@ -24,7 +25,7 @@ from rayft.train.recipe import Recipe
 from rayft.train.steps import steps_per_epoch, total_steps
 
 DS_TAG = "ds"
-HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s")  # learning curves
+HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s", "tokens_per_s")  # learning curves
 
 
 def driver_worker(threads: int = 1) -> tuple[int, int]:
@@ -89,7 +90,7 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
             engine.step()
             now = time.perf_counter()
             window.add(loss.item(), len(batch["index"]), now - mark,  # includes loading the batch
-                       recipe.task.step_figures(engine))
+                       recipe.task.step_figures(engine), real_tokens(batch))
             mark = now
             state = state.trained(i)
             if first_step_s is None:
@@ -142,9 +143,12 @@ class _Window:
     samples: int = 0
     seconds: float = 0.0
     figures: dict[str, float] = field(default_factory=dict)  # the task's own per-step figures, summed
+    tokens: int = 0  # real (non-padding) tokens
 
-    def add(self, loss: float, samples: int, seconds: float, figures: dict[str, float] | None = None) -> None:
+    def add(self, loss: float, samples: int, seconds: float, figures: dict[str, float] | None = None,
+            tokens: int = 0) -> None:
         self.loss += loss
+        self.tokens += tokens
         self.n += 1
         self.samples += samples
         self.seconds += seconds
@@ -214,7 +218,8 @@ def _metrics(run: WorkerRun, window: _Window, state: LoopState, final: bool) -> 
     metrics.update(
         step=engine.global_steps, epoch=round(state.progress, 4),
         train_loss=window.loss / max(window.n, 1), lr=float(engine.get_lr()[0]),
-        samples_per_s=samples_per_s, final=final, **run.info,
+        samples_per_s=samples_per_s, tokens_per_s=window.tokens * world / max(window.seconds, 1e-9),
+        final=final, **run.info,
         **{f"train_{k}": v / max(window.n, 1) for k, v in window.figures.items()},  # this rank's batches
     )
     return metrics
