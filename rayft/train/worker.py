@@ -14,9 +14,9 @@ import ray.train
 import torch
 
 from rayft.config.schema import ExperimentConfig
+from rayft.data.packing import real_tokens
 from rayft.methods import method_summary
 from rayft.paths import quiet_libraries, setup_env
-from rayft.data.packing import real_tokens
 from rayft.train import engine as E
 from rayft.train.handoff import MODEL_DIR, CheckpointState, LoopConfig, LoopState
 from rayft.train.progress import worker_progress
@@ -25,7 +25,8 @@ from rayft.train.recipe import Recipe
 from rayft.train.steps import steps_per_epoch, total_steps
 
 DS_TAG = "ds"
-HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s", "tokens_per_s")  # learning curves
+# learning curves
+HISTORY_KEYS = ("step", "epoch", "train_loss", "eval_", "test_", "lr", "samples_per_s", "tokens_per_s")
 
 
 def driver_worker(threads: int = 1) -> tuple[int, int]:
