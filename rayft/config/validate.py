@@ -129,6 +129,7 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     from rayft.data.prepare import catalog_columns
     from rayft.data.sources import open_source
     from rayft.data.splits import sizes_error
+    from rayft.data.streaming import config_problems, peek_source
     from rayft.tasks import TASKS, task_roles
     from rayft.tasks.base import pick_column
 
@@ -138,9 +139,13 @@ def check_data(raw: dict[str, Any]) -> list[FieldError]:
     task_name = section_name(raw, "task")
     if not (isinstance(source, str) and source) and not (source is None and splits.get("train")):
         return []
+    streaming = config_problems(raw)  # data.engine ray: what cannot stream, and its files read without pandas
+    if streaming:
+        return streaming
+    opener = peek_source if data.get("engine") == "ray" else open_source
     try:
-        loaded = open_source(source, data.get("format", schema.default("data.format")), splits,
-                             data.get("hub_config"), nrows=5)
+        loaded = opener(source, data.get("format", schema.default("data.format")), splits,
+                        data.get("hub_config"), nrows=5)
     except RayftError as exc:
         return [_data_error(exc, source)]
     present = loaded.columns

@@ -12,6 +12,7 @@ from rayft.config.schema import DataConfig, ExperimentConfig
 from rayft.data.catalog import DATASETS
 from rayft.data.sources import WHOLE, SourceData, is_catalog, open_source
 from rayft.data.splits import given_splits, make_splits
+from rayft.data.streaming import StreamedSplit
 from rayft.errors import DataError
 
 
@@ -27,10 +28,19 @@ class PreparedData:
     pad_id: int
     seconds: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    # data.engine ray: the splits are StreamedSplit handles and these Ray Datasets (split -> dataset) go to the
+    # trainer; they stay on the driver (never pickled)
+    datasets: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def size(self, split: str) -> int:
         cols = self.splits.get(split) or {}
+        if isinstance(cols, StreamedSplit):
+            return cols.rows
         return len(next(iter(cols.values()))) if cols else 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (``ray.put`` for the workers) without the Ray Datasets: they reach workers as Ray Train's shards."""
+        return {**self.__dict__, "datasets": {}}
 
 
 def catalog_columns(source: str | None) -> dict[str, str]:
@@ -58,6 +68,10 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     start = time.perf_counter()
     task = get_task(cfg.task.name)
     model_path = model_path or resolve_model(cfg.model.name)
+    if cfg.data.engine == "ray":
+        from rayft.data.streaming import prepare_streaming
+
+        return prepare_streaming(cfg, model_path)
     source = load_data(cfg.data)
     columns = resolve_columns(task, cfg, catalog_columns(cfg.data.source), source.columns)
     missing = [c for c in columns.values() if c not in source.columns]
@@ -71,10 +85,7 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
                         f"in {', '.join(empty)}", field=_field(cfg.data), value=source.name)
     everything = pd.concat(frames.values(), ignore_index=True) if source.given else frames[WHOLE]
     labels = task.labels(cfg, everything, columns)
-    if labels is not None and "label" in columns:
-        unknown = sorted({str(v) for v in everything[columns["label"]]} - set(labels))
-        if unknown:
-            raise DataError(f"data: label values {unknown[:10]} are not in task.labels {labels}")
+    check_labels(everything, columns, labels)
     stratify = columns.get("label") if task.stratify else None
     splits = (given_splits(frames, cfg.data, stratify) if source.given
               else make_splits(frames[WHOLE], cfg.data, stratify))
@@ -88,6 +99,18 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
         seconds=time.perf_counter() - start,
         stats={"mean_train_tokens": sum(lengths) / max(len(lengths), 1), "max_train_tokens": max(lengths, default=0)},
     )
+
+
+def check_labels(df: pd.DataFrame, columns: dict[str, str], labels: list[str] | None) -> None:
+    """Every value of the label column (if the task has one) is one of ``labels``.
+
+    Raises:
+        DataError: naming the values that are not.
+    """
+    if labels is not None and "label" in columns:
+        unknown = sorted({str(v) for v in df[columns["label"]]} - set(labels))
+        if unknown:
+            raise DataError(f"data: label values {unknown[:10]} are not in task.labels {labels}")
 
 
 def _field(data: DataConfig) -> str:

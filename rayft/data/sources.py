@@ -120,7 +120,7 @@ def open_source(source: str | None, fmt: str = "auto", splits: Mapping[str, str 
     else:
         data = SourceData(source, {WHOLE: DATASETS.get(source).load() if is_catalog(source)
                                    else read_file(source, fmt, _peek(source, fmt, nrows))})
-    _check_same_columns(data, named if source is None else {})
+    check_same_columns(data, named if source is None else {})
     return data
 
 
@@ -167,7 +167,7 @@ def _roles(chosen: dict[str, Any], named: dict[str, str], names: list[str], wher
                     "validation: ..., test: ...}", field="data.splits", value=names)
 
 
-def _check_same_columns(data: SourceData, files: dict[str, str]) -> None:
+def check_same_columns(data: SourceData, files: dict[str, str]) -> None:
     """Every given split has the train split's columns.
 
     Raises:

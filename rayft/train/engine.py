@@ -11,8 +11,10 @@ from torch.utils.data import DataLoader, DistributedSampler
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import Columnar
 from rayft.data.prepare import PreparedData
+from rayft.data.streaming import StreamedSplit
 from rayft.train.ds_config import deepspeed_config
 from rayft.train.recipe import Recipe
+from rayft.train.shards import ShardLoader
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -52,7 +54,9 @@ def train_loss(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> torch.
 def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank: int, world: int,
                 *, train: bool) -> DataLoader:
     """A loader over this rank's shard with the task's collator; evaluation shards pad to equal length
-    (duplicates dedupe later)."""
+    (duplicates dedupe later). A streamed split (``data.engine: ray``) gives this rank's Ray Data shard instead."""
+    if isinstance(columns, StreamedSplit):
+        return ShardLoader(columns, recipe, pad_id, rank, world, train=train)
     cfg, task = recipe.cfg, recipe.task
     collate = task.collate
     if train and cfg.train.packing:  # rows of several examples each (evaluation stays padded, one per row)

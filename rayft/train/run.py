@@ -48,7 +48,8 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
                  worker_cpus: float | None = None, trial_started_at: float | None = None,
                  start_checkpoint: Any = None,
                  storage_filesystem: Any = None, clean_up_placement_groups: bool = True,
-                 autoscaling: bool = True, worker_env: dict[str, str] | None = None):
+                 autoscaling: bool = True, worker_env: dict[str, str] | None = None,
+                 datasets: dict[str, Any] | None = None):
     """A Ray Train data-parallel trainer running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     It starts lean: only the workers import the training stack (:mod:`rayft.train.entry`) and torch
@@ -84,6 +85,7 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
         train_loop_config=loop_config.to_ray(),
         backend_config=WorkerTorchConfig(backend=backend),
         scaling_config=ScalingConfig(**scaling),
+        datasets=datasets or None,  # data.engine ray: Ray Train splits them, each worker reads its shard
         run_config=RunConfig(
             name=run_name, storage_path=storage_path, storage_filesystem=storage_filesystem,
             callbacks=[*(callbacks or []), QuietRun()], checkpoint_config=CheckpointConfig(num_to_keep=2),
@@ -125,6 +127,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     if resume and run_name is None:
         raise RayftError(f"--resume: no earlier run of {cfg.name!r} under {root}")
     run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
+    if cfg.data.engine == "ray":  # Ray Data reads and tokenizes on the cluster: Ray first (ray_start_s then ~0)
+        init_ray(address, dashboard=not starts_private_ray(address), options=options)
     data = prepare_data(cfg)
     if verbose:
         print(f"data: {data.raw_sizes} labels={data.labels} tokenized in {data.seconds:.1f}s", flush=True)
@@ -137,7 +141,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     ray_start_s = time.perf_counter() - ray_started
     trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
                            storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private,
-                           autoscaling=not private)
+                           autoscaling=not private, datasets=data.datasets)
     result = trainer.fit()
     return TrainOutcome(dict(result.metrics or {}), loc.uri(result.checkpoint.path) if result.checkpoint else None,
                         loc.child(run_name).uri(), time.perf_counter() - start, ray_start_s)
