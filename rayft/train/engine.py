@@ -39,7 +39,10 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
     checkpointed blocks always have a gradient to carry back.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(base, "activation_checkpointing_enable"):  # transformers >= 5.2x; the older name is deprecated
+        base.activation_checkpointing_enable({"use_reentrant": False})
+    else:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(base.config, "use_cache"):
         base.config.use_cache = False  # a cache is of no use in training and conflicts with recomputation
     if not base.get_input_embeddings().weight.requires_grad:
