@@ -3,9 +3,6 @@ full fine-tuning, and the same training under DeepSpeed at every ZeRO stage."""
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 
@@ -13,6 +10,7 @@ from rayft.config import build_config
 from rayft.data import prepare_data
 from rayft.train import engine as E
 from rayft.train.recipe import Recipe
+from rayft.train.standalone import StepRunner, one_process_group
 from tests.support import cls_config
 
 
@@ -59,31 +57,12 @@ def test_checkpointing_gives_the_same_gradients(method, packing, data, tiny_llam
 @pytest.fixture(scope="module")
 def process_group():
     """A one-process gloo group, as a Ray Train worker of a one-worker run has."""
-    from rayft.paths import setup_env
-
-    setup_env()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
-                      LOCAL_WORLD_SIZE="1")
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
-    yield
-    torch.distributed.destroy_process_group()
+    with one_process_group():
+        yield
 
 
 def _losses(cfg, data, steps: int = 3) -> list[float]:
-    recipe = Recipe.of(cfg)
-    torch.manual_seed(0)
-    engine = E.build_engine(E.build_model(recipe, data), recipe, steps)
-    loader = E.make_loader(data.splits["train"], recipe, data.pad_id, 0, 1, train=True)
-    losses = []
-    for _, batch in zip(range(steps), loader):
-        loss = E.train_loss(engine, recipe, batch)
-        engine.backward(loss)
-        engine.step()
-        losses.append(loss.item())
-    return losses
+    return [step.loss for step in StepRunner(cfg, data, steps).run(steps)]
 
 
 @pytest.mark.parametrize("stage", [0, pytest.param(1, marks=pytest.mark.slow), 2,
