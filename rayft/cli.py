@@ -34,64 +34,96 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from rayft.console import Console
     from rayft.store import AdapterStore, export_checkpoint
     from rayft.train import run_training
 
     cfg = _config(args)
-    out = run_training(cfg, resume=args.resume, address=args.address, options=startup_options())
-    shown = {k: round(v, 4) for k, v in out.metrics.items() if k.startswith(("eval_", "test_")) and isinstance(v, float)}
-    print(f"trained {out.metrics.get('step')} steps in {out.seconds:.0f}s: {shown}")
-    print(f"run: {out.run_dir}\ncheckpoint: {out.checkpoint_path}")
-    if args.export and out.checkpoint_path:
-        m = export_checkpoint(out.checkpoint_path, cfg, AdapterStore(args.store or cfg.store.path),
-                              adapter_id=args.id, overwrite=True)
-        print(f"exported {m.adapter_id} to {args.store or cfg.store.path}")
+    _stop_on_sigterm()
+    with Console(verbose=args.verbose) as console:
+        out = run_training(cfg, resume=args.resume, address=args.address, options=startup_options(),
+                           console=console)
+        shown = {k: round(v, 4) for k, v in out.metrics.items()
+                 if k.startswith(("eval_", "test_")) and isinstance(v, float)}
+        console.line(f"trained {out.metrics.get('step')} steps in {out.seconds:.0f}s: {shown}")
+        console.line(f"run: {out.run_dir}\ncheckpoint: {out.checkpoint_path}")
+        if args.export and out.checkpoint_path:
+            m = export_checkpoint(out.checkpoint_path, cfg, AdapterStore(args.store or cfg.store.path),
+                                  adapter_id=args.id, overwrite=True)
+            console.line(f"exported {m.adapter_id} to {args.store or cfg.store.path}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from rayft.store import AdapterStore, export_checkpoint
+    from rayft.console import Console
     from rayft.sweep import run_sweep
-    from rayft.track import print_table, trials_table
 
     cfg = _config(args)
-    out = run_sweep(cfg, address=args.address, resume=args.resume,
-                    options=startup_options(warm_pool=False if args.no_warm_pool else None))
-    print_table(trials_table(out.trials, out.metric, out.mode, out.best.trial_id if out.best else None))
-    print(f"sweep {out.name}: {len(out.trials)} trials in {out.seconds:.0f}s; results in {out.path}")
-    if out.pareto:
-        print(f"Pareto front ({', '.join(f'{mode} {m}' for m, mode in out.objectives)}): {', '.join(out.pareto)}")
-    print(f"report: rayft report {out.path}")
-    if cfg.tracking.wandb and cfg.tracking.resolved_mode() == "offline":
-        from rayft.track.wandb_files import sync_hint
-
-        print(sync_hint(Path(cfg.tracking.dir or Path(out.path) / "wandb"), [t.trial_id for t in out.trials]))
+    _stop_on_sigterm()
+    with Console(verbose=args.verbose) as console:
+        out = run_sweep(cfg, address=args.address, resume=args.resume, console=console,
+                        options=startup_options(warm_pool=False if args.no_warm_pool else None))
+        _sweep_outcome(args, cfg, out, console.line, console.stream)
     if out.best is None:
         print("no trial produced a checkpoint with the objective metric; nothing exported", file=sys.stderr)
         return 1
+    return 0
+
+
+def _sweep_outcome(args: argparse.Namespace, cfg: Any, out: Any, say: Callable[[str], None], stream: Any) -> None:
+    """The sweep's final table and summary lines; the best trial exported unless told not to."""
+    from rayft.store import AdapterStore, export_checkpoint
+    from rayft.track import print_table, trials_table
+
+    print_table(trials_table(out.trials, out.metric, out.mode, out.best.trial_id if out.best else None), file=stream)
+    say(f"sweep {out.name}: {len(out.trials)} trials in {out.seconds:.0f}s; results in {out.path}")
+    if out.pareto:
+        say(f"Pareto front ({', '.join(f'{mode} {m}' for m, mode in out.objectives)}): {', '.join(out.pareto)}")
+    say(f"report: rayft report {out.path}")
+    if cfg.tracking.wandb and cfg.tracking.resolved_mode() == "offline":
+        from rayft.track.wandb_files import sync_hint
+
+        say(sync_hint(Path(cfg.tracking.dir or Path(out.path) / "wandb"), [t.trial_id for t in out.trials]))
+    if out.best is None:
+        return
     best = out.best
-    print(f"best trial {best.trial_id}: {out.metric}={best.metrics[out.metric]:.4f}" +
-          (f", held-out test_accuracy={best.metrics['test_accuracy']:.4f}" if "test_accuracy" in best.metrics else "") +
-          (f", held-out test_loss={best.metrics['test_loss']:.4f}" if "test_loss" in best.metrics and
-           "test_accuracy" not in best.metrics else ""))
+    say(f"best trial {best.trial_id}: {out.metric}={best.metrics[out.metric]:.4f}" +
+        (f", held-out test_accuracy={best.metrics['test_accuracy']:.4f}" if "test_accuracy" in best.metrics else "") +
+        (f", held-out test_loss={best.metrics['test_loss']:.4f}" if "test_loss" in best.metrics and
+         "test_accuracy" not in best.metrics else ""))
     if cfg.sweep.export_best and not args.no_export:
         m = export_checkpoint(best.checkpoint_path, None, AdapterStore(args.store or cfg.store.path),
                               adapter_id=args.id, sweep_id=out.name, trial_id=best.trial_id,
                               metrics=best.metrics, overwrite=True)
-        print(f"exported best trial as {m.adapter_id!r} to {AdapterStore(args.store or cfg.store.path).root}")
-    return 0
+        say(f"exported best trial as {m.adapter_id!r} to {AdapterStore(args.store or cfg.store.path).root}")
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``kill``, a job scheduler) stops a command as Ctrl-C does: its local Ray is shut down with it."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from rayft.store import AdapterStore, export_one, export_trials, sweep_summary
+    from rayft.store import AdapterStore, export_trials, sweep_summary
 
     store = AdapterStore(args.store)
-    if (args.top_k or args.all) and sweep_summary(args.source) is not None:
-        for m in export_trials(args.source, store, top_k=args.top_k, overwrite=args.overwrite):
-            print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, trial {m.trial_id}) to {store.root}")
-        return 0
-    m = export_one(args.source, store, trial=args.trial, adapter_id=args.id, overwrite=args.overwrite)
-    print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, {m.task}) to {store.root}")
+    if args.top_k or args.all:
+        if args.format != "adapter":
+            raise RayftError(f"--top-k and --all export adapters; --format {args.format} takes one SOURCE at a time")
+        if sweep_summary(args.source) is not None:
+            for m in export_trials(args.source, store, top_k=args.top_k, overwrite=args.overwrite):
+                print(f"exported {m.adapter_id!r} ({m.kind}, {m.method}, trial {m.trial_id}) to {store.root}")
+            return 0
+    from rayft.export import ExportRequest, export_entry
+
+    m = export_entry(store, ExportRequest(args.source, args.format, args.id, args.overwrite, args.prune,
+                                          args.allow_drift, args.parity_rows, args.trial))
+    made = f", from {m.source.get('id') or m.source.get('path')}" if m.source else ""
+    print(f"exported {m.adapter_id!r} ({m.format or m.kind}, {m.method}, {m.task}{made}) to {store.root}")
+    if m.drift:
+        print(f"WARNING: {m.adapter_id!r} is flagged drift=true: it failed parity with its source", file=sys.stderr)
     return 0
 
 
@@ -109,6 +141,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import signal
 
     from rayft import serve
+    from rayft.exits import shutdown_ray
     from rayft.storage import resolve
 
     # Background jobs of a script ignore SIGINT: stop on SIGTERM too, shutting Serve (and its Ray) down cleanly.
@@ -129,6 +162,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("shutting down", flush=True)
     finally:
         serve.shutdown()
+        shutdown_ray()  # and every process of a Ray started here, within seconds
     return 0
 
 
@@ -240,12 +274,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     with_config("validate", cmd_validate, "check an experiment config and report every problem")
     p = with_config("train", cmd_train, "train once with Ray Train + DeepSpeed")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's, DeepSpeed's and W&B's output live "
+                   "(always kept in rayft.log in the run's folder)")
     p.add_argument("--resume", action="store_true", help="continue the latest run of this experiment")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     p.add_argument("--export", action="store_true", help="export the result to the store")
     p.add_argument("--store", help="adapter store (default: store.path)")
     p.add_argument("--id", help="adapter id for --export")
     p = with_config("sweep", cmd_sweep, "run the experiment's sweep (Ray Tune + Optuna + ASHA)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show Ray's, Tune's, DeepSpeed's and W&B's output "
+                   "live (always kept in rayft.log in the sweep's folder)")
     p.add_argument("--address", help="existing Ray cluster (default: start a local one)")
     p.add_argument("--store", help="adapter store for the best trial (default: store.path)")
     p.add_argument("--id", help="adapter id of the exported best trial")
@@ -261,15 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="HTML file (default: <sweep>/report.html)")
     p.set_defaults(fn=cmd_report)
 
-    p = sub.add_parser("export", help="export a sweep's best (or chosen) trial or a run's checkpoint to the store")
-    p.add_argument("source", help="sweep folder, run folder or checkpoint folder")
+    p = sub.add_parser("export", help="export a store entry, a sweep's best (or chosen) trial or a run's checkpoint "
+                                      "as an adapter, a merged model, an ONNX graph or an int8 ONNX graph")
+    p.add_argument("source", help="store id, sweep folder, run folder or checkpoint folder")
+    p.add_argument("--format", default="adapter", metavar="FORMAT",
+                   help="adapter (default), merged, onnx or onnx-int8 (checked for parity with SOURCE)")
     p.add_argument("--store", default=schema_default("store.path"))
     p.add_argument("--trial", help="trial id (default: the sweep's best)")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--top-k", type=int, metavar="K", help="export the sweep's K best trials (<sweep>-<trial> ids)")
     which.add_argument("--all", action="store_true", help="export every trial of the sweep that has a checkpoint")
-    p.add_argument("--id", help="adapter id (default: <experiment>-<trial>)")
+    p.add_argument("--id", help="entry id (default: <experiment>-<trial>, or <source>-<format> for other formats)")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--prune", type=float, metavar="FRACTION",
+                   help="zero this share of the smallest weights first (unstructured magnitude pruning; "
+                        "merged/onnx/onnx-int8), reporting the accuracy change")
+    p.add_argument("--allow-drift", action="store_true",
+                   help="write the export even if it fails parity with SOURCE, flagged drift=true")
+    p.add_argument("--parity-rows", type=int, default=256, metavar="N",
+                   help="validation rows the export is compared with SOURCE on")
     p.set_defaults(fn=cmd_export)
 
     from rayft.serve import defaults as serving  # one source for the serving defaults

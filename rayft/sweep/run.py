@@ -12,6 +12,7 @@ from typing import Any
 
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
+from rayft.console import LOG_NAME, Console
 from rayft.options import StartupOptions
 from rayft.sweep.handoff import TrialPlan, TrialSetup
 from rayft.sweep.pareto import pareto_front
@@ -117,11 +118,15 @@ def _previous_sweep(cfg: ExperimentConfig, loc: Any, root: Path) -> str:
 
 
 def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int = 1,
-              resume: bool = False, options: StartupOptions | None = None) -> SweepOutcome:
+              resume: bool = False, options: StartupOptions | None = None,
+              console: Console | None = None) -> SweepOutcome:
     """Run the experiment's sweep, or with ``resume`` continue its latest one after the driver died.
 
     ``options`` say how a Ray started here runs and whether later trials start in prestarted processes
-    (default: :func:`rayft.options.startup_options`).
+    (default: :func:`rayft.options.startup_options`). With a ``console`` (``rayft sweep``), the sweep shows
+    rayft's live view of its trials there (:class:`~rayft.sweep.progress.SweepView`; Tune's own output is off,
+    ``verbose`` is ignored) and the libraries' output goes to ``rayft.log`` in the sweep's folder; without one,
+    Tune reports at ``verbose`` and everything prints as it comes.
 
     The sweep lives where ``output_dir`` points (a local or NFS folder, or ``s3://...``); resuming finds the
     latest sweep there, so a resubmitted Ray Job continues the sweep its stopped predecessor left.
@@ -147,8 +152,11 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     previous = _previous_sweep(cfg, loc, root) if resume else None
     sweep_name = previous or time.strftime(SWEEP_PREFIX + "%Y%m%d-%H%M%S")
     sweep_dir = root / sweep_name
+    say = console.line if console else _print
+    if console:
+        console.log_to(sweep_dir / LOG_NAME)
     data = prepare_data(cfg)  # tokenized once for every trial, shared through the object store
-    print(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}", flush=True)
+    say(f"data: {data.raw_sizes} tokenized once in {data.seconds:.1f}s; labels={data.labels}")
     private = starts_private_ray(address)  # a Ray started here: no autoscaler to ask
     options = options or startup_options()
     resources = init_ray(address, options=options)
@@ -165,19 +173,21 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     trainable.__name__ = setup.plan.trainable_name
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     pairs = objectives(cfg)
+    view = _view(cfg, console, data.size("train"))
     if previous:
-        print(f"resuming sweep {sweep_name}: finished trials are kept, unfinished ones continue from their "
-              f"last checkpoint", flush=True)
+        say(f"resuming sweep {sweep_name}: finished trials are kept, unfinished ones continue from their "
+            f"last checkpoint")
         tuner = tune.Tuner.restore(str(sweep_dir) if loc.local else loc.child(sweep_name).path,
                                    trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=fs)
+                                   storage_filesystem=fs)  # with the callbacks it had: a view finds the console
     else:
-        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent, verbose, loc)
+        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent,
+                           0 if view else verbose, loc, view=view, say=say)
     grid = tuner.fit()
     if cfg.sweep.scheduler == "pbt" and loc.local:
         from rayft.sweep.pbt import describe_exploits
 
-        print(describe_exploits(sweep_dir), flush=True)
+        say(describe_exploits(sweep_dir))
     del tuner
     gc.collect()  # finish W&B logging actors while Ray is still up
     if warm:
@@ -208,17 +218,34 @@ def _local_side(cfg: ExperimentConfig) -> Path:
     return cache_dir("runs", cfg.name)
 
 
+def _print(text: str) -> None:
+    print(text, flush=True)
+
+
+def _view(cfg: ExperimentConfig, console: Console | None, train_rows: int) -> Any:
+    """The live view of the sweep's trials on ``console`` (None without one)."""
+    if console is None:
+        return None
+    from rayft.sweep.progress import SweepView
+
+    def steps_of(sample: dict[str, Any]) -> int:
+        trial_cfg = apply_sample(dump_config(cfg), sample)
+        return total_steps(trial_cfg, batches_per_epoch(trial_cfg, train_rows))
+
+    return SweepView(console, *objectives(cfg)[0], steps_of=steps_of)
+
+
 def _new_tuner(cfg: ExperimentConfig, trainable: Any, sweep_name: str, sweep_dir: Path, train_rows: int,
-               concurrent: int, verbose: int, loc: Any) -> Any:
+               concurrent: int, verbose: int, loc: Any, view: Any = None, say: Any = _print) -> Any:
     from ray import tune
 
     pairs = objectives(cfg)
     max_t = evaluations_per_trial(cfg, train_rows)
     searcher, num_trials, param_space = make_searcher(cfg, sweep_dir, sweep_name)  # Tune caps its concurrency
-    print(f"sweep {sweep_name}: {num_trials} trials, {concurrent} at a time, {cfg.sweep.searcher} + "
-          f"{cfg.sweep.scheduler}, objective{'s' if len(pairs) > 1 else ''} "
-          f"{', '.join(f'{mode} {metric}' for metric, mode in pairs)}", flush=True)
-    callbacks = _callbacks(cfg, sweep_name, sweep_dir)
+    say(f"sweep {sweep_name}: {num_trials} trials, {concurrent} at a time, {cfg.sweep.searcher} + "
+        f"{cfg.sweep.scheduler}, objective{'s' if len(pairs) > 1 else ''} "
+        f"{', '.join(f'{mode} {metric}' for metric, mode in pairs)}")
+    callbacks = [*_callbacks(cfg, sweep_name, sweep_dir), *([view] if view else [])]
     scheduler = make_scheduler(cfg, *pairs[0], max_t, concurrent)
     searcher, max_concurrent = limit_concurrency(searcher, scheduler, concurrent)
     return tune.Tuner(

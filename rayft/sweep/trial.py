@@ -34,6 +34,10 @@ def rayft_trial(sample: dict[str, Any], setup: TrialSetup) -> None:
     started_at = time.time()
     from ray import tune
 
+    from rayft.exits import exit_without_finalizing
+
+    exit_without_finalizing()  # a stopped trial's process leaves at once, its Train run's thread still waiting
+
     from rayft.sweep.hub import hub_callbacks, relay_reports, run_key
 
     plan = setup.plan

@@ -36,5 +36,6 @@ def trials_table(trials: Iterable[Any], metric: str, mode: str, best_id: str | N
     return table
 
 
-def print_table(table: Table) -> None:
-    Console(width=max(Console().width, 120)).print(table)
+def print_table(table: Table, file: Any = None) -> None:
+    """Print ``table`` to ``file`` (default: ``sys.stdout``), at least 120 columns wide."""
+    Console(file=file, width=max(Console(file=file).width, 120)).print(table)

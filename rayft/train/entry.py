@@ -24,6 +24,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from rayft.train.handoff import LoopConfig
 
     entered_at = time.time()  # start-up timing: what follows is importing the training stack
+    from rayft.exits import exit_without_finalizing
+
+    exit_without_finalizing()  # a worker stopped mid-step (ASHA, PBT, cancel) leaves without a crash dump
     loop = LoopConfig.parse(config)
     skip_unused_imports(loop.method)
     from rayft.train.worker import train_loop_per_worker as train

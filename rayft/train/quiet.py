@@ -94,6 +94,9 @@ class QuietRun(ControllerCallback, WorkerGroupCallback):
     """On the Ray Train controller: quiet the controller itself, then the run's helper actors once they exist."""
 
     def after_controller_start(self, train_run_context: Any) -> None:
+        from rayft.exits import exit_without_finalizing
+
+        exit_without_finalizing()  # a controller killed with its trial must not hang in Python's exit handlers
         if enabled():
             from rayft.cluster import renice_threads
 

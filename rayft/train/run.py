@@ -9,6 +9,7 @@ from typing import Any
 
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
+from rayft.console import LOG_NAME, Console
 from rayft.options import StartupOptions
 from rayft.train.handoff import LoopConfig
 
@@ -49,7 +50,7 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
                  start_checkpoint: Any = None,
                  storage_filesystem: Any = None, clean_up_placement_groups: bool = True,
                  autoscaling: bool = True, worker_env: dict[str, str] | None = None,
-                 datasets: dict[str, Any] | None = None):
+                 datasets: dict[str, Any] | None = None, progress: Any = None):
     """A Ray Train data-parallel trainer running :func:`rayft.train.worker.train_loop_per_worker` for this config.
 
     It starts lean: only the workers import the training stack (:mod:`rayft.train.entry`) and torch
@@ -64,14 +65,15 @@ def make_trainer(cfg: ExperimentConfig, data: Any, *, run_name: str, storage_pat
     Train's placement-group cleaner (an actor polling the state API every second), for runs that cannot
     outlive their Ray. ``autoscaling=False`` leaves out Ray Train's autoscaling coordinator, for a Ray with no
     autoscaler (one rayft started on this machine). ``worker_env``: environment variables of the workers'
-    processes (their runtime environment).
+    processes (their runtime environment). ``progress``: a :class:`~rayft.train.progress.ProgressBoard` actor
+    that rank 0 reports its progress to.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 
     scaling = placement(cfg, worker_cpus)
     backend = scaling.pop("backend")
     loop_config = LoopConfig(dump_config(cfg), data, verbose=verbose, label=label, trial_started_at=trial_started_at,
-                             start_checkpoint=start_checkpoint)
+                             start_checkpoint=start_checkpoint, progress=progress)
     from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
     from rayft.ray_internals import lean_trainer_class
@@ -105,11 +107,14 @@ def latest_run(root: Any, prefix: str = "train-") -> str | None:
 
 
 def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | None = None,
-                 verbose: bool = True, options: StartupOptions | None = None) -> TrainOutcome:
+                 verbose: bool = True, options: StartupOptions | None = None,
+                 console: Console | None = None) -> TrainOutcome:
     """Train once with Ray Train + DeepSpeed. With ``resume``, continue the latest run of this experiment.
 
     ``options`` say how a Ray started here runs (default: :func:`rayft.options.startup_options`); a run never
-    starts the dashboard on a Ray of its own.
+    starts the dashboard on a Ray of its own. With a ``console`` (``rayft train``) the run shows a progress bar
+    and its evaluations there (:mod:`rayft.train.progress`) and the libraries' output goes to ``rayft.log`` in
+    the run's folder; without one, rank 0 prints its progress lines when ``verbose``.
 
     Raises:
         RayftError: for bad data or a resume request with no earlier run.
@@ -127,21 +132,37 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     if resume and run_name is None:
         raise RayftError(f"--resume: no earlier run of {cfg.name!r} under {root}")
     run_name = run_name or time.strftime("train-%Y%m%d-%H%M%S")
-    if cfg.data.engine == "ray":  # Ray Data reads and tokenizes on the cluster: Ray first (ray_start_s then ~0)
-        init_ray(address, dashboard=not starts_private_ray(address), options=options)
-    data = prepare_data(cfg)
-    if verbose:
-        print(f"data: {data.raw_sizes} labels={data.labels} tokenized in {data.seconds:.1f}s", flush=True)
+    if console:
+        from rayft.paths import cache_dir
+
+        console.log_to((Path(loc.path) if loc.local else cache_dir("runs", cfg.name)) / run_name / LOG_NAME)
     # A local Ray started for this one run ends with it: nothing it leaves can outlive the run, and it has no
     # autoscaler, so neither the dashboard nor Ray Train's placement-group cleaner and autoscaling coordinator
     # is needed, and training gets their share of the CPU.
     private = starts_private_ray(address)
+    if cfg.data.engine == "ray":  # Ray Data reads and tokenizes on the cluster: Ray first (ray_start_s then ~0)
+        init_ray(address, dashboard=not private, options=options)
+    data = prepare_data(cfg)
+    if verbose or console:
+        (console.line if console else print)(f"data: {data.raw_sizes} labels={data.labels} tokenized in "
+                                             f"{data.seconds:.1f}s")
     ray_started = time.perf_counter()
     init_ray(address, dashboard=not private, options=options)
     ray_start_s = time.perf_counter() - ray_started
+    board = None
+    if console:
+        from rayft.train.progress import board_actor
+
+        board = board_actor().remote()
     trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
                            storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private,
-                           autoscaling=not private, datasets=data.datasets)
-    result = trainer.fit()
+                           autoscaling=not private, datasets=data.datasets, progress=board)
+    if board is None:
+        result = trainer.fit()
+    else:
+        from rayft.train.progress import TrainView
+
+        with TrainView(board, console):
+            result = trainer.fit()
     return TrainOutcome(dict(result.metrics or {}), loc.uri(result.checkpoint.path) if result.checkpoint else None,
                         loc.child(run_name).uri(), time.perf_counter() - start, ray_start_s)
