@@ -30,6 +30,13 @@ class RayftError(Exception):
     exit_code = 2
 
 
+class ClusterError(RayftError):
+    """The cluster could not do what was asked, through no fault of the input (exit code 1): the message says what
+    failed, what it means and what to try."""
+
+    exit_code = 1
+
+
 class ConfigError(RayftError):
     """An experiment config with one or more bad fields; all of them are listed at once."""
 

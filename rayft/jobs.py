@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
+import sys
 import tempfile
 import time
 import uuid
@@ -19,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from rayft.errors import RayftError
+from rayft.errors import ClusterError, RayftError
 
 # Never shipped with a job: run outputs, stores, virtualenvs, caches, version control.
 EXCLUDES = [".git", ".venv*", "venv", "__pycache__", "*.pyc", ".pytest_cache", "runs/", "store/", "wandb/",
             ".mypy_cache", ".ruff_cache", "*.egg-info"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 90.0  # how long a submission waits for a head's job agent to come up
+NO_AGENT = "No available agent"  # Ray's answer while the head has no job agent
 
 
 @dataclass
@@ -124,10 +127,17 @@ def _outside_files(cfg: Any, workdir: Path) -> list[str]:
     return out
 
 
-def submit(address: str, submission: Submission, *, token: str | None = None) -> str:
-    """Send the job; returns its submission id."""
+def submit(address: str, submission: Submission, *, token: str | None = None,
+           say: Callable[[str], None] | None = None) -> str:
+    """Send the job; returns its submission id. While the head has no job agent yet (it just started), retry for
+    up to :data:`AGENT_WAIT_S` seconds, telling ``say`` (default: standard error) once.
+
+    Raises:
+        ClusterError: the head never got a job agent, or refused the job; the message says what to try.
+    """
     client = job_client(address, token)
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + AGENT_WAIT_S
+    told = False
     with tempfile.TemporaryDirectory(prefix="rayft-submit-") as tmp:
         runtime_env = _own_package(submission.runtime_env, Path(tmp))
         while True:
@@ -135,9 +145,30 @@ def submit(address: str, submission: Submission, *, token: str | None = None) ->
                 return client.submit_job(entrypoint=submission.entrypoint, runtime_env=runtime_env,
                                          submission_id=submission.submission_id, metadata=submission.metadata)
             except RuntimeError as exc:  # a head that just started has no job agent yet: retry a while
-                if "No available agent" not in str(exc) or time.monotonic() > deadline:
-                    raise
+                if NO_AGENT not in str(exc):
+                    raise ClusterError(f"the cluster at {address} refused the job: {exc}") from None
+                if time.monotonic() > deadline:
+                    raise ClusterError(no_agent_message(address, exc)) from None
+                if not told:
+                    (say or _to_stderr)(f"the head at {address} has no job agent yet; retrying for up to {AGENT_WAIT_S:.0f}s")
+                    told = True
                 time.sleep(2.0)
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def no_agent_message(address: str, exc: Exception) -> str:
+    """What failed, what it means and what to try when a head never got a job agent."""
+    return (f"could not submit to {address}: its head node has no job agent (Ray answered: {exc}) after "
+            f"{AGENT_WAIT_S:.0f}s of retrying.\n"
+            "  What it means: the dashboard answers, but the agent process that starts jobs on the head is not "
+            "running - most often its port was already taken when the head started (the agent's listen port, "
+            "52365 by default), or it crashed.\n"
+            "  What to try: read dashboard_agent.log in the head's Ray log folder (/tmp/ray/session_latest/logs); "
+            "restart the head with a free agent port (`ray stop`, then `ray start --head "
+            "--dashboard-agent-listen-port=<free port>`), and submit again.")
 
 
 def _own_package(runtime_env: dict[str, Any], tmp: Path) -> dict[str, Any]:
