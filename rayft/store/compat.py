@@ -15,7 +15,7 @@ from rayft.errors import StoreError
 from rayft.store.store import AdapterStore, Manifest
 
 SERVABLE_TASKS = {"sequence_classification": "SEQ_CLS", "sft": "CAUSAL_LM"}  # task -> peft task_type
-KINDS = ("adapter", "full", "modules")  # modules: rayft add-on modules (bottleneck adapters) + head
+KINDS = ("adapter", "full", "modules", "onnx")  # modules: rayft add-on modules (bottleneck adapters) + head
 
 
 class IncompatibleError(StoreError):
@@ -73,6 +73,12 @@ def check_compatible(store: AdapterStore, manifest: Manifest, bases: dict[str, B
     if task not in SERVABLE_TASKS:
         raise IncompatibleError("unsupported_task", f"{mid!r} is a {manifest.task!r} model; servable tasks: "
                                                     f"{', '.join(SERVABLE_TASKS)}")
+    if manifest.kind == "onnx" and SERVABLE_TASKS.get(manifest.task) != "SEQ_CLS":
+        source = (manifest.source or {}).get("id")
+        raise IncompatibleError("unsupported_kind", f"{mid!r} is an ONNX graph of a {manifest.task!r} model: "
+                                "rayft serve runs ONNX graphs for classification; a causal LM's graph has no "
+                                "decoding loop here (serve its merged export" +
+                                (f": rayft export {source} --format merged)" if source else ")"))
     base = bases.get(manifest.base_model)
     if base is None:
         raise IncompatibleError("base_not_served", f"{mid!r} was trained on base {manifest.base_model!r}, which "
@@ -81,7 +87,7 @@ def check_compatible(store: AdapterStore, manifest: Manifest, bases: dict[str, B
         raise IncompatibleError("base_mismatch", f"{mid!r} was trained on base weights with fingerprint "
                                 f"{manifest.base_fingerprint}; the served {base.name!r} has {base.fingerprint}")
     folder = store.path(mid)
-    if manifest.kind == "full":
+    if manifest.kind in ("full", "onnx"):
         found = _model_type(folder)
         if base.model_type and found and found != base.model_type:
             raise IncompatibleError("architecture_mismatch", f"{mid!r} is a {found!r} model; the served base "

@@ -41,7 +41,8 @@ def load_base(manifest: Manifest) -> tuple[torch.nn.Module, Any, str]:
 
 
 def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.Module, Any, Manifest]:
-    """A ready-to-predict model for one stored result (adapter on its base, or a full model).
+    """A ready-to-predict model for one stored result (adapter on its base, a full or merged model, or an ONNX
+    graph in an onnxruntime session, called like a transformers model).
 
     Raises:
         StoreError: for an unknown id, a corrupt folder or a base-model mismatch.
@@ -62,10 +63,14 @@ def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.M
             else:
                 # the base as it trained (e.g. QLoRA's 4-bit layers), then the stored adapter on it
                 model = PeftModel.from_pretrained(method.prepare_base(base, params), folder)
+        elif manifest.kind == "onnx":
+            from rayft.export.graphs import OnnxModel
+
+            model, tokenizer = OnnxModel(folder), load_tokenizer(folder)
         else:
             model = get_task(manifest.task).build_model(folder, manifest_config(manifest), manifest.labels)
             tokenizer = load_tokenizer(folder)
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+    except (OSError, ValueError, RuntimeError, KeyError, ImportError) as exc:
         raise StoreError(f"adapter {adapter_id!r} in {store.root} could not be loaded: {exc}") from None
     return model.eval(), tokenizer, manifest
 

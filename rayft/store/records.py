@@ -111,5 +111,8 @@ def listing(store: AdapterStore) -> list[str]:
     for m in store.list():
         score = {k: round(v, 4) for k, v in m.metrics.items() if k.startswith(("eval_acc", "test_acc", "eval_loss"))}
         note = "\tunregistered" if m.adapter_id in withdrawn else ""
-        lines.append(f"{m.adapter_id}\t{m.kind}\t{m.method}\t{m.task}\tbase={m.base_model}\t{score}{note}")
+        made = f"\tfrom={(m.source or {}).get('id') or (m.source or {}).get('path')}" if m.source else ""
+        note += "\tDRIFT (failed parity)" if m.drift else ""
+        lines.append(f"{m.adapter_id}\t{m.format or m.kind}\t{m.method}\t{m.task}\tbase={m.base_model}\t{score}"
+                     f"{made}{note}")
     return lines + [f"{alias}\talias -> {target}" for alias, target in aliases(store).items()]

@@ -5,6 +5,7 @@ Layout::
     STORE/<adapter_id>/adapter_config.json + adapter_model.safetensors   (peft methods)
     STORE/<adapter_id>/config.json + model.safetensors + tokenizer files (full-weight methods)
     STORE/<adapter_id>/bottleneck_config.json + bottleneck_model.safetensors (bottleneck adapters + head)
+    STORE/<adapter_id>/model.onnx + config.json + tokenizer files           (onnx / onnx-int8 exports)
     STORE/<adapter_id>/rayft.json                                        (the manifest)
 """
 
@@ -24,13 +25,16 @@ from rayft.config.schema import default
 from rayft.errors import StoreError
 
 MANIFEST = "rayft.json"
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.onnx")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
 class Manifest:
     adapter_id: str
-    kind: str  # "adapter" (peft folder), "full" (complete model folder) or "modules" (rayft add-on modules + head)
+    # "adapter" (peft folder), "full" (complete model folder, merged exports too), "modules" (rayft add-on modules
+    # + head) or "onnx" (an ONNX graph + tokenizer)
+    kind: str
     base_model: str  # the model.name the result was trained from
     base_fingerprint: str
     method: str
@@ -48,6 +52,14 @@ class Manifest:
     # how training rendered prompts (rayft.tasks.prompt_format.PromptFormat.to_dict) for causal LMs (sft, dpo);
     # None for other tasks and older manifests
     prompt_format: dict[str, Any] | None = None
+    # exports (rayft export --format, rayft.export): the format ("merged", "onnx", "onnx-int8"; None: the store's own
+    # adapter/full entry), what it was made from, its parity figures against that source, whether it was written
+    # although they failed (--allow-drift), and the pruning applied (--prune)
+    format: str | None = None
+    source: dict[str, Any] | None = None
+    parity: dict[str, Any] | None = None
+    drift: bool = False
+    pruning: dict[str, Any] | None = None
 
     @property
     def swappable(self) -> bool:
@@ -140,7 +152,7 @@ class AdapterStore:
             StoreError: if the id exists (and ``overwrite`` is false) or the source holds no model files.
         """
         src = Path(source_dir)
-        if not any(src.glob("*.safetensors")) and not any(src.glob("*.bin")):
+        if not any(any(src.glob(pattern)) for pattern in WEIGHT_FILES):
             raise StoreError(f"{src} holds no model weights to export")
         if self.remote:
             return self._remote_put(src, manifest, overwrite)
