@@ -16,7 +16,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 # Debian packages the tests need: headless Chromium renders the sweep report (skipped with a reason if absent).
 SYSTEM_PACKAGES := chromium chromium-driver
 
-.PHONY: install install-system demo test test-slow test-all bench bench-engine bench-generation bench-scaling bench-export clean s3-test-server
+.PHONY: install install-system demo test test-slow test-all bench bench-engine bench-generation bench-llm bench-scaling bench-export clean s3-test-server
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "==> creating $(VENV) and installing rayft (torch pinned to 2.13.0)"
@@ -57,6 +57,10 @@ bench-engine: install
 
 bench-generation: install
 	$(PY) benchmarks/generation.py
+
+# Packing and activation checkpointing on smollm2-135m SFT (long on a CPU; sizes are flags, see --help).
+bench-llm: install
+	$(PY) benchmarks/llm_train.py
 
 # The quickstart winner (store/quickstart-best, from `make demo`) as adapter, merged, onnx and onnx-int8.
 bench-export: install
