@@ -307,14 +307,10 @@ def prepare_streaming(cfg: Any, model_path: str) -> Any:
     """
     import time
 
-    import pyarrow as pa
     import ray
     import ray.data
 
-    from rayft.data.prepare import PreparedData, catalog_columns, check_labels
-    from rayft.data.sources import WHOLE, SourceData, check_same_columns
-    from rayft.models import load_tokenizer
-    from rayft.tasks import get_task, resolve_columns
+    from rayft.data.prepare import PreparedData
 
     start = time.perf_counter()
     if not ray.is_initialized():
@@ -323,8 +319,35 @@ def prepare_streaming(cfg: Any, model_path: str) -> Any:
                         field="data.engine", value="ray")
     context = ray.data.DataContext.get_current()  # the datasets made below copy it
     context.enable_progress_bars = context.print_on_execution_start = False  # rayft reports progress itself
-    task = get_task(cfg.task.name)
     files = open_files(cfg.data.source, cfg.data.format, cfg.data.named_splits())
+    spec, sample, pad_id = _checked_sample(cfg, files, model_path)
+    datasets, rows = _streams(files, cfg, spec)
+    lengths = [len(x) for x in sample["input_ids"]]
+    return PreparedData(
+        model_path=model_path, labels=spec.labels, columns=spec.columns,
+        splits={role: StreamedSplit(role, n) for role, n in rows.items() if n},
+        raw_sizes={"train": rows["train"], "validation": rows["validation"], "test": rows.get("test", 0)},
+        pad_id=pad_id, seconds=time.perf_counter() - start, datasets=datasets,
+        stats={"mean_train_tokens": sum(lengths) / max(len(lengths), 1), "max_train_tokens": max(lengths, default=0),
+               "engine": "ray", "sampled_rows": len(lengths)},
+    )
+
+
+def _checked_sample(cfg: Any, files: dict[str, Files], model_path: str) -> tuple[TokenizeSpec, dict[str, Any], int]:
+    """The first rows of each split's first file, checked (columns, labels) and tokenized here, so that bad data
+    fails before any worker starts: the :class:`TokenizeSpec` for the cluster, the tokenized sample, the pad id.
+
+    Raises:
+        DataError: for splits whose columns differ, a missing column or a label outside ``task.labels``.
+    """
+    import pyarrow as pa
+
+    from rayft.data.prepare import catalog_columns, check_labels
+    from rayft.data.sources import SourceData, check_same_columns
+    from rayft.models import load_tokenizer
+    from rayft.tasks import get_task, resolve_columns
+
+    task = get_task(cfg.task.name)
     heads = SourceData(cfg.data.source or "data.splits", {role: f.head() for role, f in files.items()})
     check_same_columns(heads, {role: f.spec for role, f in files.items()} if cfg.data.source is None else {})
     columns = resolve_columns(task, cfg, catalog_columns(None), heads.columns)
@@ -335,17 +358,31 @@ def prepare_streaming(cfg: Any, model_path: str) -> Any:
     sample = pd.concat(heads.frames.values(), ignore_index=True).dropna(subset=list(columns.values()))
     check_labels(sample, columns, labels)
     tokenizer = load_tokenizer(model_path)
-    tokenized = task.tokenize(sample, tokenizer, cfg, columns, labels)  # bad rows fail here, not in a worker
+    tokenized = task.tokenize(sample, tokenizer, cfg, columns, labels)
     spec = TokenizeSpec(task.name, model_path, cfg.model_dump(mode="json"), columns, labels,
                         pa.table(tokenized).schema)
-    raw = _split_datasets(files, cfg, tuple(columns.values())) if WHOLE in files else \
-        {role: f.read() for role, f in files.items()}
+    return spec, tokenized, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+
+def _streams(files: dict[str, Files], cfg: Any, spec: TokenizeSpec) -> tuple[dict[str, Any], dict[str, int]]:
+    """The tokenized Ray Dataset of each split (train lazy, validation and test materialized in the object store)
+    and each split's rows (train: before tokenizing; the others: after).
+
+    Raises:
+        DataError: if train or validation has no rows.
+    """
+    from rayft.data.sources import WHOLE
+
+    if WHOLE in files:
+        raw, train_rows = _split_datasets(files[WHOLE], cfg, tuple(spec.columns.values()))
+    else:
+        raw = {role: f.read() for role, f in files.items()}
+        train_rows = raw["train"].count()  # parquet: from the files' footers; csv, jsonl: one streaming pass
     tokenize = functools.partial(tokenize_batch, spec)
-    datasets, rows = {}, {}
+    datasets, rows = {}, {"train": train_rows}
     for role, ds in raw.items():
         ds = ds.map_batches(tokenize, batch_format="pandas", batch_size=TOKENIZE_BATCH)
         if role == "train":
-            rows[role] = raw[role].count()  # a streaming pass: only the count comes back here
             datasets[role] = ds.randomize_block_order(seed=cfg.data.seed)
         else:
             datasets[role] = ds.materialize()  # tokenized once, held in the object store
@@ -353,30 +390,32 @@ def prepare_streaming(cfg: Any, model_path: str) -> Any:
     if not rows["train"] or not rows.get("validation"):
         raise DataError(f"data: no rows left in {'train' if not rows['train'] else 'validation'} "
                         f"(split sizes {rows}); check the files and data.validation_size")
-    datasets = {role: ds for role, ds in datasets.items() if rows[role]}
-    lengths = [len(x) for x in tokenized["input_ids"]]
-    return PreparedData(
-        model_path=model_path, labels=labels, columns=columns,
-        splits={role: StreamedSplit(role, n) for role, n in rows.items() if n}, raw_sizes=rows,
-        pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
-        seconds=time.perf_counter() - start, datasets=datasets,
-        stats={"mean_train_tokens": sum(lengths) / max(len(lengths), 1), "max_train_tokens": max(lengths, default=0),
-               "engine": "ray", "sampled_rows": len(sample)},
-    )
+    return {role: ds for role, ds in datasets.items() if rows[role]}, rows
 
 
-def _split_datasets(files: dict[str, Files], cfg: Any, columns: tuple[str, ...]) -> dict[str, Any]:
-    """Train, validation and test of one source, each a filter of the rows by their seeded hash (module doc)."""
+def _split_datasets(files: Files, cfg: Any, columns: tuple[str, ...]) -> tuple[dict[str, Any], int]:
+    """Train, validation and test of one source, each a filter of the rows by their seeded hash (module doc), and
+    the rows of train.
+
+    One pass over the files keeps the held-out rows (in the object store); the train rows are the files' rows
+    (parquet: counted from the footers) less those.
+
+    Raises:
+        DataError: if the held-out fractions leave no training rows.
+    """
     from rayft.config.schema import DEFAULT_TEST_SIZE, DEFAULT_VALIDATION_SIZE
-    from rayft.data.sources import WHOLE
 
     val = DEFAULT_VALIDATION_SIZE if cfg.data.validation_size is None else cfg.data.validation_size
     test = DEFAULT_TEST_SIZE if cfg.data.test_size is None else cfg.data.test_size
     if not val + test < 1:
         raise DataError(f"data: validation_size={val} and test_size={test} leave no training rows; expected "
                         "fractions that sum below 1", field="data.validation_size", value=val)
-    bounds = {"validation": (0.0, val), "test": (val, val + test), "train": (val + test, math.inf)}
-    source = files[WHOLE].read()
-    return {role: source.map_batches(keep_fraction, batch_format="pandas",
-                                     fn_args=(columns, cfg.data.seed, low, high))
-            for role, (low, high) in bounds.items() if high > low}
+    source = files.read()
+
+    def part(ds: Any, low: float, high: float) -> Any:
+        return ds.map_batches(keep_fraction, batch_format="pandas", fn_args=(columns, cfg.data.seed, low, high))
+
+    held = part(source, 0.0, val + test).materialize()
+    parts = {"validation": part(held, 0.0, val), "test": part(held, val, val + test) if test else None,
+             "train": part(source, val + test, math.inf)}
+    return {role: ds for role, ds in parts.items() if ds is not None}, source.count() - held.count()

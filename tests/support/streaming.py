@@ -38,3 +38,37 @@ def stream_config(model: Path, source: str | Path | None, tmp: Path, **sections)
     if source is None:
         raw["data"].pop("source")
     return raw
+
+
+DRIVER = """
+import json, sys
+from rayft.config import build_config
+from rayft.train import run_training
+
+out = run_training(build_config(json.load(open(sys.argv[1]))), resume=sys.argv[2] == "resume", verbose=False)
+status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+print("RESULT " + json.dumps({"metrics": {k: v for k, v in out.metrics.items() if isinstance(v, (int, float))},
+                              "checkpoint": out.checkpoint_path,
+                              "peak_rss_mb": int(status["VmHWM"].split()[0]) / 1024}))
+"""
+
+
+def run_driver(raw: dict, tmp: Path, *, resume: bool = False, timeout: float = 900) -> dict:
+    """``rayft train``'s driver (:func:`rayft.train.run_training`, a local Ray of its own) in a fresh process, for
+    its peak resident memory (``VmHWM``: the process's own high-water mark, children excluded): the metrics, the
+    checkpoint and ``peak_rss_mb``."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tests.support import REPO
+
+    config = tmp / f"{raw['name']}-driver.json"
+    config.write_text(json.dumps(raw, default=str))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.run([sys.executable, "-c", DRIVER, str(config), "resume" if resume else "fresh"], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=tmp)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, f"driver failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(lines[-1][len("RESULT "):])
