@@ -27,10 +27,12 @@ from rayft.train.recipe import Recipe
 from tests.support import cls_config
 from tests.support import tiny_tasks as tt
 from tests.support.method_cases import CASES, method_params
+from tests.support.teacher import store_teacher
 
 ARCHITECTURE = {  # task → the tiny model it is tested on
     "sequence_classification": "bert", "token_classification": "bert", "extractive_qa": "bert",
     "reward_model": "bert", "sft": "llama", "dpo": "llama", "grpo": "llama",
+    "distill": "bert",  # its teacher: a stored classifier of the same tiny model (tests/support/teacher.py)
 }
 VIRTUAL_TOKENS = "prepends virtual tokens to the input"  # the prompt-learning methods' own check
 UNSUPPORTED = [  # (method, task, what the one error on method.name says)
@@ -51,10 +53,10 @@ ADAPTED = re.compile(r"lora_|ia3_|prompt_encoder|bottleneck_adapters")  # what a
 class Table:
     """Per task: a raw config on its tiny model and data, and the data prepared once (methods do not change it)."""
 
-    def __init__(self, models: dict, files: dict, tmp) -> None:
+    def __init__(self, models: dict, files: dict, tmp, keys: dict | None = None) -> None:
         self.raw, self.data = {}, {}
         for task, (arch, source, data_keys) in files.items():
-            task_keys = {"name": task, **TASK_KEYS.get(task, {})}
+            task_keys = {"name": task, **TASK_KEYS.get(task, {}), **(keys or {}).get(task, {})}
             raw = cls_config(models[arch], source, tmp, name=f"table-{task}", task=task_keys)
             raw["data"] = {"source": str(source), "validation_size": 8, "test_size": 0, **data_keys}
             raw["method"] = {"name": "full"}
@@ -70,16 +72,19 @@ def table(tiny_bert, tiny_llama, sentiment_csv, chat_jsonl, tmp_path_factory) ->
     tmp = tmp_path_factory.mktemp("table")
     squad = tmp / "qa.json"
     squad.write_text(json.dumps(tt.squad_doc(24)))
+    store_teacher(cls_config(tiny_bert, sentiment_csv, tmp), tmp / "teachers", steps=0)  # distill's teacher
     files = {
         "sequence_classification": ("bert", sentiment_csv, {"text_column": "review", "label_column": "sentiment"}),
         "token_classification": ("bert", tt.write_conll(tmp / "ner.conll", tt.ner_rows(24)), {}),
         "extractive_qa": ("bert", squad, {}),
         "reward_model": ("bert", tt.write_jsonl(tmp / "pairs.jsonl", tt.review_pairs(24)), {}),
+        "distill": ("bert", sentiment_csv, {"text_column": "review", "label_column": "sentiment"}),
         "sft": ("llama", chat_jsonl, {}),
         "dpo": ("llama", tt.write_jsonl(tmp / "pref.jsonl", tt.preference_rows(24)), {}),
         "grpo": ("llama", tt.write_jsonl(tmp / "prompts.jsonl", tt.rl_prompts(24)), {}),
     }
-    return Table({"bert": tiny_bert, "llama": tiny_llama}, files, tmp)
+    return Table({"bert": tiny_bert, "llama": tiny_llama}, files, tmp,
+                 keys={"distill": {"teacher": {"id": "teacher", "store": str(tmp / "teachers")}}})
 
 
 def test_the_table_covers_every_method_and_task():
