@@ -97,8 +97,33 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
         model_path=model_path, labels=labels, columns=columns, splits=tokenized, raw_sizes=splits.sizes(),
         pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
         seconds=time.perf_counter() - start,
-        stats={"mean_train_tokens": sum(lengths) / max(len(lengths), 1), "max_train_tokens": max(lengths, default=0)},
+        stats={"mean_train_tokens": sum(lengths) / max(len(lengths), 1), "max_train_tokens": max(lengths, default=0),
+               "lengths": length_report(splits.sizes(), tokenized, cfg.model.max_length)},
     )
+
+
+def length_report(rows: dict[str, int], tokenized: dict[str, dict[str, list[Any]]],
+                  max_length: int) -> dict[str, dict[str, int]]:
+    """Per split: its rows, those kept after tokenizing, those dropped (nothing left to learn once cut to
+    ``max_length``, e.g. a prompt that fills it) and those that reached ``max_length`` (cut, or an exact fit).
+
+    Every sequence column of a row counts (a preference pair is at the limit when either response is).
+    """
+    report = {}
+    for name, columns in tokenized.items():
+        sequences = [v for k, v in columns.items() if k.endswith("input_ids")]
+        kept = len(sequences[0]) if sequences else 0
+        at_limit = sum(any(len(s[i]) >= max_length for s in sequences) for i in range(kept))
+        report[name] = {"rows": rows.get(name, kept), "kept": kept, "dropped": max(rows.get(name, kept) - kept, 0),
+                        "at_max_length": at_limit}
+    return report
+
+
+def describe_lengths(report: dict[str, dict[str, int]], max_length: int) -> str:
+    """One line for the console: how many rows of each split were cut at, or dropped for, ``max_length``."""
+    parts = [f"{name} {r['at_max_length']}/{r['kept']} at the limit, {r['dropped']} dropped"
+             for name, r in report.items()]
+    return f"max_length {max_length}: " + "; ".join(parts)
 
 
 def check_labels(df: pd.DataFrame, columns: dict[str, str], labels: list[str] | None) -> None:

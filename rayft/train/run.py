@@ -123,6 +123,7 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
 
     from rayft.cluster import init_ray, starts_private_ray
     from rayft.data import prepare_data
+    from rayft.data.prepare import describe_lengths
     from rayft.errors import RayftError
 
     start = time.perf_counter()
@@ -145,7 +146,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     data = prepare_data(cfg)
     if verbose or console:
         (console.line if console else print)(f"data: {data.raw_sizes} labels={data.labels} tokenized in "
-                                             f"{data.seconds:.1f}s")
+                                             f"{data.seconds:.1f}s; "
+                                             + describe_lengths(data.stats.get("lengths", {}), cfg.model.max_length))
     ray_started = time.perf_counter()
     init_ray(address, dashboard=not private, options=options)
     ray_start_s = time.perf_counter() - ray_started

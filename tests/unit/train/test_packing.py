@@ -109,3 +109,18 @@ def test_a_restarted_loader_continues_at_the_same_example(sft, tiny_llama, chat_
         seen += [e for b in batches for e in b]
     # Every example is trained on once an epoch (DistributedSampler repeats a row to even out an odd count).
     assert set(seen) == set(range(data.size("train")))
+
+
+def test_rows_cut_or_dropped_at_max_length_are_reported_per_split(tiny_llama, chat_jsonl, tmp_path):
+    from rayft.data.prepare import describe_lengths
+
+    cfg = _sft_cfg(tiny_llama, chat_jsonl, tmp_path)
+    short = cfg.model_copy(update={"model": cfg.model.model_copy(update={"max_length": 12})})
+    report = prepare_data(short).stats["lengths"]
+    assert set(report) == {"train", "validation"}
+    for split in report.values():
+        assert split["rows"] == split["kept"] + split["dropped"]
+    assert report["train"]["at_max_length"] > 0  # the longer exchanges are cut at 12 tokens
+    full = prepare_data(cfg).stats["lengths"]["train"]
+    assert full["at_max_length"] == full["dropped"] == 0
+    assert "train" in describe_lengths(report, 12) and "at the limit" in describe_lengths(report, 12)
