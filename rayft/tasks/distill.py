@@ -51,6 +51,7 @@ STUDENT_TASK = {"sequence_classification": "sequence_classification",
                 "token_classification": "token_classification", "sft": "sft", "dpo": "sft", "grpo": "sft"}
 TEACHER_ATTR = "_rayft_teacher"  # kept outside nn.Module registration: never trained, sharded or saved
 PARAMS_ATTR = "_rayft_distill_params"
+FIGURES_ATTR = "_rayft_distill_figures"  # the last step's two terms, for the loop's train_* report
 
 
 class TeacherSpec(BaseModel):
@@ -303,12 +304,18 @@ class Distill(Task):
     def compute_loss(self, model: Any, batch: dict[str, torch.Tensor], params: DistillParams) -> torch.Tensor:
         student_task = _student_task(model)
         logits, labels = aligned_logits(student_task, model, batch)
-        if params.alpha == 0:
-            return F.cross_entropy(logits, labels)
-        teacher = teacher_of(model, batch["input_ids"].device)
-        with torch.no_grad():
-            soft, _ = aligned_logits(student_task, teacher, batch)
-        return distill_loss(logits, soft, labels, params.alpha, params.temperature)
+        soft = None
+        if params.alpha > 0:
+            teacher = teacher_of(model, batch["input_ids"].device)
+            with torch.no_grad():
+                soft, _ = aligned_logits(student_task, teacher, batch)
+        loss, figures = distill_terms(logits, soft, labels, params.alpha, params.temperature)
+        getattr(model, "module", model).__dict__[FIGURES_ATTR] = figures
+        return loss
+
+    def step_figures(self, model: Any) -> dict[str, float]:
+        """``kl`` (teacher || student at T, before the T^2 weight) and ``ce`` (on the labels) of the last step."""
+        return getattr(model, "module", model).__dict__.pop(FIGURES_ATTR, {})
 
     def eval_batch(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         student_task = _student_task(model)
@@ -356,13 +363,23 @@ def aligned_logits(student_task: str, model: Any, batch: dict[str, torch.Tensor]
     return logits[keep], labels[keep]
 
 
-def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
-                 temperature: float) -> torch.Tensor:
-    """``alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE(student, labels)``, averaged over positions."""
+def distill_terms(student: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor, alpha: float,
+                  temperature: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """``alpha * T^2 * KL(teacher || student at T) + (1 - alpha) * CE(student, labels)``, averaged over positions,
+    and its two terms as figures (no teacher: alpha is 0, the loss is the cross-entropy alone)."""
+    ce = F.cross_entropy(student, labels)
+    if teacher is None:
+        return ce, {"ce": ce.item()}
     t = temperature
     kl = F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher.float() / t, -1), log_target=True,
                   reduction="batchmean")
-    return alpha * t * t * kl + (1 - alpha) * F.cross_entropy(student, labels)
+    return alpha * t * t * kl + (1 - alpha) * ce, {"kl": kl.item(), "ce": ce.item()}
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, alpha: float,
+                 temperature: float) -> torch.Tensor:
+    """The distillation loss alone (see :func:`distill_terms`)."""
+    return distill_terms(student, teacher, labels, alpha, temperature)[0]
 
 
 def _tokenizer_problem(manifest: Any, model_name: str) -> str | None:
