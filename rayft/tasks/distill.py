@@ -21,7 +21,8 @@ The teacher is loaded inside each Ray Train worker with :func:`rayft.store.load_
 held outside the module tree so it is never trained, sharded or saved) and scores each training batch under
 ``torch.no_grad``. Before training (config validation and data preparation) the teacher is checked: its id is in the
 store (the ids that would do are listed otherwise), its task is one of the supported ones, its labels are the data's,
-the student's tokenizer is the teacher's, and k (also every k of the sweep space) is at most the student's blocks.
+the student's tokenizer is the teacher's (all when the data is prepared, the first step of ``rayft train`` and
+``rayft sweep``), and k (also every k of the sweep space) is at most the student's blocks (already at validation).
 
 A stored student reads its teacher's manifest (its task and task keys) from ``task.teacher.store`` when it is
 loaded or served, so serve it from a machine that can read that store (usually the same one).
@@ -164,17 +165,14 @@ def _sweep_layers(space: dict[str, Any]) -> list[int]:
     return [v for v in values if isinstance(v, int)]
 
 
-def static_problems(params: DistillParams, model_name: str, method: str, space: dict[str, Any]) -> list[FieldError]:
-    """What can be checked from the store and the model's config alone: the teacher, k, the method for a cut student.
-
-    Raises:
-        ConfigError: for a teacher that cannot be used (store, id, task), as the first and only problem.
-    """
+def static_problems(params: DistillParams, model_name: str, method: str, space: dict[str, Any],
+                    teacher: bool = True) -> list[FieldError]:
+    """What can be checked from the model's config (k, the method of a cut student) and, with ``teacher``, from the
+    store (the teacher's id and task, the method against the teacher's task)."""
     from rayft.methods import METHODS
     from rayft.models import resolve_model
     from rayft.tasks.base import method_problem
 
-    manifest = teacher_manifest(params)
     errors = []
     try:
         blocks = layer_count(resolve_model(model_name))
@@ -186,6 +184,12 @@ def static_problems(params: DistillParams, model_name: str, method: str, space: 
     if (params.layers or _sweep_layers(space)) and method in METHODS and METHODS.get(method).artifact != "full":
         errors.append(FieldError("method.name", method, "a full-weight method (full, bitfit, unfreeze...) for a "
                                  "student cut to task.layers blocks: it is a new model and is stored whole"))
+    if not teacher:
+        return errors
+    try:
+        manifest = teacher_manifest(params)
+    except ConfigError as exc:
+        return exc.errors + errors
     problem = method_problem(get_task(STUDENT_TASK[manifest.task]), method)
     if problem:
         errors.append(FieldError("method.name", method, f"a method the teacher's task {manifest.task!r} supports "
@@ -194,7 +198,9 @@ def static_problems(params: DistillParams, model_name: str, method: str, space: 
 
 
 def check_distill(raw: dict[str, Any]) -> list[FieldError]:
-    """Config validation: a ``distill`` task's teacher and k (registered with :mod:`rayft.config.checks`)."""
+    """Config validation (registered with :mod:`rayft.config.checks`): k and the method of a cut student. The
+    teacher is checked when the data is prepared, the first step of ``rayft train`` and ``rayft sweep``, so that an
+    experiment validates before its teacher is trained."""
     task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
     if task.get("name") != Distill.name:
         return []
@@ -204,11 +210,8 @@ def check_distill(raw: dict[str, Any]) -> list[FieldError]:
         return []  # the task's schema check reports it
     model, method = raw.get("model") or {}, raw.get("method") or {}
     sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
-    try:
-        return static_problems(params, str(model.get("name", "")), str(method.get("name", "")),
-                               sweep.get("space") or {})
-    except ConfigError as exc:
-        return exc.errors
+    return static_problems(params, str(model.get("name", "")), str(method.get("name", "")),
+                           sweep.get("space") or {}, teacher=False)
 
 
 register_check(check_distill)
@@ -259,6 +262,8 @@ class Distill(Task):
         params = task_params(self, cfg)
         space = {k: v.model_dump(exclude_none=True) for k, v in cfg.sweep.space.items()}
         errors = static_problems(params, cfg.model.name, cfg.method.name, space)
+        if any(e.path.startswith("task.teacher") for e in errors):
+            raise ConfigError(errors)  # nothing more can be checked against a teacher that cannot be read
         student, inner = student_config(cfg)
         manifest = teacher_manifest(params)
         wanted = inner.task.labels

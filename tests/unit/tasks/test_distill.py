@@ -72,15 +72,17 @@ def test_a_cut_student_keeps_its_first_blocks_and_reloads_cut(arch, tiny_bert, t
 
 def test_each_problem_with_the_teacher_is_named_before_training(bert_teacher, tiny_llama, tmp_path):
     store, raw = bert_teacher
-    with pytest.raises(ConfigError) as err:
-        build_config(distill_raw(raw, store, teacher={"id": "nope", "store": str(store)}))
+    unknown = distill_raw(raw, store, teacher={"id": "nope", "store": str(store)})
+    build_config(unknown)  # validates: the teacher may be trained after the experiment is written
+    with pytest.raises(ConfigError) as err:  # the data stage, before any training, names it
+        prepare_data(build_config(unknown))
     [(path, value, expected)] = [(e.path, e.value, e.expected) for e in err.value.errors]
     assert (path, value) == ("task.teacher.id", "nope") and "teachers in" in expected and "teacher" in expected
 
     qa_store = tmp_path / "qa-store"
     store_teacher(raw, qa_store, steps=0, task="extractive_qa")
     with pytest.raises(ConfigError) as err:
-        build_config(distill_raw(raw, qa_store))
+        prepare_data(build_config(distill_raw(raw, qa_store)))
     assert [(e.path, e.value) for e in err.value.errors] == [("task.teacher.id", "teacher")]
     assert "not 'extractive_qa'" in err.value.errors[0].expected and "none" in err.value.errors[0].expected
 
