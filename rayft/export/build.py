@@ -130,10 +130,23 @@ def _stderr(message: str) -> None:
 
 
 def merged_model(model: Any) -> Any:
-    """The PyTorch model with a peft adapter folded into its base weights (``merge_and_unload``)."""
-    from peft import PeftModel
+    """The PyTorch model with a peft adapter folded into its base weights (``merge_and_unload``), answering as the
+    adapter did for every input."""
+    import torch
+    from peft import PeftModel, PeftModelForQuestionAnswering
 
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+    if not isinstance(model, PeftModel):
+        return model
+    # peft's QA wrapper drops token_type_ids: such an adapter trained and answers with segment 0 at every position.
+    # Segment 0's embedding copied over the others makes the merged model answer the same, whatever it is fed.
+    one_segment = isinstance(model, PeftModelForQuestionAnswering)
+    merged = model.merge_and_unload()
+    for module in merged.modules() if one_segment else ():
+        table = getattr(module, "token_type_embeddings", None)
+        if isinstance(table, torch.nn.Embedding):
+            with torch.no_grad():
+                table.weight[1:] = table.weight[0]
+    return merged
 
 
 def _export(store: AdapterStore, src: Source, req: ExportRequest, target: str, log: Any) -> Manifest:
