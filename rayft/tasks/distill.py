@@ -101,6 +101,20 @@ def _manifest(store: str, teacher_id: str) -> Any:
     return manifest
 
 
+def section_params(task: dict[str, Any]) -> DistillParams | None:
+    """The distill parameters of a raw task section (a YAML's or a manifest's), or None where they do not validate."""
+    try:
+        return DistillParams.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
+    except ValidationError:
+        return None
+
+
+def teacher_section(manifest: Any) -> tuple[str, dict[str, Any]]:
+    """(the task the student learns, the teacher's own task section when it is that task; else empty)."""
+    name = STUDENT_TASK[manifest.task]
+    return name, dict((manifest.config or {}).get("task") or {}) if manifest.task == name else {}
+
+
 def teacher_manifest(params: DistillParams) -> Any:
     """The teacher's manifest (see :func:`_manifest`)."""
     return _manifest(params.teacher.store, params.teacher.id)
@@ -114,8 +128,7 @@ def student_config(cfg: ExperimentConfig) -> tuple[Task, ExperimentConfig]:
         ConfigError: if the teacher cannot be used (see :func:`_manifest`).
     """
     manifest = teacher_manifest(task_params(get_task(Distill.name), cfg))
-    name = STUDENT_TASK[manifest.task]
-    own = dict((manifest.config or {}).get("task") or {}) if manifest.task == name else {}
+    name, own = teacher_section(manifest)
     own.update(name=name, labels=manifest.labels)
     return get_task(name), cfg.model_copy(update={"task": TaskConfig.model_validate(own)})
 
@@ -204,9 +217,8 @@ def check_distill(raw: dict[str, Any]) -> list[FieldError]:
     task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
     if task.get("name") != Distill.name:
         return []
-    try:
-        params = DistillParams.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
-    except ValidationError:
+    params = section_params(task)
+    if params is None:
         return []  # the task's schema check reports it
     model, method = raw.get("model") or {}, raw.get("method") or {}
     sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
@@ -235,22 +247,15 @@ class Distill(Task):
 
     def serves_for(self, task: dict[str, Any]) -> str | None:
         """The routes of the teacher's task (classification, or completion and chat)."""
-        try:
-            params = DistillParams.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
-            manifest = teacher_manifest(params)
-        except (ValidationError, ConfigError):
-            return None
-        return STUDENT_TASK[manifest.task]
+        manifest = _readable_teacher(task)
+        return STUDENT_TASK[manifest.task] if manifest else None
 
     def roles_for(self, data: dict[str, Any], task: dict[str, Any], present: list[str]) -> tuple[dict, dict, dict]:
         """The student task's roles; none while the teacher cannot be read (that error comes from the checks)."""
-        try:
-            params = DistillParams.model_validate({k: v for k, v in task.items() if k not in ("name", "labels")})
-            manifest = teacher_manifest(params)
-        except (ValidationError, ConfigError):
+        manifest = _readable_teacher(task)
+        if manifest is None:
             return {}, {}, {}
-        name = STUDENT_TASK[manifest.task]
-        own = (manifest.config or {}).get("task") or {} if manifest.task == name else {}
+        name, own = teacher_section(manifest)
         return get_task(name).roles_for(data, own, present)
 
     def labels(self, cfg: ExperimentConfig, df: pd.DataFrame, columns: dict[str, str]) -> list[str] | None:
@@ -335,6 +340,15 @@ class Distill(Task):
         student = get_task(parts[0]["student_task"])
         return student.finish_eval_columns([{k: v for k, v in p.items() if k != "student_task"} for p in parts],
                                            columns)
+
+
+def _readable_teacher(task: dict[str, Any]) -> Any:
+    """The teacher's manifest for a raw task section, or None where it cannot be read."""
+    params = section_params(task)
+    try:
+        return teacher_manifest(params) if params else None
+    except ConfigError:
+        return None
 
 
 def _student_task(model: Any) -> str:
