@@ -50,7 +50,9 @@ class PeakMemory:
     """Peak memory of a block above what was in use when it began, in bytes (``.peak``).
 
     On a GPU: torch's allocator statistics. On a CPU: the process's resident high-water mark (Linux resets it
-    through ``/proc/self/clear_refs``), which counts everything the step touched, allocator slack included.
+    through ``/proc/self/clear_refs``) after glibc has handed its freed memory back (``malloc_trim``), with large
+    blocks always mapped and unmapped on their own (a fixed ``M_MMAP_THRESHOLD``): otherwise memory freed by one
+    step stays resident and the next step's peak hides in it.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -63,6 +65,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
+            _return_freed_memory()
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")  # resets VmHWM to the current resident size
             self._base = _status("VmRSS")
@@ -74,6 +77,15 @@ class PeakMemory:
             self.peak = torch.cuda.max_memory_allocated() - self._base
         else:
             self.peak = _status("VmHWM") - self._base
+
+
+def _return_freed_memory() -> None:
+    """glibc: map blocks of 64 KiB and more on their own from now on, and give back what is free now."""
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD (fixing it also stops glibc from raising it as blocks are freed)
+    libc.malloc_trim(0)
 
 
 def _status(key: str) -> int:
