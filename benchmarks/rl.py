@@ -30,7 +30,7 @@ from generation_common import load  # noqa: E402
 
 def rollouts(model, tok, prompts: list[list[int]], group: int, new: int, together: bool) -> tuple[int, float]:
     from rayft.generate.params import SamplingParams
-    from rayft.rl.grpo import rollout
+    from rayft.rl.rollouts import rollout
 
     params = SamplingParams(max_tokens=new, temperature=1.0, seed=0, n=group)
     start = time.perf_counter()

@@ -20,7 +20,7 @@ from rayft.sweep.results import best_trial, result_rows, write_summary
 from rayft.sweep.search import limit_concurrency, make_scheduler, make_searcher, objectives, storage_url
 from rayft.sweep.space import apply_sample, flat_params
 from rayft.sweep.trial import rayft_trial
-from rayft.train.steps import batches_per_epoch, steps_per_epoch, total_steps
+from rayft.train.steps import batches_per_epoch, steps_per_epoch, total_steps, updates_per_batch
 
 TRIAL_CPU = 0.01  # the trial function only waits on its Ray Train run
 SWEEP_PREFIX = "sweep-"
@@ -71,7 +71,8 @@ def fit_trials(cfg: ExperimentConfig, cluster_cpus: float) -> tuple[int, float]:
 def evaluations_per_trial(cfg: ExperimentConfig, train_rows: int) -> int:
     """Evaluations a full-length trial makes (ASHA's ``max_t``)."""
     batches = batches_per_epoch(cfg, train_rows)
-    steps, every = total_steps(cfg, batches), cfg.train.eval_every or steps_per_epoch(cfg, batches)
+    updates = updates_per_batch(cfg)
+    steps, every = total_steps(cfg, batches, updates), cfg.train.eval_every or steps_per_epoch(cfg, batches, updates)
     return max(1, math.ceil(steps / every))  # one every ``every`` steps, and one at the last step
 
 

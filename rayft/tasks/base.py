@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 import torch
@@ -94,6 +95,29 @@ class Task(ABC):
         Default: the model's own loss.
         """
         return model(**{k: v for k, v in batch.items() if k != "index"}).loss
+
+    def losses(self, model: Any, batch: dict[str, torch.Tensor], params: TaskParams) -> Iterator[torch.Tensor]:
+        """The losses one training batch gives, each followed by the loop's backward and optimizer step before the
+        next is asked for (PPO: several epochs of minibatch updates on one rollout batch).
+
+        Default: one, :meth:`compute_loss`.
+        """
+        yield self.compute_loss(model, batch, params)
+
+    def updates_per_batch(self, params: TaskParams) -> int:
+        """How many losses :meth:`losses` yields per training batch (the schedule's length counts them).
+
+        Default: 1.
+        """
+        return 1
+
+    @contextlib.contextmanager
+    def saving(self, model: torch.nn.Module) -> Iterator[None]:
+        """The model as its result is written: parts used only for training (PPO's value head) are taken off.
+
+        Default: the model as it is.
+        """
+        yield
 
     def step_figures(self, model: Any) -> dict[str, float]:
         """What the last :meth:`compute_loss` measured besides the loss (an RL task's reward, KL, rollout time...);

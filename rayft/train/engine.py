@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -50,8 +50,14 @@ def checkpoint_activations(model: torch.nn.Module) -> None:
 
 
 def train_loss(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The training loss of one batch: the task's own (pairwise, preference) or the model's."""
-    return recipe.task.compute_loss(engine, on_device(batch, engine.device), recipe.task_params)
+    """The first (for most tasks the only) training loss of one batch: for benchmarks and tests that step alone."""
+    return next(iter(train_losses(engine, recipe, batch)))
+
+
+def train_losses(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> Iterator[torch.Tensor]:
+    """The training losses of one batch, one per optimizer update (:meth:`rayft.tasks.Task.losses`): the task's
+    own (pairwise, preference, RL) or the model's; usually one."""
+    return recipe.task.losses(engine, on_device(batch, engine.device), recipe.task_params)
 
 
 def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank: int, world: int,

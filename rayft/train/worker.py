@@ -64,7 +64,8 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
         f"({info['trainable_pct']:.2f}%)")
     train_loader = E.make_loader(data.splits["train"], recipe, data.pad_id, rank, world, train=True)
     eval_loader = E.make_loader(data.splits["validation"], recipe, data.pad_id, rank, world, train=False)
-    steps, per_epoch = total_steps(cfg, len(train_loader)), steps_per_epoch(cfg, len(train_loader))
+    updates = recipe.task.updates_per_batch(recipe.task_params)  # optimizer updates per batch (PPO: several)
+    steps, per_epoch = total_steps(cfg, len(train_loader), updates), steps_per_epoch(cfg, len(train_loader), updates)
     eval_every = cfg.train.eval_every or per_epoch  # once an epoch
     engine = E.build_engine(model, recipe, steps, steps_per_epoch=per_epoch)
     quiet_late_gloo_threads(world)  # DeepSpeed's own groups started loop threads of their own
@@ -86,11 +87,13 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
             if i < state.batch:
                 continue  # trained on before the checkpoint we resumed from
             before = engine.global_steps
-            loss = E.train_loss(engine, recipe, batch)
-            engine.backward(loss)
-            engine.step()
+            losses = []
+            for loss in E.train_losses(engine, recipe, batch):  # one update per loss; usually one loss
+                engine.backward(loss)
+                engine.step()
+                losses.append(loss.item())
             now = time.perf_counter()
-            window.add(loss.item(), len(batch["index"]), now - mark,  # includes loading the batch
+            window.add(sum(losses) / len(losses), len(batch["index"]), now - mark,  # includes loading the batch
                        recipe.task.step_figures(engine), real_tokens(batch))
             mark = now
             state = state.trained(i)
@@ -100,10 +103,10 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
                 continue  # still accumulating gradients
             step = engine.global_steps
             unfreezing(step)
-            if step % cfg.train.log_every == 0:
+            if _reached(before, step, cfg.train.log_every):
                 say.step(step, steps, window.loss / window.n, engine.get_lr()[0],
                          window.samples / max(window.seconds, 1e-9))
-            if step % eval_every == 0 or step >= steps:
+            if _reached(before, step, eval_every) or step >= steps:
                 state = state.evaluating(len(train_loader))
                 final = step >= steps
                 metrics = _metrics(run, window, state, final)
@@ -119,6 +122,11 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
                 break
         if state.batch >= len(train_loader):
             state = state.next_epoch()
+
+
+def _reached(before: int, step: int, every: int) -> bool:
+    """True when a multiple of ``every`` lies in ``(before, step]``: a batch may take several optimizer steps."""
+    return step // every > before // every
 
 
 @dataclass(frozen=True)

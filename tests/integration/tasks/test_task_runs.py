@@ -127,6 +127,30 @@ def test_grpo_raises_the_reward_of_a_target_word(method, stage, ray_local, tiny_
     assert manifest.task == "grpo" and manifest.prompt_format is not None  # served as an sft model
 
 
+@pytest.mark.parametrize(("method", "stage"), [
+    (LLAMA_LORA, 2),
+    pytest.param({"name": "full"}, 3, marks=pytest.mark.slow),  # partitioned weights and value head, a frozen copy
+], ids=["lora-zero2", "full-zero3"])
+def test_ppo_raises_the_reward_of_a_target_word(method, stage, ray_local, tiny_llama, tmp_path):
+    """PPO on 2 workers (value head, GAE, 2 epochs x 2 minibatches per rollout batch, adaptive KL): the held-out
+    greedy answers go from never saying the target word to saying it, while the value head is left out of the
+    result."""
+    data = tt.write_jsonl(tmp_path / "prompts.jsonl", tt.rl_prompts(96))
+    task = {"name": "ppo", "rewards": [{"function": "tests.support.rewards:target_word"}], "max_new_tokens": 6,
+            "ppo_epochs": 2, "num_minibatches": 2, "kl_coef": 0.02, "kl_target": 1.0, "kl_horizon": 100}
+    _, out, history = _run(tiny_llama, data, tmp_path, f"ppo-{method['name']}", task, method, stage=stage,
+                           steps=48, lr=3e-2 if method["name"] == "lora" else 3e-3)
+    assert history[-1]["eval_reward"] >= 0.5 and history[-1]["eval_reward"] > history[0]["eval_reward"] - 0.1
+    assert out.metrics["test_reward"] >= 0.5 and "eval_kl" in out.metrics
+    assert {"train_reward", "train_kl", "train_kl_coef", "train_entropy", "train_clip_fraction", "train_value_loss",
+            "train_policy_loss", "train_completion_length", "train_rollout_s", "train_update_s"} <= set(out.metrics)
+    assert out.metrics["train_kl_coef"] != 0.02  # adapted towards the target
+    _, manifest = _export(out, tmp_path, f"ppo-{method['name']}")
+    assert manifest.task == "ppo" and manifest.prompt_format is not None  # served as an sft model
+    model, _, _ = load_for_inference(AdapterStore(tmp_path / "store"), f"ppo-{method['name']}")
+    assert not any("v_head" in n for n, _ in model.named_parameters())
+
+
 def test_reward_model_ranks_pairs(ray_local, tiny_bert, tmp_path):
     from rayft.tasks.reward_model import score
 

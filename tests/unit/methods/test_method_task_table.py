@@ -33,6 +33,7 @@ ARCHITECTURE = {  # task → the tiny model it is tested on
     "sequence_classification": "bert", "token_classification": "bert", "extractive_qa": "bert",
     "reward_model": "bert", "sft": "llama", "dpo": "llama", "grpo": "llama",
     "distill": "bert",  # its teacher: a stored classifier of the same tiny model (tests/support/teacher.py)
+    "ppo": "llama",
 }
 VIRTUAL_TOKENS = "prepends virtual tokens to the input"  # the prompt-learning methods' own check
 UNSUPPORTED = [  # (method, task, what the one error on method.name says)
@@ -46,7 +47,9 @@ UNSUPPORTED = [  # (method, task, what the one error on method.name says)
 TEST_CASES = [(method, task, method_params(method, arch)) for task, arch in ARCHITECTURE.items() for method in CASES
               if (method, task) not in {(m, t) for m, t, _ in UNSUPPORTED}]
 TASK_KEYS = {"grpo": {"rewards": [{"function": "tests.support.rewards:text_length"}], "group_size": 2,
-                     "max_new_tokens": 3}}  # a reward that differs between samples: every group has an advantage
+                     "max_new_tokens": 3},  # a reward that differs between samples: every group has an advantage
+             "ppo": {"rewards": [{"function": "tests.support.rewards:text_length"}], "max_new_tokens": 3,
+                     "ppo_epochs": 1}}
 ADAPTED = re.compile(r"lora_|ia3_|prompt_encoder|bottleneck_adapters")  # what an add-on method trains besides heads
 
 
@@ -82,6 +85,7 @@ def table(tiny_bert, tiny_llama, sentiment_csv, chat_jsonl, tmp_path_factory) ->
         "sft": ("llama", chat_jsonl, {}),
         "dpo": ("llama", tt.write_jsonl(tmp / "pref.jsonl", tt.preference_rows(24)), {}),
         "grpo": ("llama", tt.write_jsonl(tmp / "prompts.jsonl", tt.rl_prompts(24)), {}),
+        "ppo": ("llama", tmp / "prompts.jsonl", {}),
     }
     return Table({"bert": tiny_bert, "llama": tiny_llama}, files, tmp,
                  keys={"distill": {"teacher": {"id": "teacher", "store": str(tmp / "teachers")}}})

@@ -8,7 +8,8 @@ import torch
 from rayft.config import build_config
 from rayft.data import prepare_data
 from rayft.errors import ConfigError
-from rayft.rl.grpo import group_advantages, grpo_loss, rollout
+from rayft.rl.grpo import group_advantages, grpo_loss
+from rayft.rl.rollouts import rollout
 from rayft.train import engine as E
 from rayft.train.recipe import Recipe
 from tests.support import cls_config
