@@ -116,6 +116,7 @@ class TrainView:
         self.board, self.console = board, console
         self.started = time.time()
         self.last: StepProgress | None = None
+        self.first: StepProgress | None = None  # the first step seen: the rate is measured from there
         self._plain_at = 0.0  # fraction of the run at the last plain progress line
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="rayft-train-view", daemon=True)
@@ -149,9 +150,9 @@ class TrainView:
     def show(self, item: Any) -> None:
         """Put one record on the console."""
         if isinstance(item, StepProgress):
-            self.last = item
+            self.last, self.first = item, self.first or item
             done = item.step / max(item.steps, 1)
-            if not self.console.live_view and (done - self._plain_at >= PLAIN_EVERY or item.step >= item.steps):
+            if not self.console.live_view and (done - self._plain_at >= PLAIN_EVERY - 1e-9 or item.step >= item.steps):
                 self._plain_at = done
                 self.console.line(self.bar(item, item.at))
         elif isinstance(item, Evaluation):
@@ -163,8 +164,9 @@ class TrainView:
         """``[#####.....] 120/250 48% loss 0.512 | 31.2 samples/s | lr 3e-04 | 1m02s, ~1m10s left``"""
         done = min(1.0, p.step / max(p.steps, 1))
         filled = round(done * BAR)
-        elapsed = now - self.started
-        left = f", ~{duration(elapsed * (1 - done) / done)} left" if 0 < done < 1 else ""
+        elapsed, first = now - self.started, self.first or p
+        rate = (p.step - first.step) / max(p.at - first.at, 1e-9)  # steps/s since the first step (evaluations too)
+        left = f", ~{duration((p.steps - p.step) / rate)} left" if rate > 0 and p.step < p.steps else ""
         return (f"[{'#' * filled}{'.' * (BAR - filled)}] {p.step}/{p.steps} {done:4.0%} loss {fmt(p.loss)} | "
                 f"{p.samples_per_s:.1f} samples/s | lr {p.lr:.1e} | {duration(elapsed)}{left}")
 

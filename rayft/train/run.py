@@ -159,12 +159,25 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     trainer = make_trainer(cfg, ray.put(data), run_name=run_name, storage_path=loc.path, verbose=verbose,
                            storage_filesystem=None if loc.local else loc.fs, clean_up_placement_groups=not private,
                            autoscaling=not private, datasets=data.datasets, progress=board)
-    if board is None:
-        result = trainer.fit()
-    else:
-        from rayft.train.progress import TrainView
-
-        with TrainView(board, console):
-            result = trainer.fit()
+    result = _fit(trainer, board, console)
     return TrainOutcome(dict(result.metrics or {}), loc.uri(result.checkpoint.path) if result.checkpoint else None,
                         loc.child(run_name).uri(), time.perf_counter() - start, ray_start_s)
+
+
+def _fit(trainer: Any, board: Any, console: Console | None) -> Any:
+    """``trainer.fit()``, its progress drawn on ``console`` from ``board`` (when both are given).
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C stopped the run. Ray Train's own handler aborts the run on the first Ctrl-C
+            and then ends the process with ``sys.exit``; the CLI reports an interrupt instead, once the local
+            Ray is shut down.
+    """
+    try:
+        if board is None:
+            return trainer.fit()
+        from rayft.train.progress import TrainView
+
+        with TrainView(board, console):  # type: ignore[arg-type]
+            return trainer.fit()
+    except SystemExit:
+        raise KeyboardInterrupt from None
