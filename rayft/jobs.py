@@ -98,6 +98,7 @@ def build_submission(config: str | os.PathLike[str], overrides: Iterable[str] = 
                          "dir, so run from (or pass --working-dir) a folder that contains it")
     with contextlib.chdir(workdir):  # relative paths resolve as they will in the job's working dir
         cfg = load_config(config_path, list(overrides))  # the same checks `rayft validate` runs
+    _reward_modules_ship(cfg, workdir)
     warnings = _outside_files(cfg, workdir)
     for name, value in (("output_dir", cfg.output_dir), ("store.path", cfg.store.path)):
         if is_relative_path(value):
@@ -113,6 +114,28 @@ def build_submission(config: str | os.PathLike[str], overrides: Iterable[str] = 
         runtime_env["pip"] = pip
     return Submission(entrypoint=shlex.join(args), runtime_env=runtime_env, submission_id=submission_id,
                       metadata={"rayft_experiment": cfg.name, "rayft_command": command}, warnings=warnings)
+
+
+def _reward_modules_ship(cfg: Any, workdir: Path) -> None:
+    """The modules of an RL task's reward functions (``task.rewards``) reach the job: in the working dir (shipped
+    with it) or in rayft itself (shipped as a module).
+
+    Raises:
+        ConfigError: naming each reward function whose module would not be on the cluster.
+    """
+    from rayft.errors import ConfigError, FieldError
+
+    errors = []
+    for i, spec in enumerate(cfg.task.params().get("rewards") or []):
+        function = spec.get("function", "") if isinstance(spec, dict) else getattr(spec, "function", "")
+        top = function.partition(":")[0].split(".")[0]
+        if top == "rayft" or (workdir / f"{top}.py").is_file() or (workdir / top / "__init__.py").is_file():
+            continue
+        errors.append(FieldError(f"task.rewards[{i}].function", function,
+                                 f"a module the job carries: {top}.py (or the package {top}/) in the working dir "
+                                 f"{workdir}, or one of rayft's (rayft.rl.library)"))
+    if errors:
+        raise ConfigError(errors)
 
 
 def _outside_files(cfg: Any, workdir: Path) -> list[str]:

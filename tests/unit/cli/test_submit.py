@@ -31,6 +31,31 @@ def test_submission_ships_experiment_and_rayft(tiny_bert, sentiment_csv, tmp_pat
     assert any("output_dir='runs' is relative" in w for w in sub.warnings)
 
 
+def test_reward_functions_ship_from_the_working_dir(tiny_llama, tmp_path):
+    """An RL experiment's reward module travels in the working dir; one the job would not carry is refused here."""
+    import pytest
+
+    from rayft.errors import ConfigError
+    from tests.support import tiny_tasks as tt
+
+    data = tt.write_jsonl(tmp_path / "prompts.jsonl", tt.rl_prompts(24))
+    (tmp_path / "my_rewards.py").write_text("def short(prompts, completions, **columns):\n"
+                                            "    return [-len(c) / 100 for c in completions]\n")
+    task = {"name": "grpo", "rewards": [{"function": "my_rewards:short"},
+                                        {"function": "rayft.rl.library:length_target"}]}
+    raw = cls_config(tiny_llama, data, tmp_path, output_dir="runs", task=task)
+    raw["data"] = {"source": str(data), "validation_size": 8, "test_size": 0}
+    sub = build_submission(_write(tmp_path, raw), working_dir=tmp_path)
+    assert sub.runtime_env["working_dir"] == str(tmp_path.resolve())  # my_rewards.py goes with it
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "my_rewards.py").rename(elsewhere / "my_rewards.py")
+    with pytest.raises(ConfigError) as err:
+        build_submission(tmp_path / "exp.yaml", working_dir=tmp_path)
+    (error,) = err.value.errors
+    assert error.path == "task.rewards[0].function" and "my_rewards.py" in error.expected
+
+
 class _Recorder(http.server.BaseHTTPRequestHandler):
     hits: list[str] = []
 
