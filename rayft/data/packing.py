@@ -100,3 +100,13 @@ def real_tokens(batch: dict[str, Any]) -> int:
         return int(batch["attention_mask"].sum())
     ids = batch.get("input_ids")
     return int(ids.numel()) if isinstance(ids, torch.Tensor) else 0
+
+
+def training_rows(cfg: Any, data: Any) -> int:
+    """The rows an epoch of ``cfg`` trains on from ``data`` (a PreparedData): its packed rows under
+    ``train.packing``, else its training examples. The sweep sizes its schedulers' rungs with it."""
+    if not cfg.train.packing:
+        return data.size("train")
+    from rayft.tasks import get_task
+
+    return len(get_task(cfg.task.name).pack(data.splits["train"], cfg.model.max_length)["input_ids"])

@@ -13,6 +13,7 @@ from typing import Any
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
 from rayft.console import LOG_NAME, Console
+from rayft.data.packing import training_rows
 from rayft.options import StartupOptions
 from rayft.sweep.handoff import TrialPlan, TrialSetup
 from rayft.sweep.pareto import pareto_front
@@ -174,7 +175,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     trainable.__name__ = setup.plan.trainable_name
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     pairs = objectives(cfg)
-    view = _view(cfg, console, data.size("train"))
+    rows = training_rows(cfg, data)  # packed rows under train.packing
+    view = _view(cfg, console, rows)
     if previous:
         say(f"resuming sweep {sweep_name}: finished trials are kept, unfinished ones continue from their "
             f"last checkpoint")
@@ -182,7 +184,7 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
                                    trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=fs)  # with the callbacks it had: a view finds the console
     else:
-        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, data.size("train"), concurrent,
+        tuner = _new_tuner(cfg, trainable, sweep_name, sweep_dir, rows, concurrent,
                            0 if view else verbose, loc, view=view, say=say)
     grid = tuner.fit()
     if cfg.sweep.scheduler == "pbt" and loc.local:

@@ -124,3 +124,14 @@ def test_rows_cut_or_dropped_at_max_length_are_reported_per_split(tiny_llama, ch
     full = prepare_data(cfg).stats["lengths"]["train"]
     assert full["at_max_length"] == full["dropped"] == 0
     assert "train" in describe_lengths(report, 12) and "at the limit" in describe_lengths(report, 12)
+
+
+def test_the_sweep_counts_the_packed_rows_the_workers_train_on(sft):
+    from rayft.data.packing import training_rows
+    from rayft.train.steps import batches_per_epoch
+
+    cfg, data = sft
+    rows = training_rows(cfg, data)
+    assert rows < data.size("train")  # several examples a row
+    loader = E.make_loader(data.splits["train"], Recipe.of(cfg), data.pad_id, 0, 1, train=True)
+    assert batches_per_epoch(cfg, rows) == len(loader)
