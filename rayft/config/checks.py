@@ -16,7 +16,7 @@ from rayft.errors import FieldError
 Check = Callable[[dict[str, Any]], list[FieldError]]
 
 # Modules whose import registers their checks (imported lazily, the first time checks run).
-CHECK_MODULES: tuple[str, ...] = ("rayft.sweep.checks", "rayft.train.checks")
+CHECK_MODULES: tuple[str, ...] = ("rayft.sweep.checks", "rayft.train.checks", "rayft.train.continual_checks")
 
 _CHECKS: list[Check] = []
 

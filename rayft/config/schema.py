@@ -114,6 +114,43 @@ class MethodConfig(_Section):
     name: str = "lora"
 
 
+class CurriculumConfig(_Section):
+    """Easy examples first (``train.curriculum``; rayft.data.curriculum): each batch is drawn from the easiest part
+    of the training split, which grows from ``start_fraction`` to all of it by the pacing function."""
+
+    by: Literal["length", "loss", "column"] = Field("length", description=(
+        "difficulty: tokens per example, the base model's loss on it, or the numbers in `column`"))
+    column: str | None = Field(None, min_length=1, description="by: column — the data column holding difficulty")
+    pacing: Literal["linear", "root", "step"] = "linear"
+    start_fraction: float = Field(0.25, gt=0, le=1, description="the easiest fraction drawn from at the start")
+    steps: int = Field(4, ge=1, description="pacing: step — the equal steps from start_fraction to all")
+    until: float = Field(0.5, gt=0, le=1, description="fraction of the run after which every example is drawn")
+
+    @model_validator(mode="after")
+    def _column(self) -> "CurriculumConfig":
+        if (self.by == "column") != (self.column is not None):
+            raise ValueError("curriculum.column is required with by: column, and only then")
+        return self
+
+
+class EwcConfig(_Section):
+    """Elastic weight consolidation: λ/2·Σ F_i (θ_i − θ*_i)² added to the loss, F the previous task's diagonal
+    Fisher estimated on ``samples`` of its training examples, θ* the stored result's weights."""
+
+    # "lambda" is a Python keyword: the YAML key is ``lambda``, the attribute ``lambda_``
+    lambda_: float = Field(1000.0, ge=0, alias="lambda")
+    samples: int = Field(200, ge=1, le=100000)
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              serialize_by_alias=True)
+
+
+class ReplayConfig(_Section):
+    """Rehearsal: every training batch also trains on ``fraction`` × batch_size examples of the previous task."""
+
+    fraction: float = Field(0.25, gt=0, le=1)
+
+
 class TrainConfig(_Section):
     epochs: float = Field(1.0, gt=0, le=1000)
     max_steps: int | None = Field(None, ge=1)
@@ -132,6 +169,11 @@ class TrainConfig(_Section):
     packing: bool = Field(False, description=(
         "sft/dpo: several examples per row of model.max_length tokens, attention kept within each example"))
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward: less memory")
+    continual_from: str | None = Field(None, min_length=1, description=(
+        "a store id of the same base to start from, learning this task while keeping its (docs/continual.md)"))
+    ewc: EwcConfig | None = Field(None, description="with continual_from: {lambda, samples}")
+    replay: ReplayConfig | None = Field(None, description="with continual_from: {fraction}")
+    curriculum: CurriculumConfig | None = Field(None, description="{by, pacing, start_fraction} (docs/continual.md)")
 
 
 class ScalingConfig(_Section):

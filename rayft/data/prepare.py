@@ -92,6 +92,10 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     tokenizer = load_tokenizer(model_path)
     tokenized = {name: task.tokenize(part, tokenizer, cfg, columns, labels)
                  for name, part in vars(splits).items() if len(part)}
+    if cfg.train.curriculum is not None:  # by: column carries its numbers through tokenizing
+        from rayft.data.curriculum import attach_column
+
+        attach_column(cfg, vars(splits), tokenized)
     lengths = [len(x) for x in tokenized["train"]["input_ids"]]
     return PreparedData(
         model_path=model_path, labels=labels, columns=columns, splits=tokenized, raw_sizes=splits.sizes(),

@@ -61,9 +61,10 @@ def train_losses(engine, recipe: Recipe, batch: dict[str, torch.Tensor]) -> Iter
 
 
 def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank: int, world: int,
-                *, train: bool) -> DataLoader:
+                *, train: bool, model: torch.nn.Module | None = None) -> DataLoader:
     """A loader over this rank's shard with the task's collator; evaluation shards pad to equal length
-    (duplicates dedupe later). A streamed split (``data.engine: ray``) gives this rank's Ray Data shard instead."""
+    (duplicates dedupe later). A streamed split (``data.engine: ray``) gives this rank's Ray Data shard instead.
+    With ``train.curriculum`` the training rows come easiest first (``model``: whose loss ``by: loss`` ranks by)."""
     if isinstance(columns, StreamedSplit):
         return ShardLoader(columns, recipe, pad_id, rank, world, train=train)
     cfg, task = recipe.cfg, recipe.task
@@ -73,6 +74,11 @@ def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank
     dataset = Columnar(columns)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
                                  drop_last=False)
+    if train and cfg.train.curriculum:
+        from rayft.data.curriculum import curriculum_sampler, loss_difficulty
+
+        sampler = curriculum_sampler(cfg, columns, rank, world, updates=task.updates_per_batch(recipe.task_params),
+                                     loss=lambda: loss_difficulty(model, columns, collate, pad_id))
     return DataLoader(dataset, batch_size=cfg.train.batch_size if train else cfg.train.eval_batch_size,
                       sampler=sampler, collate_fn=lambda rows: collate(rows, pad_id))
 

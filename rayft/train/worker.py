@@ -17,6 +17,7 @@ from rayft.config.schema import ExperimentConfig
 from rayft.data.packing import real_tokens
 from rayft.methods import method_summary
 from rayft.paths import quiet_libraries, setup_env
+from rayft.train import continual
 from rayft.train import engine as E
 from rayft.train.handoff import MODEL_DIR, CheckpointState, LoopConfig, LoopState
 from rayft.train.progress import worker_progress
@@ -58,11 +59,12 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
 
     marks["data_ready"] = time.time()
     model = E.build_model(recipe, data)
+    keep = continual.start(model, recipe, rank, world, say)  # train.continual_from: None without it
     marks["model_ready"] = time.time()
     info = method_summary(recipe.method, model, recipe.method_params)
     say(f"{cfg.method.name}: {info['trainable_params']:,} of {info['total_params']:,} parameters trainable "
         f"({info['trainable_pct']:.2f}%)")
-    train_loader = E.make_loader(data.splits["train"], recipe, data.pad_id, rank, world, train=True)
+    train_loader = E.make_loader(data.splits["train"], recipe, data.pad_id, rank, world, train=True, model=model)
     eval_loader = E.make_loader(data.splits["validation"], recipe, data.pad_id, rank, world, train=False)
     updates = recipe.task.updates_per_batch(recipe.task_params)  # optimizer updates per batch (PPO: several)
     steps, per_epoch = total_steps(cfg, len(train_loader), updates), steps_per_epoch(cfg, len(train_loader), updates)
@@ -89,6 +91,7 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
             before = engine.global_steps
             losses = []
             for loss in E.train_losses(engine, recipe, batch):  # one update per loss; usually one loss
+                loss = keep.loss(engine, loss) if keep else loss  # replay and the EWC penalty
                 engine.backward(loss)
                 engine.step()
                 losses.append(loss.item())
@@ -110,6 +113,7 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
                 state = state.evaluating(len(train_loader))
                 final = step >= steps
                 metrics = _metrics(run, window, state, final)
+                metrics.update(keep.report(engine, rank, world) if keep and final else {})  # forgetting
                 metrics.update(startup_s=first_step_s, first_step_at=first_step_at,
                                resumed_from_step=resumed_from_step, resumed_from_trial=resumed_from_trial,
                                **_startup_phases(marks, first_step_at, loop))
