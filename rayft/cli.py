@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "as an adapter, a merged model, an ONNX graph or an int8 ONNX graph")
     p.add_argument("source", help="store id, sweep folder, run folder or checkpoint folder")
     p.add_argument("--format", default="adapter", metavar="FORMAT",
-                   help="adapter (default), merged, onnx or onnx-int8 (checked for parity with SOURCE)")
+                   help="adapter (default), merged, onnx, onnx-int8 or gguf (checked for parity with SOURCE)")
     p.add_argument("--store", default=schema_default("store.path"))
     p.add_argument("--trial", help="trial id (default: the sweep's best)")
     which = p.add_mutually_exclusive_group()

@@ -7,6 +7,7 @@ formats here are made from such an entry:
   (manifest kind ``full``: everything that loads and serves full models takes it as it is).
 - ``onnx``: an ONNX graph of the merged model (:mod:`rayft.export.graphs`) with its tokenizer and config.
 - ``onnx-int8``: that graph with dynamic int8 weights (onnxruntime's ``quantize_dynamic``).
+- ``gguf``: a merged Llama-family causal LM as one float32 GGUF file (:mod:`rayft.export.gguf_file`).
 
 Each format registers itself (:data:`FORMATS`); :func:`problem` says why a stored result cannot take a format.
 """
@@ -39,6 +40,7 @@ class ExportFormat(ABC):
     kind: str
     rule: str = "fp32"
     graph: bool = False
+    causal_only: bool = False
     unsupported_methods: dict[str, str] = {**{m: PROMPT_LEARNING for m in ("prompt", "prefix", "ptuning")},
                                            "qlora": QUANTIZED}
 
@@ -83,6 +85,8 @@ def problem(manifest: Manifest, name: str) -> str | None:
         return f"method {manifest.method!r} cannot be exported as {name}: {why}"
     if manifest.task not in GRAPHS:
         return f"task {manifest.task!r} has no export of its outputs (tasks with one: {', '.join(GRAPHS)})"
+    if fmt.causal_only and not GRAPHS[manifest.task].causal:
+        return f"{name} holds causal LMs; {manifest.adapter_id!r} is a {manifest.task!r} model"
     return None
 
 
@@ -133,5 +137,23 @@ class OnnxInt8(Onnx):
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-for _fmt in (Merged(), Onnx(), OnnxInt8()):
+class Gguf(ExportFormat):
+    name = "gguf"
+    kind = "gguf"
+    causal_only = True
+
+    def write(self, model: Any, tokenizer: Any, example: dict[str, Any], spec: GraphSpec, dst: Path) -> None:
+        from rayft.export.gguf_file import GGUF_FILE, write_gguf
+
+        model.config.save_pretrained(dst)
+        tokenizer.save_pretrained(dst)
+        write_gguf(model, dst, dst / GGUF_FILE)
+
+    def load(self, folder: Path, task: Any, cfg: Any, labels: list[str] | None) -> Any:
+        from rayft.export.gguf_file import read_gguf
+
+        return read_gguf(folder)
+
+
+for _fmt in (Merged(), Onnx(), OnnxInt8(), Gguf()):
     register_format(_fmt)

@@ -6,6 +6,7 @@ Layout::
     STORE/<adapter_id>/config.json + model.safetensors + tokenizer files (full-weight methods)
     STORE/<adapter_id>/bottleneck_config.json + bottleneck_model.safetensors (bottleneck adapters + head)
     STORE/<adapter_id>/model.onnx + config.json + tokenizer files           (onnx / onnx-int8 exports)
+    STORE/<adapter_id>/model.gguf + config.json + tokenizer files           (gguf exports)
     STORE/<adapter_id>/rayft.json                                        (the manifest)
 """
 
@@ -25,7 +26,7 @@ from rayft.config.schema import default
 from rayft.errors import StoreError
 
 MANIFEST = "rayft.json"
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.onnx")
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.onnx", "*.gguf")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 

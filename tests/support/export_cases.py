@@ -90,3 +90,30 @@ def prefix_entry(store: Any, tiny_bert: Path, csv: Path, tmp: Path) -> Any:
     raw["method"].pop("r"), raw["method"].pop("alpha"), raw["method"].pop("target_modules")
     return trained_entry(store, raw, PrefixTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4), "prefix",
                          steps=2, method="prefix")
+
+
+def make_llama_bpe(path: Path) -> Path:
+    """A tiny Llama (random weights) with a byte-level BPE tokenizer trained on the chat rows (GGUF writes those)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from tests.support.tiny import CHAT_TEMPLATE, chat_rows
+
+    path.mkdir(parents=True, exist_ok=True)
+    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|end|>"]
+    core = Tokenizer(models.BPE())
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    texts = [f"{r['prompt']} {r['response']}" for r in chat_rows(8)]
+    core.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=specials,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                  additional_special_tokens=specials[3:])
+    tok.chat_template = CHAT_TEMPLATE
+    tok.save_pretrained(path)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, pad_token_id=0,
+                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path

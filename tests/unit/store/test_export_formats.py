@@ -85,7 +85,8 @@ def test_prune_reports_the_accuracy_change(store):
     assert p["accuracy_before"] == m.parity["accuracy_source"] or m.parity["passed"]
     merged = export_entry(store, ExportRequest("cls", "merged", adapter_id="cls-pruned-merged", prune=0.4))
     model, _, _ = load_for_inference(store, merged.adapter_id)
-    body = [m.weight for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "classifier" not in name]
+    body = [m.weight for name, m in model.named_modules()
+            if isinstance(m, torch.nn.Linear) and "classifier" not in name]
     zeros = sum(int((w == 0).sum()) for w in body) / sum(w.numel() for w in body)
     assert zeros == pytest.approx(0.4, abs=0.01)  # the zeros are stored in the merged folder
     assert float((model.classifier.weight == 0).float().mean()) < 0.1  # the head is kept whole
@@ -109,7 +110,8 @@ def test_parity_failure_writes_nothing_unless_drift_is_allowed(store, monkeypatc
 @pytest.mark.parametrize("kind", ["ner", "qa", "chat"])
 def test_other_heads_export_to_onnx_with_parity(kind, tmp_path, tiny_bert, tiny_llama, chat_jsonl):
     st = AdapterStore(tmp_path / "store")
-    made = {"ner": lambda: cases.ner_entry(st, tiny_bert, tmp_path), "qa": lambda: cases.qa_entry(st, tiny_bert, tmp_path),
+    made = {"ner": lambda: cases.ner_entry(st, tiny_bert, tmp_path),
+            "qa": lambda: cases.qa_entry(st, tiny_bert, tmp_path),
             "chat": lambda: cases.sft_entry(st, tiny_llama, chat_jsonl, tmp_path)}[kind]()
     for fmt in ("merged", "onnx"):
         m = export_entry(st, ExportRequest(made.adapter_id, fmt))
@@ -133,7 +135,7 @@ def test_cli_exports_and_refuses_bad_input_with_exit_2(store, capsys, tmp_path, 
     code, out = _cli(capsys, "cls", "--format", "onnx-int8", "--store", root, "--id", "cli-int8")
     assert code == 0 and "exported 'cli-int8' (onnx-int8" in out and "int8 parity" in out
     code, out = _cli(capsys, "cls", "--format", "tflite", "--store", root)
-    assert code == 2 and "--format 'tflite'" in out and "adapter, merged, onnx, onnx-int8" in out
+    assert code == 2 and "--format 'tflite'" in out and "adapter, gguf, merged, onnx, onnx-int8" in out
     code, out = _cli(capsys, "no-such-entry", "--format", "onnx", "--store", root)
     assert code == 2 and "SOURCE 'no-such-entry'" in out and "neither an entry" in out
     code, out = _cli(capsys, "cls", "--format", "onnx-int8", "--store", root, "--id", "cli-int8")
@@ -144,6 +146,9 @@ def test_cli_exports_and_refuses_bad_input_with_exit_2(store, capsys, tmp_path, 
     code, out = _cli(capsys, "prefix", "--format", "onnx", "--store", root)
     assert code == 2 and "method 'prefix' cannot be exported as onnx" in out
     assert "formats that work for 'prefix': adapter" in out
+    code, out = _cli(capsys, "cls", "--format", "gguf", "--store", root)
+    assert code == 2 and "gguf holds causal LMs" in out
+    assert "formats that work for 'cls': adapter, merged, onnx, onnx-int8" in out
     code, out = _cli(capsys, "cli-int8", "--format", "merged", "--store", root)
     assert code == 2 and "itself a onnx-int8 export" in out
     assert not store.exists("prefix-onnx") and not store.exists("cls-onnx-int8-merged")
@@ -171,3 +176,21 @@ def test_quickstart_sized_model_exports_every_format_with_parity(tmp_path):
     assert m.parity["accuracy_source"] > 0.6  # it learned something: int8 keeping it within a point means something
     int8, fp32 = (st.path(f"qs-{f}") / "model.onnx" for f in ("onnx-int8", "onnx"))
     assert int8.stat().st_size < fp32.stat().st_size / 2
+
+
+def test_gguf_round_trips_through_transformers(tmp_path, chat_jsonl):
+    """A merged causal LM (Llama, grouped-query attention, byte-level BPE) as GGUF, read back by transformers."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    st = AdapterStore(tmp_path / "store")
+    llama = cases.make_llama_bpe(tmp_path / "llama-bpe")
+    cases.sft_entry(st, llama, chat_jsonl, tmp_path)
+    m = export_entry(st, ExportRequest("chat", "gguf"))
+    assert m.kind == "gguf" and m.parity["passed"] and m.parity["max_rel_diff"] <= 1e-4
+    path = st.path("chat-gguf") / "model.gguf"
+    fields = gguf.GGUFReader(str(path)).fields
+    assert {"llama.attention.head_count_kv", "tokenizer.ggml.merges", "tokenizer.chat_template"} <= set(fields)
+    text = "what is the capital of france ?"
+    assert AutoTokenizer.from_pretrained(st.path("chat-gguf"), gguf_file="model.gguf")(text)["input_ids"] == \
+        AutoTokenizer.from_pretrained(llama)(text)["input_ids"]
