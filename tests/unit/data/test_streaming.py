@@ -155,3 +155,17 @@ def test_files_on_s3_are_found_and_peeked(s3_endpoint, parquet):
     assert list(files.head(4)["sentiment"]) == list(pd.read_parquet(parquet)["sentiment"][:4])
     with pytest.raises(DataError, match="no such file"):
         find_files(s3_uri(s3_endpoint, "stream-bucket/data/missing.parquet"))
+
+
+def test_prepared_streamed_data_travels_to_workers_without_its_datasets(tiny_bert):
+    import pickle
+
+    from rayft.data import PreparedData
+    from rayft.data.streaming import StreamedSplit
+
+    data = PreparedData(str(tiny_bert), ["neg", "pos"], {"text": "review"},
+                        {"train": StreamedSplit("train", 900), "validation": StreamedSplit("validation", 50)},
+                        {"train": 900, "validation": 50, "test": 0}, 0, datasets={"train": object()})
+    sent = pickle.loads(pickle.dumps(data))
+    assert sent.datasets == {} and data.datasets  # the driver keeps them; Ray Train hands the workers their shards
+    assert sent.size("train") == 900 and sent.size("validation") == 50 and sent.size("test") == 0
