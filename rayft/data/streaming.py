@@ -45,6 +45,11 @@ UNSTREAMABLE = {
     "ppo": "its rollouts read the raw prompts from the in-memory split",
 }
 
+WHOLE_SPLIT_TRAINING = {  # train.<key> -> why it needs the whole training split in memory
+    "packing": "packing groups the rows of the whole split",
+    "curriculum": "a curriculum orders the whole split by difficulty",
+}
+
 
 @dataclass(frozen=True)
 class StreamedSplit:
@@ -84,9 +89,9 @@ def config_problems(raw: Mapping[str, Any]) -> list[FieldError]:
             errors.append(FieldError(f"data.{key}", value, "with data.engine ray, a fraction in [0, 1): rows are "
                                      "assigned to splits by a seeded hash, not counted out"))
     train = raw.get("train") if isinstance(raw.get("train"), dict) else {}
-    if train.get("packing"):
-        errors.append(FieldError("train.packing", True, "false with data.engine ray: packing groups the rows of "
-                                 "the whole split in memory"))
+    for key, why in WHOLE_SPLIT_TRAINING.items():
+        if train.get(key):
+            errors.append(FieldError(f"train.{key}", train[key], f"unset with data.engine ray: {why}"))
     task = raw.get("task") if isinstance(raw.get("task"), dict) else {}
     why = task_problem(task.get("name", "sequence_classification"), task.get("labels"))
     if why:

@@ -48,10 +48,11 @@ def test_a_streamed_parquet_source_validates(tiny_bert, parquet, tmp_path):
 def test_what_cannot_stream_is_refused_naming_each_field(tiny_bert, parquet, tmp_path):
     raw = stream_config(tiny_bert, parquet, tmp_path, data={"max_samples": 100, "train_size": 50,
                                                               "validation_size": 40, "format": "json"},
-                        train={"packing": True}, task={"labels": None})
+                        train={"packing": True, "curriculum": {"by": "length"}}, task={"labels": None})
     errors = _errors(raw)
     assert {"data.max_samples", "data.train_size", "data.validation_size", "data.format", "train.packing",
-            "task.labels"} <= set(errors)
+            "train.curriculum", "task.labels"} <= set(errors)
+    assert "orders the whole split" in errors["train.curriculum"]
     assert "seeded subsample needs every row" in errors["data.max_samples"]
     assert "fraction in [0, 1)" in errors["data.validation_size"]
     assert "read every row to find them" in errors["task.labels"]
