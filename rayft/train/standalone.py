@@ -99,10 +99,12 @@ def _status(key: str) -> int:
 
 @dataclass(frozen=True)
 class Step:
-    """One optimizer step: its loss, seconds, real tokens, examples and peak memory above the resting state."""
+    """One optimizer step: its loss, wall and CPU seconds, real tokens, examples and peak memory above the resting
+    state. CPU seconds (every thread of the process) still compare where a shared CPU makes wall time wander."""
 
     loss: float
     seconds: float
+    cpu_seconds: float
     tokens: int
     examples: int
     peak_bytes: int
@@ -129,11 +131,11 @@ class StepRunner:
                 batches = iter(self.loader)
                 continue
             with PeakMemory(self.engine.device) as memory:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 loss = E.train_loss(self.engine, self.recipe, batch)
                 self.engine.backward(loss)
                 self.engine.step()
                 value = loss.item()  # waits for the device
-                seconds = time.perf_counter() - start
-            out.append(Step(value, seconds, real_tokens(batch), len(batch["index"]), memory.peak))
+                seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+            out.append(Step(value, seconds, cpu_seconds, real_tokens(batch), len(batch["index"]), memory.peak))
         return out

@@ -135,3 +135,9 @@ def test_the_sweep_counts_the_packed_rows_the_workers_train_on(sft):
     assert rows < data.size("train")  # several examples a row
     loader = E.make_loader(data.splits["train"], Recipe.of(cfg), data.pad_id, 0, 1, train=True)
     assert batches_per_epoch(cfg, rows) == len(loader)
+
+
+def test_tasks_without_packing_say_so_by_default():
+    from rayft.tasks import get_task
+
+    assert get_task("sequence_classification").pack({"input_ids": [[1, 2]]}, 8) is None
