@@ -195,6 +195,7 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
             continue  # the unknown method is reported on its own
         target = METHODS.get(method).params if section == "method" else SEARCHABLE.get(section)
         target = _task_schema(raw) if section == "task" else target
+        target, field = nested_field(target, field)  # train.ewc.lambda: EwcConfig's lambda_
         if target is None or not field or field not in target.model_fields:
             known = [f"{s}.{f}" for s, m in SEARCHABLE.items() for f in m.model_fields]
             known += [f"method.{f}" for f in METHODS.get(method).params.model_fields] if method in METHODS else []
@@ -209,6 +210,22 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
     return errors
+
+
+def nested_field(model: type[BaseModel] | None, path: str) -> tuple[type[BaseModel] | None, str]:
+    """(the section model, the attribute name) a dotted field path inside ``model`` ends at: ``ewc.lambda`` of
+    ``TrainConfig`` is ``(EwcConfig, "lambda_")``; ``(None, path)`` where a step is no sub-section."""
+    import typing
+
+    *steps, last = path.split(".")
+    for step in steps:
+        info = model.model_fields.get(step) if model is not None else None
+        kinds = typing.get_args(info.annotation) or (info.annotation,) if info is not None else ()
+        model = next((k for k in kinds if isinstance(k, type) and issubclass(k, BaseModel)), None)
+    if model is None:
+        return None, path
+    by_alias = {info.alias: name for name, info in model.model_fields.items() if info.alias}
+    return model, by_alias.get(last, last)
 
 
 def _searches_method(sweep: dict[str, Any]) -> bool:

@@ -92,6 +92,10 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     tokenizer = load_tokenizer(model_path)
     tokenized = {name: task.tokenize(part, tokenizer, cfg, columns, labels)
                  for name, part in vars(splits).items() if len(part)}
+    if cfg.train.continual_from:  # the stored result to continue from, checked before any training
+        from rayft.train.continual_checks import require_entry
+
+        require_entry(cfg)
     if cfg.train.curriculum is not None:  # by: column carries its numbers through tokenizing
         from rayft.data.curriculum import attach_column
 

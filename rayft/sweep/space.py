@@ -172,8 +172,13 @@ def apply_sample(base: dict[str, Any], sample: dict[str, Any]) -> ExperimentConf
         elif key.startswith("method.") and key.count(".") >= 2:
             continue  # another branch's parameter (not sampled for this method)
         else:
-            section, field = key.split(".", 1)
-            raw.setdefault(section, {})[field] = value
+            section, *inner, field = key.split(".")
+            target = raw.setdefault(section, {})
+            for step in inner:  # a field of a sub-section (train.ewc.lambda); an unset one starts from its defaults
+                if not isinstance(target.get(step), dict):
+                    target[step] = {}
+                target = target[step]
+            target[field] = value
     return build_config(raw, check=False)
 
 

@@ -24,9 +24,11 @@ def _name(raw: dict[str, Any], section: str) -> Any:
     return _section(raw, section).get("name", schema.default(f"{section}.name"))
 
 
-def check_continual(raw: dict[str, Any]) -> list[FieldError]:
-    """EWC and replay need a previous task; the entry exists, is an adapter of this method, of a supported task,
-    trained on these very base weights; ZeRO 0–2."""
+def check_continual(raw: dict[str, Any], *, require: bool = False) -> list[FieldError]:
+    """EWC and replay need a previous task; the entry is an adapter of this method, of a supported task, trained on
+    these very base weights; ZeRO 0–2. A missing entry is an error only with ``require`` (when the data is
+    prepared, the first step of ``rayft train`` and ``rayft sweep``): an experiment validates before the result it
+    continues from has been trained."""
     train = _section(raw, "train")
     entry = train.get("continual_from")
     errors = [FieldError(f"train.{key}", train[key], "a previous task to keep: set train.continual_from to a store "
@@ -47,6 +49,8 @@ def check_continual(raw: dict[str, Any]) -> list[FieldError]:
     try:
         store = AdapterStore(store_path)
         if not store.exists(entry):
+            if not require:
+                return errors
             have = ", ".join(m.adapter_id for m in store.list()) or "nothing"
             return errors + [FieldError(where, entry, f"an id in store {store_path!r} (it has: {have})")]
         manifest = store.manifest(entry)
@@ -61,6 +65,20 @@ def check_continual(raw: dict[str, Any]) -> list[FieldError]:
                                  f"entry made by {manifest.method!r}"))
     errors += _base_problems(raw, entry, manifest)
     return errors
+
+
+def require_entry(cfg: Any) -> None:
+    """Check ``train.continual_from`` of a validated config, its store entry included.
+
+    Raises:
+        ConfigError: naming each problem (unknown entry, another base, another task or method).
+    """
+    from rayft.errors import ConfigError
+
+    if cfg.train.continual_from:
+        errors = check_continual(cfg.model_dump(mode="json"), require=True)
+        if errors:
+            raise ConfigError(errors)
 
 
 def _base_problems(raw: dict[str, Any], entry: str, manifest: Any) -> list[FieldError]:

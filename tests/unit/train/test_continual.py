@@ -143,7 +143,11 @@ def test_an_unknown_entry_another_base_or_an_unsupported_task_is_refused(tiny_be
     from tests.support.serve_helpers import config, manifest
 
     raw = _topics_raw(tiny_bert, stored)
-    assert "an id in store" in _errors({**raw, "train": {"continual_from": "nope"}})["train.continual_from"]
+    from rayft.data import prepare_data
+
+    unknown = build_config({**raw, "train": {"continual_from": "nope"}})  # validates before the entry exists ...
+    with pytest.raises(ConfigError, match="train.continual_from: an id in store .* \\(it has: .*sentiment"):
+        prepare_data(unknown)  # ... and stops at the first step of train or sweep
     other = tiny.make_bert(tmp_path / "other-bert", hidden=48)  # same vocabulary, other weights
     message = _errors({**raw, "model": {"name": str(other), "max_length": 32}})["train.continual_from"]
     assert "fingerprint" in message and str(other) in message
@@ -159,3 +163,23 @@ def test_zero_stage_3_is_refused_with_continual_from(tiny_bert, stored):
     raw = _topics_raw(tiny_bert, stored)
     raw["scaling"] = {**raw["scaling"], "zero_stage": 3}
     assert "0, 1 or 2" in _errors(raw)["scaling.zero_stage"]
+
+
+def test_the_sweep_space_names_lambda_replay_fraction_pacing_and_start_fraction(tiny_bert, stored):
+    from rayft.sweep.space import apply_sample
+
+    raw = _topics_raw(tiny_bert, stored, ewc={"lambda": 10.0}, curriculum={"by": "length"})
+    space = {"train.ewc.lambda": {"loguniform": [1.0, 1.0e4]}, "train.replay.fraction": {"uniform": [0.1, 0.5]},
+             "train.curriculum.pacing": {"choice": ["linear", "root", "step"]},
+             "train.curriculum.start_fraction": {"uniform": [0.1, 0.9]}}
+    cfg = build_config({**raw, "sweep": {"space": space}})
+    sample = {"train.ewc.lambda": 300.0, "train.replay.fraction": 0.3, "train.curriculum.pacing": "root",
+              "train.curriculum.start_fraction": 0.2}
+    trial = apply_sample(cfg.model_dump(mode="json"), sample)
+    assert (trial.train.ewc.lambda_, trial.train.ewc.samples) == (300.0, 200)
+    assert trial.train.replay.fraction == 0.3 and trial.train.curriculum.pacing == "root"
+    assert trial.train.curriculum.start_fraction == 0.2 and trial.train.curriculum.by == "length"
+    bad = {"train.curriculum.start_fraction": {"uniform": [0.5, 2.0]}, "train.ewc.nope": {"choice": [1, 2]}}
+    errors = _errors({**raw, "sweep": {"space": bad}})
+    assert "start_fraction" in errors["sweep.space.train.curriculum.start_fraction"]
+    assert "a searchable parameter" in errors["sweep.space.train.ewc.nope"]
