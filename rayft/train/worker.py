@@ -118,8 +118,8 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
                                resumed_from_step=resumed_from_step, resumed_from_trial=resumed_from_trial,
                                **_startup_phases(marks, first_step_at, loop))
                 state = state.recorded({k: v for k, v in metrics.items() if k.startswith(HISTORY_KEYS)})
-                keep = final or state.evals % (cfg.train.checkpoint_every or 1) == 0
-                _report(run, metrics, state, checkpoint=keep)
+                save = final or state.evals % (cfg.train.checkpoint_every or 1) == 0
+                _report(run, metrics, state, checkpoint=save)
                 say.evaluated(metrics)
                 window, mark = _Window(), time.perf_counter()  # evaluation time is not training time
             if step >= steps:
