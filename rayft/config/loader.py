@@ -114,7 +114,22 @@ def build_config(raw: dict[str, Any], *, source: str | None = None, check: bool 
         errors = semantic_checks(cfg)
         if errors:
             raise ConfigError(errors, source)
+        _settle_task_params(cfg)
     return cfg
+
+
+def _settle_task_params(cfg: ExperimentConfig) -> None:
+    """Write the task's own keys back as its schema settles them (a store folder made absolute here, say), so
+    that workers, whose working directory differs, read the values the driver checked."""
+    from rayft.tasks import TASKS
+
+    raw = cfg.task.params()
+    if not raw or cfg.task.name not in TASKS:
+        return
+    settled = TASKS.get(cfg.task.name).params.model_validate(raw).model_dump(mode="json")
+    for key in raw:
+        if key in settled and settled[key] != raw[key]:
+            setattr(cfg.task, key, settled[key])
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = (), *, check: bool = True) -> ExperimentConfig:

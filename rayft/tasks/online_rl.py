@@ -139,7 +139,7 @@ class OnlineRL(Task):
         texts = [tok.decode(c, skip_special_tokens=True) for c in completions]
         out = {"index": index, "reward": self.score(params, batch, texts, 1),
                "length": [len(c) for c in completions]}
-        if has_reference(model) and any(completions):
+        if has_reference(model):  # every rank runs the same forwards (ZeRO-3 gathers weights in them)
             seqs = sequences(prompts, completions, tok.pad_token_id or 0)
             seqs = {k: v.to(batch["input_ids"].device) for k, v in seqs.items()}
             logps, _ = token_logps(model, seqs)
