@@ -150,3 +150,17 @@ def test_more_minibatches_than_prompts_in_a_batch_is_refused(tiny_llama, tmp_pat
         prepare_data(build_config(raw))
     (error,) = err.value.errors
     assert error.path == "task.num_minibatches" and "at most train.batch_size (4)" in error.expected
+
+
+def test_a_relative_reward_model_store_is_settled_where_the_config_is_read(tiny_llama, tmp_path, monkeypatch):
+    """Workers run in another folder: the dumped config they get names the store the driver checked."""
+    from rayft.config.loader import dump_config
+    from rayft.config.schema import ExperimentConfig
+
+    monkeypatch.chdir(tmp_path)
+    raw = _raw(tiny_llama, tmp_path, reward_model={"id": "rm", "store": "my-store"})
+    dumped = dump_config(build_config(raw))
+    assert dumped["task"]["reward_model"]["store"] == str(tmp_path / "my-store")
+    monkeypatch.chdir("/")
+    again = ExperimentConfig.model_validate(dumped).task.params()["reward_model"]
+    assert again["store"] == str(tmp_path / "my-store")
