@@ -107,6 +107,7 @@ class Console:
         self.log_path = Path(path).resolve()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.stream = _own_stream(self.stream)
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # plain "(Actor pid=...)" prefixes in the file
         self._redirect = _Redirect(self.log_path, echo=self.stream if self.verbose else None)
         self._handler = _WarningLines(self)
         for name in ACTIONABLE_LOGGERS:
