@@ -148,7 +148,7 @@ class Files:
         if self.format == "parquet":
             return ray.data.read_parquet(paths, filesystem=self.fs)
         if self.format == "jsonl":
-            return ray.data.read_json(paths, filesystem=self.fs, lines=True)
+            return ray.data.read_json(paths, filesystem=self.fs)  # pyarrow's JSON reader: one object a line
         import pyarrow.csv as pacsv
 
         return ray.data.read_csv(paths, filesystem=self.fs,
@@ -394,7 +394,8 @@ def _streams(files: dict[str, Files], cfg: Any, spec: TokenizeSpec) -> tuple[dic
             rows[role] = datasets[role].count()
     if not rows["train"] or not rows.get("validation"):
         raise DataError(f"data: no rows left in {'train' if not rows['train'] else 'validation'} "
-                        f"(split sizes {rows}); check the files and data.validation_size")
+                        f"(split sizes {rows}); check the files and data.validation_size (rows with the same task "
+                        "columns always share a split)")
     return {role: ds for role, ds in datasets.items() if rows[role]}, rows
 
 

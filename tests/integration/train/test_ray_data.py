@@ -77,3 +77,21 @@ def test_split_files_on_s3_two_workers_checkpoint_and_resume(tiny_bert, s3_endpo
     second = run_driver(longer, tmp_path, resume=True)
     assert [h["step"] for h in _history(second["checkpoint"])] == [2, 4, 6]
     assert second["metrics"]["resumed_from_step"] == 4
+
+
+@pytest.mark.slow
+def test_sft_streams_from_jsonl_with_token_level_labels(tiny_llama, tmp_path):
+    from tests.support import tiny
+
+    source = tmp_path / "chat.jsonl"
+    rows = [{**r, "prompt": f"{r['prompt']} {i}"} for i, r in enumerate(tiny.chat_rows(2000))]  # distinct rows
+    source.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    raw = stream_config(tiny_llama, source, tmp_path, name="sft-stream",
+                        data={"text_column": None, "label_column": None, "prompt_column": "prompt",
+                              "response_column": "response"},
+                        task={"name": "sft", "labels": None},
+                        method={"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                        train={"max_steps": 4, "eval_every": 4, "batch_size": 8, "lr": 5e-2})
+    out = run_driver(raw, tmp_path)
+    assert out["metrics"]["step"] == 4 and out["metrics"]["eval_loss"] > 0 and "test_loss" in out["metrics"]
+    assert out["peak_rss_mb"] < DRIVER_BOUND_MB
