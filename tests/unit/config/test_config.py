@@ -137,8 +137,9 @@ def test_stages_register_their_checks_with_the_validator(tiny_bert, sentiment_cs
     from rayft.errors import FieldError
 
     names = [c.__name__ for c in checks.registered_checks()]  # importing rayft.sweep.checks registers the sweep's
-    assert names == ["check_conditional_space", "check_objectives", "_check_pbt", "check_asha_promotion",
-                     "check_startup_trials"]
+    # (a task module imported by another test, e.g. distill, adds its own)
+    assert {"check_conditional_space", "check_objectives", "_check_pbt", "check_asha_promotion", "check_startup_trials",
+            "check_training", "check_continual", "check_curriculum"} <= set(names)
     monkeypatch.setattr(checks, "_CHECKS", list(checks._CHECKS))
 
     def no_big_batches(raw):
