@@ -45,7 +45,6 @@ def test_a_sweep_shows_its_trials_and_stopping_is_not_crashing(tiny_bert, sentim
                                                       r"trainable_params \S+.* \| [#.]{10} \d+/24 \| \d", line)]
     assert any(" STOPPED " in line for line in trial_lines), out  # ASHA stopped at least one trial
     assert any(" DONE " in line for line in trial_lines), out
-    assert sum(" STOPPED " in line for line in trial_lines) >= 2, out  # r=2 and r=1 at least
     assert "trials (max trainable_params)" in out and "best trial" in out
     assert len(lines) < 70, out  # 4 trials: no per-result tables, no worker chatter
     assert not CRASH.search(out) and not RAY_ERROR.search(out), out
