@@ -13,7 +13,6 @@ from typing import Any
 from rayft.config.loader import dump_config
 from rayft.config.schema import ExperimentConfig
 from rayft.console import LOG_NAME, Console
-from rayft.data.packing import training_rows
 from rayft.options import StartupOptions
 from rayft.sweep.handoff import TrialPlan, TrialSetup
 from rayft.sweep.pareto import pareto_front
@@ -175,6 +174,8 @@ def run_sweep(cfg: ExperimentConfig, *, address: str | None = None, verbose: int
     trainable.__name__ = setup.plan.trainable_name
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_CPU})
     pairs = objectives(cfg)
+    from rayft.data.packing import training_rows  # torch: the driver only, never the trial side
+
     rows = training_rows(cfg, data)  # packed rows under train.packing
     view = _view(cfg, console, rows)
     if previous:
