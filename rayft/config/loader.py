@@ -39,14 +39,32 @@ def apply_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, 
     out = copy.deepcopy(raw)
     for text in overrides:
         keys, value = parse_override(text)
-        node = out
+        node: Any = out
         for k in keys[:-1]:
+            if isinstance(node, list):  # tasks.1.lr: an entry of a list, by its index
+                node = node[_index(node, k, text)]
+                continue
             nxt = node.get(k)
-            if not isinstance(nxt, dict):
+            if not isinstance(nxt, (dict, list)):
                 nxt = node[k] = {}
             node = nxt
-        node[keys[-1]] = value
+        if isinstance(node, list):
+            node[_index(node, keys[-1], text)] = value
+        else:
+            node[keys[-1]] = value
     return out
+
+
+def _index(items: list[Any], key: str, text: str) -> int:
+    """``key`` as an index of ``items``.
+
+    Raises:
+        ConfigError: if it is not one.
+    """
+    if not key.isdigit() or int(key) >= len(items):
+        raise ConfigError([FieldError(text.partition("=")[0], key, f"an index of that list: 0-{len(items) - 1}")],
+                          "overrides")
+    return int(key)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -309,6 +309,43 @@ class StoreConfig(_Section):
     path: str = "store"
 
 
+HEAD_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"  # a multi-task head: a metric prefix and a served id suffix
+MULTITASK = "multitask"  # the task name ``tasks:`` trains under (rayft.tasks.multitask)
+
+
+class SubTaskConfig(_Section):
+    """One task of a multi-task experiment (``tasks:``): its own data, task type, labels and head, on the shared
+    base model and method. Task-specific keys (e.g. ``doc_stride``) are checked by that task's own schema."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    name: str = Field(pattern=HEAD_NAME, description="the head's name: metrics eval_<name>_<metric>, served <id>:<name>")
+    task: str = "sequence_classification"
+    data: DataConfig
+    labels: list[str] | None = None
+    max_length: int | None = Field(None, ge=8, le=8192, description="this task's tokens per example "
+                                                                    "(default: model.max_length)")
+
+    def params(self) -> dict[str, Any]:
+        """The task's own keys (everything except ``name``, ``task``, ``data``, ``labels`` and ``max_length``)."""
+        return dict(self.model_extra or {})
+
+
+class MixConfig(_Section):
+    """How multi-task training draws its batches: task ``t`` with probability ∝ ``weights[t]`` when given, else
+    ∝ ``n_t^(1/temperature)`` (``n_t`` its training rows): 1 is proportional to size, larger flattens toward
+    uniform."""
+
+    temperature: float = Field(1.0, gt=0, le=1000)
+    weights: dict[str, float] | None = Field(None, description="task name -> weight (every task named, >= 0)")
+
+    @model_validator(mode="after")
+    def _weights(self) -> "MixConfig":
+        if self.weights is not None and (any(w < 0 for w in self.weights.values()) or not sum(self.weights.values())):
+            raise ValueError(f"mix.weights must be >= 0 with a positive sum, got {self.weights}")
+        return self
+
+
 class ExperimentConfig(_Section):
     """The root of an experiment YAML."""
 
@@ -323,10 +360,51 @@ class ExperimentConfig(_Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    tasks: list[SubTaskConfig] | None = Field(None, min_length=2, description=(
+        "multi-task: several tasks on one base and method, each with its own data and head (instead of task/data)"))
+    mix: MixConfig | None = Field(None, description="with tasks: how batches are drawn per task")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _multitask_sections(cls, raw: Any) -> Any:
+        """With ``tasks:``, ``task`` is ``multitask`` and ``data`` the first task's (what single-task code reads
+        of them: the seed, the engine); both are filled in here, so a dumped config validates again as it is."""
+        if isinstance(raw, dict) and isinstance(raw.get("tasks"), list) and raw["tasks"]:
+            first = raw["tasks"][0]
+            raw = {**raw}
+            raw.setdefault("task", {"name": MULTITASK})
+            if isinstance(first, dict) and "data" in first:
+                raw.setdefault("data", first["data"])
+            raw.setdefault("mix", {})
+        return raw
+
+    @model_validator(mode="after")
+    def _multitask(self) -> "ExperimentConfig":
+        if self.tasks is None:
+            if self.task.name == MULTITASK:
+                raise ValueError("task.name multitask is set by tasks: — give a list of tasks instead")
+            if self.mix is not None:
+                raise ValueError("mix applies to multi-task experiments only (tasks:)")
+            return self
+        if self.task.name != MULTITASK or self.task.labels or self.task.params():
+            raise ValueError("with tasks:, leave task out: each entry of tasks names its own task and labels")
+        if self.data != self.tasks[0].data:
+            raise ValueError("with tasks:, leave data out: each entry of tasks has its own data")
+        return self  # names and mix.weights: rayft.config.validate.check_tasks (with their paths)
 
     def method_params(self) -> dict[str, Any]:
         """The method's own keys (everything in ``method`` except ``name``)."""
         return dict(self.method.model_extra or {})
+
+    def single_task(self, index: int) -> "ExperimentConfig":
+        """Task ``index`` of a multi-task config as a single-task experiment: its own data and task section, the
+        shared model, method, training and scaling (what its data preparation and checks run on)."""
+        sub = self.tasks[index]
+        raw = self.model_dump(mode="json", exclude={"tasks", "mix"}, by_alias=True)
+        raw["data"] = sub.data.model_dump(mode="json")
+        raw["task"] = {"name": sub.task, "labels": sub.labels, **sub.params()}
+        raw["model"]["max_length"] = sub.max_length or self.model.max_length
+        return ExperimentConfig.model_validate(raw)
 
 
 def default(path: str) -> Any:

@@ -13,6 +13,7 @@ from rayft.errors import FieldError, RayftError
 
 SEARCHABLE: dict[str, type[BaseModel]] = {
     "train": schema.TrainConfig, "model": schema.ModelConfig, "scaling": schema.ScalingConfig,
+    "mix": schema.MixConfig,
 }  # plus the configured method's own parameters as method.<name>
 
 
@@ -22,15 +23,19 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def section_name(raw: dict[str, Any], section: str) -> Any:
-    """``<section>.name`` of a raw config mapping (``task`` or ``method``), or the schema's default."""
+    """``<section>.name`` of a raw config mapping (``task`` or ``method``), or the schema's default (``multitask``
+    for the task of a config with ``tasks:``)."""
+    if section == "task" and isinstance(raw.get("tasks"), list) and "name" not in _section(raw, "task"):
+        return schema.MULTITASK
     return _section(raw, section).get("name", schema.default(f"{section}.name"))
 
 
-def task_metrics(task: str) -> list[str]:
-    """The metrics a registered task reports (``eval_<m>`` and ``test_<m>`` for each of its metrics)."""
+def task_metrics(task: str, raw: dict[str, Any] | None = None) -> list[str]:
+    """The metrics a registered task reports (``eval_<m>`` and ``test_<m>`` for each of its metrics) in the raw
+    config ``raw`` (a multi-task run also reports each head's)."""
     from rayft.tasks import TASKS
 
-    return [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metrics]
+    return [f"{p}_{m}" for p in ("eval", "test") for m in TASKS.get(task).metric_names(raw or {})]
 
 
 def check_names(raw: dict[str, Any]) -> list[FieldError]:
@@ -206,7 +211,7 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
     task = section_name(raw, "task")
     metric = sweep.get("metric")
     if metric is not None and task in TASKS:
-        valid = task_metrics(task)
+        valid = task_metrics(task, raw)
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
     return errors
@@ -283,4 +288,66 @@ def partial_checks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]
     errors = check_names(raw) + check_sweep(raw) + run_registered(raw) + check_storage(raw)
     if not any(p == "data" or p.startswith(("data.source", "data.splits", "task.name")) for p in bad_paths):
         errors += check_data(raw)
+    errors += [e for e in check_tasks(raw, bad_paths)  # the method refused once: for the run, not for each task
+               if not (e.path == "method.name" and any(x.path == "method.name" for x in errors))]
     return [e for e in errors if e.path not in bad_paths]
+
+
+HEAD_TASKS = ("sequence_classification", "token_classification", "extractive_qa")  # what a multi-task head learns
+
+
+def check_tasks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]:
+    """Multi-task (``tasks:``): each task's type, its own parameters, whether the model and the method suit it, and
+    its data — the single-task checks on each task's own config, reported under ``tasks[i]``."""
+    from rayft.models.catalog import MODELS
+    from rayft.tasks import TASKS
+
+    tasks = raw.get("tasks")
+    if not isinstance(tasks, list):
+        return []
+    errors: list[FieldError] = []
+    model = _section(raw, "model").get("name")
+    for i, sub in enumerate(tasks):
+        if not isinstance(sub, dict):
+            continue
+        where, name = f"tasks.{i}", sub.get("task", "sequence_classification")
+        if name not in HEAD_TASKS:
+            errors.append(FieldError(f"{where}.task", name, f"a task a multi-task head learns: {', '.join(HEAD_TASKS)}"))
+            continue
+        if isinstance(model, str) and model in MODELS and MODELS.get(model).tasks and name not in MODELS.get(model).tasks:
+            errors.append(FieldError(f"{where}.task", name, f"a task model {model!r} supports: "
+                                                            f"{', '.join(MODELS.get(model).tasks)}"))
+        own = {k: v for k, v in sub.items() if k not in ("name", "task", "data", "max_length")}
+        single = {**raw, "task": {**own, "name": name}, "data": sub.get("data") or {}}
+        single.pop("tasks", None)
+        found = check_task(single["task"], _section(raw, "method"))
+        if not any(p.startswith((f"{where}.data.source", f"{where}.data.splits")) for p in bad_paths):
+            found += check_data(single)
+        errors += [_in_task(e, where) for e in found if name in TASKS]
+        engine = (sub.get("data") or {}).get("engine") if isinstance(sub.get("data"), dict) else None
+        if engine == "ray":
+            errors.append(FieldError(f"{where}.data.engine", engine, "memory: multi-task data is mixed per batch "
+                                                                     "on the workers from in-memory splits"))
+    if _section(raw, "train").get("curriculum") is not None:
+        errors.append(FieldError("train.curriculum", _section(raw, "train")["curriculum"],
+                                 "none with tasks: batches are drawn per task by mix, not by difficulty"))
+    names = [sub.get("name") for sub in tasks if isinstance(sub, dict)]
+    twice = sorted({str(n) for n in names if names.count(n) > 1})
+    if twice:
+        errors.append(FieldError("tasks", names, f"a unique name per task ({', '.join(twice)} repeat)"))
+    weights = _section(raw, "mix").get("weights")
+    if isinstance(weights, dict) and set(weights) != set(names):
+        errors.append(FieldError("mix.weights", weights, f"a weight for every task and no other: "
+                                                         f"{', '.join(map(str, names))}"))
+    return errors
+
+
+def _in_task(error: FieldError, where: str) -> FieldError:
+    """A single-task check's error on task ``where`` of a multi-task config: ``data.x`` → ``tasks.i.data.x``,
+    ``task.x`` → ``tasks.i.x`` (errors on shared sections keep their path)."""
+    path = error.path
+    if path.startswith("data."):
+        path = f"{where}.{path}"
+    elif path.startswith("task."):
+        path = f"{where}.{path[len('task.'):]}"
+    return FieldError(path, error.value, error.expected)
