@@ -68,6 +68,10 @@ def prepare_data(cfg: ExperimentConfig, model_path: str | None = None) -> Prepar
     start = time.perf_counter()
     task = get_task(cfg.task.name)
     model_path = model_path or resolve_model(cfg.model.name)
+    if cfg.tasks:  # several tasks, each prepared by its own
+        from rayft.tasks.multitask import prepare_multitask
+
+        return prepare_multitask(cfg, model_path)
     if cfg.data.engine == "ray":
         from rayft.data.streaming import prepare_streaming
 
@@ -127,11 +131,12 @@ def length_report(rows: dict[str, int], tokenized: dict[str, dict[str, list[Any]
     return report
 
 
-def describe_lengths(report: dict[str, dict[str, int]], max_length: int) -> str:
-    """One line for the console: how many rows of each split were cut at, or dropped for, ``max_length``."""
+def describe_lengths(report: dict[str, dict[str, int]], max_length: int | None) -> str:
+    """One line for the console: how many rows of each split were cut at, or dropped for, ``max_length`` (None:
+    the report's names say their own limits, as a multi-task run's do)."""
     parts = [f"{name} {r['at_max_length']}/{r['kept']} at the limit, {r['dropped']} dropped"
              for name, r in report.items()]
-    return f"max_length {max_length}: " + "; ".join(parts)
+    return (f"max_length {max_length}: " if max_length else "") + "; ".join(parts)
 
 
 def check_labels(df: pd.DataFrame, columns: dict[str, str], labels: list[str] | None) -> None:

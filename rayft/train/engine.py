@@ -72,8 +72,8 @@ def make_loader(columns: dict[str, list[Any]], recipe: Recipe, pad_id: int, rank
     if train and cfg.train.packing:  # rows of several examples each (evaluation stays padded, one per row)
         columns, collate = task.pack(columns, cfg.model.max_length), task.collate_packed
     dataset = Columnar(columns)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed,
-                                 drop_last=False)
+    sampler = task.sampler(columns, cfg, rank, world, train=train) or DistributedSampler(
+        dataset, num_replicas=world, rank=rank, shuffle=train, seed=cfg.train.seed, drop_last=False)
     if train and cfg.train.curriculum:
         from rayft.data.curriculum import curriculum_sampler, loss_difficulty
 

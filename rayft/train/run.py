@@ -147,7 +147,8 @@ def run_training(cfg: ExperimentConfig, *, resume: bool = False, address: str | 
     if verbose or console:
         (console.line if console else print)(f"data: {data.raw_sizes} labels={data.labels} tokenized in "
                                              f"{data.seconds:.1f}s; "
-                                             + describe_lengths(data.stats.get("lengths", {}), cfg.model.max_length))
+                                             + describe_lengths(data.stats.get("lengths", {}),
+                                                              None if cfg.tasks else cfg.model.max_length))
     ray_started = time.perf_counter()
     init_ray(address, dashboard=not private, options=options)
     ray_start_s = time.perf_counter() - ray_started
