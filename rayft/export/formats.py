@@ -73,6 +73,9 @@ def entry_format(manifest: Manifest) -> str:
 def problem(manifest: Manifest, name: str) -> str | None:
     """Why the stored result ``manifest`` cannot be exported as ``name``, or None when it can."""
     made = entry_format(manifest)
+    if manifest.head is not None:
+        return (f"{manifest.adapter_id!r} is one head of a multi-task entry, which exports whole: "
+                f"rayft export {manifest.adapter_id.split(':')[0]} --format adapter")
     if made not in (ADAPTER, "full"):
         return f"{manifest.adapter_id!r} is itself a {made} export; export from its source instead"
     if name == ADAPTER:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rayft.errors import StoreError
 from rayft.generate.params import RequestError, SamplingParams
-from rayft.store.store import Manifest, validate_id
+from rayft.store.store import Manifest, validate_ref
 
 CLASSIFY_TASK = "sequence_classification"
 SFT_TASK = "sft"
@@ -258,7 +258,8 @@ def build_catalog(manifests: Iterable[Manifest]) -> dict[str, ModelEntry]:
 def resolve(catalog: dict[str, ModelEntry], model: str) -> ModelEntry:
     """The catalog entry for a requested model id.
 
-    Ids that are not listed never reach the store; stored ids are checked by :func:`validate_id`.
+    Ids that are not listed never reach the store; stored ids (and ``<id>:<head>``) are checked by
+    :func:`~rayft.store.store.validate_ref`.
 
     Raises:
         ServeError: 404 for an invalid or unknown id.
@@ -266,7 +267,7 @@ def resolve(catalog: dict[str, ModelEntry], model: str) -> ModelEntry:
     entry = catalog.get(model)
     if entry is None or entry.kind != "base":
         try:
-            validate_id(model)
+            validate_ref(model)
         except StoreError as exc:
             raise not_found(model, str(exc)) from None
     if entry is None:

@@ -13,7 +13,8 @@ import time
 from rayft.errors import StoreError
 from rayft.serve.api import ModelEntry, ServeError, build_catalog, not_found, resolve
 from rayft.serve.defaults import CATALOG_TTL_S
-from rayft.store import AdapterStore, Manifest, validate_id
+from rayft.store import AdapterStore, Manifest
+from rayft.store.store import split_ref, validate_ref
 from rayft.store.compat import BaseInfo, IncompatibleError, check_compatible
 from rayft.store.records import alias_record, aliases, unregistered
 
@@ -49,8 +50,8 @@ class Catalog:
             return
         manifests, refused = [], {}
         self.withdrawn = unregistered(self.store)
-        for m in self.store.list():
-            if m.adapter_id in self.withdrawn:
+        for m in self.store.list(heads=True):  # a multi-task entry's heads are served under ids of their own
+            if m.adapter_id in self.withdrawn or split_ref(m.adapter_id)[0] in self.withdrawn:
                 continue
             try:
                 check_compatible(self.store, m, self.bases)
@@ -82,9 +83,11 @@ class Catalog:
     def _may_exist(self, model: str) -> bool:
         """Whether a re-read could find ``model`` (one stat, so floods of bad ids never re-read the store)."""
         try:
-            validate_id(model)
+            validate_ref(model)
         except StoreError:
             return model in self.bases
+        if split_ref(model)[1] is not None:  # a head: its entry's manifest says whether it has one
+            return self.store.exists(model)
         return self.store.exists(model) or alias_record(self.store, model) is not None
 
     def check(self, model_id: str) -> tuple[Manifest, ModelEntry | None]:

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rayft.config.schema import MULTITASK
 from rayft.errors import StoreError
 from rayft.store.store import AdapterStore, Manifest
 
@@ -70,6 +71,11 @@ def check_compatible(store: AdapterStore, manifest: Manifest, bases: dict[str, B
     if manifest.kind not in KINDS:
         raise IncompatibleError("unsupported_kind", f"{mid!r} has kind {manifest.kind!r}; servable kinds: "
                                                     f"{', '.join(KINDS)}")
+    if task == MULTITASK:
+        from rayft.store.heads import head_ids
+
+        raise IncompatibleError("unsupported_task", f"{mid!r} is a multi-task result: each head is served under "
+                                                    f"its own id: {', '.join(head_ids(manifest))}")
     if task not in SERVABLE_TASKS:
         raise IncompatibleError("unsupported_task", f"{mid!r} is a {manifest.task!r} model; servable tasks: "
                                                     f"{', '.join(SERVABLE_TASKS)}")

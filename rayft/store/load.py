@@ -53,6 +53,8 @@ def load_for_inference(store: AdapterStore, adapter_id: str) -> tuple[torch.nn.M
     from rayft.tasks import get_task
 
     manifest = store.manifest(adapter_id)
+    if manifest.head is not None:  # one head of a multi-task entry: the entry, answering through that head
+        return _head(store, manifest)
     folder = str(store.path(adapter_id))
     try:
         if manifest.kind in ("adapter", "modules"):
@@ -88,3 +90,18 @@ def _method(manifest: Manifest):
                          f"installation does not have (known: {', '.join(METHODS.names())})")
     method = METHODS.get(manifest.method)
     return method, method.params.model_validate(manifest_config(manifest).method_params())
+
+
+def _head(store: AdapterStore, view: Manifest) -> tuple[torch.nn.Module, Any, Manifest]:
+    """A multi-task entry loaded whole, wrapped to answer as its head ``view.head`` alone.
+
+    Raises:
+        StoreError: as :func:`load_for_inference` does for the entry.
+    """
+    from rayft.store.heads import heads_of
+    from rayft.store.store import split_ref
+    from rayft.tasks.multitask import head_view
+
+    model, tokenizer, entry = load_for_inference(store, split_ref(view.adapter_id)[0])
+    names = [name for name, _, _ in heads_of(entry.config.get("tasks"), entry.labels)]
+    return head_view(model, names.index(view.head)).eval(), tokenizer, view

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rayft.errors import StoreError
-from rayft.store.store import AdapterStore, validate_id
+from rayft.store.store import AdapterStore, validate_id, validate_ref
 
 RECORDS_DIR = ".serving"
 
@@ -47,7 +47,7 @@ def aliases(store: AdapterStore) -> dict[str, str]:
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             record = json.loads(path.read_text())
-            out[validate_id(path.stem)] = validate_id(record["target"])
+            out[validate_id(path.stem)] = validate_ref(record["target"])  # a head of a multi-task entry too
         except (OSError, ValueError, KeyError, TypeError, StoreError):
             continue
     return out
@@ -68,7 +68,7 @@ def set_alias(store: AdapterStore, alias: str, target: str) -> dict[str, Any]:
     Raises:
         StoreError: if either name is invalid or ``alias`` is the id of a stored adapter.
     """
-    validate_id(alias), validate_id(target)
+    validate_id(alias), validate_ref(target)
     if store.exists(alias):
         raise StoreError(f"alias {alias!r} is the id of a stored model; pick another alias name")
     previous = (alias_record(store, alias) or {}).get("target")

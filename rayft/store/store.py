@@ -61,6 +61,8 @@ class Manifest:
     parity: dict[str, Any] | None = None
     drift: bool = False
     pruning: dict[str, Any] | None = None
+    # a head of a multi-task entry served on its own (``<entry id>:<head>``, rayft.store.heads); None otherwise
+    head: str | None = None
 
     @property
     def swappable(self) -> bool:
@@ -71,6 +73,32 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> "Manifest":
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+HEAD_SEPARATOR = ":"  # ``<entry id>:<head>`` names one head of a multi-task entry
+HEAD_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def split_ref(ref: str) -> tuple[str, str | None]:
+    """(entry id, head or None) of a stored model's reference: an id, or ``<id>:<head>``.
+
+    Raises:
+        StoreError: for a malformed id or head.
+    """
+    entry, sep, head = ref.partition(HEAD_SEPARATOR) if isinstance(ref, str) else (ref, "", "")
+    if sep and not HEAD_PATTERN.match(head):
+        raise StoreError(f"model {ref!r}: {head!r} is not a head name (a letter, then letters, digits or '_')")
+    return validate_id(entry), head if sep else None
+
+
+def validate_ref(ref: str) -> str:
+    """Return ``ref`` if it is a valid id or ``<id>:<head>``.
+
+    Raises:
+        StoreError: otherwise.
+    """
+    split_ref(ref)
+    return ref
 
 
 def validate_id(adapter_id: str) -> str:
@@ -100,7 +128,9 @@ class AdapterStore:
         self.root: Any = Path(where.path) if where.local else str(root)
 
     def path(self, adapter_id: str) -> Path:
-        """Folder of ``adapter_id`` (validated; never outside the store); for a remote store, its local copy."""
+        """Folder of ``adapter_id`` (validated; never outside the store); for a remote store, its local copy.
+        A head's (``<id>:<head>``) is its entry's."""
+        adapter_id, _ = split_ref(adapter_id)
         if self.remote:
             return self._remote_copy(adapter_id)
         path = (self.root / validate_id(adapter_id)).resolve()
@@ -110,6 +140,9 @@ class AdapterStore:
 
     def exists(self, adapter_id: str) -> bool:
         try:
+            if split_ref(adapter_id)[1] is not None:
+                self.manifest(adapter_id)
+                return True
             if self.remote:
                 return self.remote.is_file(f"{validate_id(adapter_id)}/{MANIFEST}")
             return (self.path(adapter_id) / MANIFEST).is_file()
@@ -119,9 +152,16 @@ class AdapterStore:
     def manifest(self, adapter_id: str) -> Manifest:
         """Read one manifest.
 
+        ``<id>:<head>`` gives the view of one head of a multi-task entry (:func:`rayft.store.heads.head_manifest`).
+
         Raises:
-            StoreError: if the id is invalid, unknown, or its manifest is unreadable.
+            StoreError: if the id is invalid, unknown, or its manifest is unreadable; a head its entry lacks.
         """
+        entry, head = split_ref(adapter_id)
+        if head is not None:
+            from rayft.store.heads import head_manifest
+
+            return head_manifest(self.manifest(entry), head)
         if self.remote:
             return self._remote_manifest(adapter_id)
         path = self.path(adapter_id) / MANIFEST
@@ -132,8 +172,9 @@ class AdapterStore:
         except (ValueError, TypeError) as exc:
             raise StoreError(f"adapter {adapter_id!r}: unreadable manifest {path}: {exc}") from None
 
-    def list(self) -> list[Manifest]:
-        """Every readable manifest, oldest first (unreadable entries are skipped)."""
+    def list(self, heads: bool = False) -> list[Manifest]:
+        """Every readable manifest, oldest first (unreadable entries are skipped); with ``heads``, each multi-task
+        entry is followed by the views of its heads."""
         out = []
         if self.remote:
             names = self.remote.subdirs()
@@ -144,6 +185,10 @@ class AdapterStore:
                 out.append(self.manifest(name))
             except StoreError:
                 continue
+        if heads:
+            from rayft.store.heads import head_manifests
+
+            out += [h for m in out for h in head_manifests(m)]
         return sorted(out, key=lambda m: (m.created, m.adapter_id))
 
     def put(self, source_dir: str | os.PathLike[str], manifest: Manifest, *, overwrite: bool = False) -> Path:
