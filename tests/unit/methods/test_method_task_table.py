@@ -34,6 +34,7 @@ ARCHITECTURE = {  # task → the tiny model it is tested on
     "reward_model": "bert", "sft": "llama", "dpo": "llama", "grpo": "llama",
     "distill": "bert",  # its teacher: a stored classifier of the same tiny model (tests/support/teacher.py)
     "ppo": "llama",
+    "multitask": "bert",  # a sentiment head and an NER head on one encoder
 }
 VIRTUAL_TOKENS = "prepends virtual tokens to the input"  # the prompt-learning methods' own check
 UNSUPPORTED = [  # (method, task, what the one error on method.name says)
@@ -43,6 +44,7 @@ UNSUPPORTED = [  # (method, task, what the one error on method.name says)
     ("prompt", "extractive_qa", VIRTUAL_TOKENS),
     ("ptuning", "extractive_qa", VIRTUAL_TOKENS),
     ("prefix", "extractive_qa", "the start/end heads no longer line up with the words"),
+    *((m, "multitask", "the token-level and span heads would no longer line up") for m in ("prompt", "ptuning", "prefix")),
 ]
 TEST_CASES = [(method, task, method_params(method, arch)) for task, arch in ARCHITECTURE.items() for method in CASES
               if (method, task) not in {(m, t) for m, t, _ in UNSUPPORTED}]
@@ -63,6 +65,11 @@ class Table:
             raw = cls_config(models[arch], source, tmp, name=f"table-{task}", task=task_keys)
             raw["data"] = {"source": str(source), "validation_size": 8, "test_size": 0, **data_keys}
             raw["method"] = {"name": "full"}
+            if task == "multitask":  # the tasks under tasks:, each with its own data (data_keys: the second's)
+                del raw["task"], raw["data"]
+                raw["tasks"] = [{"name": "sentiment", "data": {"source": str(source), "text_column": "review",
+                                                               "label_column": "sentiment", "validation_size": 8}},
+                                {"name": "ner", "task": "token_classification", "data": data_keys}]
             self.raw[task] = raw
             self.data[task] = prepare_data(build_config(raw))
 
@@ -86,6 +93,7 @@ def table(tiny_bert, tiny_llama, sentiment_csv, chat_jsonl, tmp_path_factory) ->
         "dpo": ("llama", tt.write_jsonl(tmp / "pref.jsonl", tt.preference_rows(24)), {}),
         "grpo": ("llama", tt.write_jsonl(tmp / "prompts.jsonl", tt.rl_prompts(24)), {}),
         "ppo": ("llama", tmp / "prompts.jsonl", {}),
+        "multitask": ("bert", sentiment_csv, {"source": str(tmp / "ner.conll"), "validation_size": 8}),
     }
     return Table({"bert": tiny_bert, "llama": tiny_llama}, files, tmp,
                  keys={"distill": {"teacher": {"id": "teacher", "store": str(tmp / "teachers")}}})
