@@ -27,8 +27,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from rayft.sweep import metric_and_mode
 
     metric, mode = metric_and_mode(cfg)
-    print(f"{args.config}: ok — model {cfg.model.name}, task {cfg.task.name}, method {cfg.method.name}, "
-          f"data {cfg.data.source or cfg.data.named_splits()}; sweep {cfg.sweep.num_trials} trials over "
+    what = (f"tasks {', '.join(f'{t.name} ({t.task}, {t.data.source or t.data.named_splits()})' for t in cfg.tasks)}"
+            if cfg.tasks else f"task {cfg.task.name}")
+    data = "" if cfg.tasks else f", data {cfg.data.source or cfg.data.named_splits()}"
+    print(f"{args.config}: ok — model {cfg.model.name}, {what}, method {cfg.method.name}{data}; "
+          f"sweep {cfg.sweep.num_trials} trials over "
           f"{', '.join(cfg.sweep.space) or 'no parameters'} ({mode} {metric})")
     return 0
 
@@ -87,10 +90,11 @@ def _sweep_outcome(args: argparse.Namespace, cfg: Any, out: Any, say: Callable[[
     if out.best is None:
         return
     best = out.best
+    # the held-out figure: the objective's own on test (test_score of a multi-task run), else accuracy, else loss
+    held = next((k for k in (out.metric.replace("eval_", "test_", 1), "test_accuracy", "test_loss")
+                 if k in best.metrics), None)
     say(f"best trial {best.trial_id}: {out.metric}={best.metrics[out.metric]:.4f}" +
-        (f", held-out test_accuracy={best.metrics['test_accuracy']:.4f}" if "test_accuracy" in best.metrics else "") +
-        (f", held-out test_loss={best.metrics['test_loss']:.4f}" if "test_loss" in best.metrics and
-         "test_accuracy" not in best.metrics else ""))
+        (f", held-out {held}={best.metrics[held]:.4f}" if held else ""))
     if cfg.sweep.export_best and not args.no_export:
         m = export_checkpoint(best.checkpoint_path, None, AdapterStore(args.store or cfg.store.path),
                               adapter_id=args.id, sweep_id=out.name, trial_id=best.trial_id,

@@ -116,3 +116,26 @@ def test_full_fine_tuning_of_every_head_under_zero3(ray_local, tiny_bert, sentim
     outcome = run_training(build_config(raw), verbose=False)
     history = _history(outcome.checkpoint_path)
     assert outcome.metrics["step"] == 24 and history[-1]["eval_loss"] < history[0]["eval_loss"]
+
+
+@pytest.mark.slow
+def test_a_sweep_searches_the_mixing_temperature_on_a_heads_metric(ray_local, tiny_bert, sentiment_csv, tmp_path,
+                                                                   capsys):
+    import yaml
+
+    from rayft.cli import main
+    from rayft.store import AdapterStore
+
+    raw = _raw(tiny_bert, sentiment_csv, tmp_path, {"name": "lora", "r": 4, "alpha": 8,
+                                                   "target_modules": ["query", "value"]}, zero=2, steps=12, lr=5e-2)
+    raw["scaling"] = {"num_workers": 1, "cpus_per_worker": 1}
+    raw["sweep"] = {"num_trials": 2, "searcher": "grid", "scheduler": "none", "metric": "eval_topic_accuracy",
+                    "mode": "max", "space": {"mix.temperature": {"choice": [1.0, 4.0]}}}
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["sweep", str(config), "--id", "mt-best"]) == 0
+    assert "held-out test_topic_accuracy=" in capsys.readouterr().out
+    summary = json.loads(next((tmp_path / "runs" / "multi").glob("sweep-*/rayft_sweep.json")).read_text())
+    assert sorted(t["params"]["mix.temperature"] for t in summary["trials"]) == [1.0, 4.0]
+    store = AdapterStore(tmp_path / "store")
+    assert store.manifest("mt-best").task == "multitask" and store.exists("mt-best:topic")
