@@ -88,9 +88,10 @@ def write_graph(model: Any, example: dict[str, torch.Tensor], spec: GraphSpec, p
 
 def quantize_int8(src: Path, dst: Path) -> None:
     """Dynamic int8 quantization of a graph (onnxruntime): int8 weights of the MatMul/Gemm nodes with constant
-    weights, activations quantized per call. ``per_channel`` keeps one scale per output column; ``reduce_range``
-    (7-bit weights) avoids the u8 x s8 overflow of CPUs without VNNI (AVX2 only, like this project's machines),
-    which on a tiny BERT moved logits by 40% of their scale against 4% with it."""
+    weights and of the embedding tables (Gather), activations quantized per call. ``per_channel`` keeps one scale
+    per output column; ``reduce_range`` (7-bit weights) avoids the u8 x s8 overflow of CPUs without VNNI (AVX2 only,
+    like this project's machines), which on a tiny BERT moved logits by 40% of their scale against 4% with it (on
+    MiniLM-L6 the two are alike). Other settings measured on the quickstart (docs/benchmarks.md) did no better."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
