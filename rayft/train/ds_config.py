@@ -7,13 +7,24 @@ from typing import Any
 from rayft.config.schema import ExperimentConfig
 
 
-def deepspeed_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    """DeepSpeed's JSON config for this experiment's ZeRO stage, batch, clipping and precision."""
+def deepspeed_config(cfg: ExperimentConfig, hidden_size: int | None = None) -> dict[str, Any]:
+    """DeepSpeed's JSON config for this experiment's ZeRO stage, batch, clipping and precision.
+
+    ``hidden_size`` (the model's) sizes ZeRO's buckets as transformers' DeepSpeed integration fills ``"auto"``
+    (reduce ``hidden²`` elements, prefetch ``0.9·hidden²``, parameters under ``10·hidden`` kept whole): DeepSpeed's
+    own defaults (5e8 elements to reduce, 5e7 to prefetch) are buffers meant for billion-parameter models, larger
+    than a small model's partition, so ZeRO-3 would use more memory per worker than ZeRO-0.
+    """
     zero: dict[str, Any] = {"stage": cfg.scaling.zero_stage}
     if cfg.scaling.zero_stage >= 1:
         zero.update(overlap_comm=False, contiguous_gradients=True)
+        if hidden_size:
+            zero["reduce_bucket_size"] = hidden_size * hidden_size
     if cfg.scaling.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
+        if hidden_size:
+            zero.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
+                        stage3_param_persistence_threshold=10 * hidden_size)
     if cfg.scaling.offload_optimizer and cfg.scaling.zero_stage >= 1:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     return {

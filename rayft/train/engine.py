@@ -103,8 +103,15 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_e
         return gate_schedule(sched, model, recipe, steps_per_epoch)
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
-                                           config=deepspeed_config(cfg))
+                                           config=deepspeed_config(cfg, _hidden_size(model)))
     return engine
+
+
+def _hidden_size(model: torch.nn.Module) -> int | None:
+    """The model's hidden size (its config's), which sizes DeepSpeed's buckets; None where it has none."""
+    config = getattr(model, "config", None)
+    size = getattr(config, "hidden_size", None)
+    return size if isinstance(size, int) else None
 
 
 def param_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict[str, Any]]:

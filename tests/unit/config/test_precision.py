@@ -62,3 +62,14 @@ def test_deepspeed_precision_sections(tiny_llama, chat_jsonl, tmp_path):
     assert bf16["bf16"]["enabled"] and not bf16["fp16"]["enabled"]
     fp16 = deepspeed_config(cfg.model_copy(update={"model": cfg.model.model_copy(update={"dtype": "float16"})}))
     assert fp16["fp16"]["enabled"] and fp16["fp16"]["loss_scale"] == 0  # dynamic loss scaling
+
+
+def test_zero_buckets_are_sized_by_the_models_hidden_size(tiny_llama, chat_jsonl, tmp_path):
+    cfg = build_config(_sft(tiny_llama, chat_jsonl, tmp_path, scaling={"zero_stage": 3}))
+    zero = deepspeed_config(cfg, hidden_size=576)["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 576 * 576 and zero["stage3_prefetch_bucket_size"] == int(0.9 * 576 * 576)
+    assert zero["stage3_param_persistence_threshold"] == 5760
+    assert "reduce_bucket_size" not in deepspeed_config(cfg)["zero_optimization"]  # no model: DeepSpeed's defaults
+    stage2 = deepspeed_config(cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"zero_stage": 2})}), 576)
+    assert stage2["zero_optimization"]["reduce_bucket_size"] == 576 * 576
+    assert "stage3_prefetch_bucket_size" not in stage2["zero_optimization"]
