@@ -198,6 +198,9 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
             continue  # conditional spaces: see check_conditional_space
         if section == "method" and method not in METHODS:
             continue  # the unknown method is reported on its own
+        if section == "mix" and field.startswith("weights."):  # one task's mixing weight, by the task's name
+            errors += _check_weight(raw, str(key), field.split(".", 1)[1], dist)
+            continue
         target = METHODS.get(method).params if section == "method" else SEARCHABLE.get(section)
         target = _task_schema(raw) if section == "task" else target
         target, field = nested_field(target, field)  # train.ewc.lambda: EwcConfig's lambda_
@@ -215,6 +218,23 @@ def check_sweep(raw: dict[str, Any]) -> list[FieldError]:
         if metric not in valid:
             errors.append(FieldError("sweep.metric", metric, f"a metric task {task!r} reports: {', '.join(valid)}"))
     return errors
+
+
+def _check_weight(raw: dict[str, Any], key: str, name: str, dist: Any) -> list[FieldError]:
+    """``mix.weights.<task>`` in the sweep space: a task of ``tasks:``, searched over numbers >= 0."""
+    names = [t.get("name") for t in raw.get("tasks") or [] if isinstance(t, dict)]
+    if name not in names:
+        return [FieldError(f"sweep.space.{key}", dist, f"mix.weights.<task> for a task of tasks: "
+                                                      f"{', '.join(map(str, names)) or 'none (no tasks:)'}")]
+    weights = _section(raw, "mix").get("weights")
+    if not isinstance(weights, dict) or set(weights) != set(names):
+        return [FieldError(f"sweep.space.{key}", dist, "mix.weights set for every task in the config (the sweep "
+                                                      "changes some of them): e.g. {" + ", ".join(
+                                                          f"{n}: 1" for n in names) + "}")]
+    values = [v for k in ("loguniform", "uniform", "int") for v in (dist.get(k) or [])] + list(dist.get("choice") or []) \
+        if isinstance(dist, dict) else []
+    bad = [v for v in values if not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0]
+    return [FieldError(f"sweep.space.{key}", v, "a weight >= 0") for v in bad]
 
 
 def nested_field(model: type[BaseModel] | None, path: str) -> tuple[type[BaseModel] | None, str]:

@@ -110,6 +110,25 @@ def test_the_sweep_takes_per_head_metrics_and_the_mixing_temperature(tiny_bert, 
         build_config(_raw(tiny_bert, files, tmp_path, sweep={"metric": "eval_accuracy"}))
 
 
+def test_a_sweep_searches_one_tasks_mixing_weight(tiny_bert, files, tmp_path):
+    from rayft.sweep.space import apply_sample
+
+    space = {"mix.weights.topic": {"choice": [1.0, 3.0]}}
+    cfg = build_config(_raw(tiny_bert, files, tmp_path, sweep={"space": space},
+                            mix={"weights": {"sentiment": 1, "topic": 1, "ner": 0.5}}))
+    trial = apply_sample(cfg.model_dump(mode="json"), {"mix.weights.topic": 3.0})
+    assert trial.mix.weights == {"sentiment": 1, "topic": 3.0, "ner": 0.5}
+    with pytest.raises(ConfigError) as info:
+        build_config(_raw(tiny_bert, files, tmp_path, sweep={"space": {"mix.weights.nope": {"choice": [1.0]},
+                                                                       "mix.weights.ner": {"choice": [-1.0]}}},
+                          mix={"weights": {"sentiment": 1, "topic": 1, "ner": 1}}))
+    found = {e.path: e.expected for e in info.value.errors}
+    assert "for a task of tasks: sentiment, topic, ner" in found["sweep.space.mix.weights.nope"]
+    assert found["sweep.space.mix.weights.ner"] == "a weight >= 0"
+    with pytest.raises(ConfigError, match="mix.weights set for every task"):
+        build_config(_raw(tiny_bert, files, tmp_path, sweep={"space": space}))
+
+
 # ---------------------------------------------------------------- mixing
 
 
