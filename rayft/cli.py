@@ -91,8 +91,8 @@ def _sweep_outcome(args: argparse.Namespace, cfg: Any, out: Any, say: Callable[[
         return
     best = out.best
     # the held-out figure: the objective's own on test (test_score of a multi-task run), else accuracy, else loss
-    held = next((k for k in (out.metric.replace("eval_", "test_", 1), "test_accuracy", "test_loss")
-                 if k in best.metrics), None)
+    own = "test_" + out.metric.removeprefix("eval_") if out.metric.startswith("eval_") else None
+    held = next((k for k in (own, "test_accuracy", "test_loss") if k and k in best.metrics), None)
     say(f"best trial {best.trial_id}: {out.metric}={best.metrics[out.metric]:.4f}" +
         (f", held-out {held}={best.metrics[held]:.4f}" if held else ""))
     if cfg.sweep.export_best and not args.no_export:
