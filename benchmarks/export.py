@@ -80,6 +80,26 @@ def heldout(cfg: Any, rows: int) -> tuple[list[str], list[int]]:
     return texts, list(test["labels"][:rows])
 
 
+def unseen(cfg: Any) -> tuple[list[str], list[int]]:
+    """Every row of the run's source it neither trained nor validated on (its test split and the rows its
+    ``train_size`` left out; a text equal to a training or validation text counts as seen): about 10,300 reviews for
+    the quickstart, a standard error near 0.4 accuracy points where its 1,000 test rows give 1.3."""
+    from rayft.data.prepare import catalog_columns, load_data
+    from rayft.data.sources import WHOLE
+    from rayft.data.splits import make_splits
+    from rayft.tasks import get_task, resolve_columns
+
+    task, source = get_task(cfg.task.name), load_data(cfg.data)
+    columns = resolve_columns(task, cfg, catalog_columns(cfg.data.source), source.columns)
+    text, label = columns["text"], columns["label"]
+    df = source.frames[WHOLE].dropna(subset=list(columns.values()))
+    splits = make_splits(df, cfg.data, label)
+    seen = set(splits.train[text].astype(str)) | set(splits.validation[text].astype(str))
+    rest = df[~df[text].astype(str).isin(seen)]
+    ids = {name: i for i, name in enumerate(task.labels(cfg, df, columns))}
+    return rest[text].astype(str).tolist(), [ids[str(v)] for v in rest[label]]
+
+
 def accuracy(variant: Variant, texts: list[str], gold: list[int], batch: int = 32) -> float:
     preds = [p for s in range(0, len(texts), batch) for p in variant.predict(texts[s:s + batch])]
     return sum(int(p == g) for p, g in zip(preds, gold)) / len(gold)
@@ -117,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rows", type=int, default=1000, help="held-out rows scored (the quickstart test split)")
     parser.add_argument("--requests", type=int, default=300, help="single-text requests timed per variant")
     parser.add_argument("--threads", type=int, default=2, help="threads of every variant (torch and onnxruntime)")
+    parser.add_argument("--unseen", action="store_true",
+                        help="also score every row the run never trained or validated on (about 10x the test split; "
+                             "the goal's accuracy then uses it)")
     parser.add_argument("--output", help="also write the JSON here")
     args = parser.parse_args(argv)
 
@@ -149,6 +172,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         variants = [Variant(name, store, entry) for name, entry in entries.items()]
         texts, gold = heldout(manifest_config(store.manifest(args.source)), args.rows)
         scores = {v.name: accuracy(v, texts, gold) for v in variants}
+        pool = unseen(manifest_config(store.manifest(args.source))) if args.unseen else None
+        wide = {v.name: accuracy(v, *pool) for v in variants} if pool else {}
         times = timings(variants, texts, args.requests)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -156,21 +181,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report: dict[str, Any] = {
         "source": args.source, "rows": len(gold), "requests": args.requests, "threads": args.threads,
         "distilled": args.student or "not measured: pass --student with a stored task: distill result",
+        "unseen_rows": len(pool[1]) if pool else None,
         "variants": {v.name: {"entry_bytes": v.bytes, "deploy_bytes": v.deploy, "test_accuracy": scores[v.name],
-                              **times[v.name]} for v in variants},
+                              **({"unseen_accuracy": wide[v.name]} if wide else {}), **times[v.name]}
+                     for v in variants},
         "export_seconds": seconds, "parity": parity,
         "ratios_vs_adapter": {v.name: {
             "single_request_throughput": times[v.name]["single_requests_per_s"] / base["single_requests_per_s"],
             "batch32_throughput": times[v.name]["batch32_rows_per_s"] / base["batch32_rows_per_s"],
             "p50_latency": times[v.name]["p50_ms"] / base["p50_ms"],
             "deploy_size": v.deploy / variants[0].deploy,
-            "accuracy_change_points": (scores[v.name] - scores[BASELINE]) * 100} for v in variants[1:]},
+            "accuracy_change_points": (scores[v.name] - scores[BASELINE]) * 100,
+            **({"unseen_accuracy_change_points": (wide[v.name] - wide[BASELINE]) * 100} if wide else {})}
+            for v in variants[1:]},
     }
     int8 = report["ratios_vs_adapter"]["onnx-int8"]
+    change = int8.get("unseen_accuracy_change_points", int8["accuracy_change_points"])  # the larger sample
     report["goal"] = {"onnx_int8_single_request_speedup": int8["single_request_throughput"],
-                      "onnx_int8_accuracy_change_points": int8["accuracy_change_points"],
-                      "met": int8["single_request_throughput"] >= GOAL_SPEEDUP
-                      and -int8["accuracy_change_points"] <= GOAL_POINTS}
+                      "onnx_int8_accuracy_change_points": change,
+                      "accuracy_measured_on": "unseen rows" if wide else "test split",
+                      "met": int8["single_request_throughput"] >= GOAL_SPEEDUP and -change <= GOAL_POINTS}
     text = json.dumps(report, indent=2)
     print(text)
     if args.output:
