@@ -14,7 +14,7 @@ from rayft.paths import setup_env
 # Variables of the driver's environment that rayft's workers get too (rayft's own: rayft.options.forwarded_env).
 WORKER_ENV = ("DS_ACCELERATOR", "TORCH_EXTENSIONS_DIR", "TOKENIZERS_PARALLELISM", "WANDB_MODE",
               "HF_HUB_OFFLINE", "RAY_TRAIN_V2_ENABLED", "RAY_TRAIN_ENABLE_PRINT_PATCH", "HF_HUB_DISABLE_PROGRESS_BARS",
-              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT")
+              "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "WANDB_SILENT", "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S")
 
 
 def free_port() -> int:

@@ -43,6 +43,9 @@ def setup_env() -> None:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # keep worker prints single, not re-logged
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")  # cloud-only; noisy on local clusters
+    # Ray Train gives a worker group 60 s to start, then retries with a traceback in the log; on a busy small
+    # machine starting the workers (importing torch) takes longer than that without anything being wrong.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "600")
     os.environ.setdefault("WANDB_SILENT", "true")
     # Ray starts worker processes at niceness 15, below its own bookkeeping processes (raylet, GCS, dashboard):
     # training workers then lose the CPU to each of their wake-ups. Read by the raylets that rayft starts.
