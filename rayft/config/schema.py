@@ -311,6 +311,7 @@ class StoreConfig(_Section):
 
 HEAD_NAME = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"  # a multi-task head: a metric prefix and a served id suffix
 MULTITASK = "multitask"  # the task name ``tasks:`` trains under (rayft.tasks.multitask)
+HEAD_TASKS = ("sequence_classification", "token_classification", "extractive_qa")  # what a multi-task head learns
 
 
 class SubTaskConfig(_Section):

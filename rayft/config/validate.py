@@ -313,8 +313,6 @@ def partial_checks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]
     return [e for e in errors if e.path not in bad_paths]
 
 
-HEAD_TASKS = ("sequence_classification", "token_classification", "extractive_qa")  # what a multi-task head learns
-
 
 def check_tasks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]:
     """Multi-task (``tasks:``): each task's type, its own parameters, whether the model and the method suit it, and
@@ -331,8 +329,8 @@ def check_tasks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]:
         if not isinstance(sub, dict):
             continue
         where, name = f"tasks.{i}", sub.get("task", "sequence_classification")
-        if name not in HEAD_TASKS:
-            errors.append(FieldError(f"{where}.task", name, f"a task a multi-task head learns: {', '.join(HEAD_TASKS)}"))
+        if name not in schema.HEAD_TASKS:
+            errors.append(FieldError(f"{where}.task", name, f"a task a multi-task head learns: {', '.join(schema.HEAD_TASKS)}"))
             continue
         if isinstance(model, str) and model in MODELS and MODELS.get(model).tasks and name not in MODELS.get(model).tasks:
             errors.append(FieldError(f"{where}.task", name, f"a task model {model!r} supports: "

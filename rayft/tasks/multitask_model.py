@@ -15,9 +15,8 @@ returns transformers' output classes, so each task's own evaluation code reads t
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,9 +26,7 @@ from transformers.modeling_outputs import (QuestionAnsweringModelOutput, Sequenc
 
 from rayft.data.collate import IGNORE_INDEX
 
-HEADS_FILE = "multitask_heads.json"
 HEAD_WEIGHTS = "multitask_heads.safetensors"
-HEAD_KINDS = ("sequence_classification", "token_classification", "extractive_qa")
 
 
 @dataclass(frozen=True)
@@ -118,13 +115,13 @@ class MultiTaskModel(torch.nn.Module):
         return QuestionAnsweringModelOutput(loss=loss, start_logits=start, end_logits=end)
 
     def save_pretrained(self, out_dir: str, **kwargs: Any) -> None:
-        """A full-weight result: the encoder as a transformers folder, the heads and their specs beside it."""
+        """A full-weight result: the encoder as a transformers folder, the heads beside it (their names, tasks and
+        labels are the run's config and labels, recorded in its manifest)."""
         from safetensors.torch import save_file
 
         self.encoder.save_pretrained(out_dir, **kwargs)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()},
                   os.path.join(out_dir, HEAD_WEIGHTS), metadata={"format": "pt"})
-        write_specs(self.specs, out_dir)
 
 
 def _pooled(out: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -137,11 +134,6 @@ def _pooled(out: Any, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return hidden[:, -1]
     last = attention_mask.size(1) - 1 - attention_mask.flip(-1).argmax(-1)  # right or left padding alike
     return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
-
-
-def write_specs(specs: list[HeadSpec], out_dir: str) -> None:
-    with open(os.path.join(out_dir, HEADS_FILE), "w") as fh:
-        json.dump([asdict(s) for s in specs], fh, indent=2)
 
 
 def build(path: str, specs: list[HeadSpec]) -> MultiTaskModel:
