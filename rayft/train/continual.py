@@ -6,8 +6,8 @@ Runs inside each Ray Train worker, before and around the DeepSpeed engine:
 1. :func:`start` loads the stored result (``rayft.store.load.load_for_inference``: fingerprint checked) and copies
    its weights into the freshly built model wherever name and shape agree — the shared parameters. A stored
    parameter of another shape (the previous task's head, when the label sets differ) is kept aside: the
-   *previous view* of the model (:class:`PreviousView`) runs the current weights with that head through
-   ``torch.func.functional_call``, so the previous task can still be evaluated and rehearsed.
+   *previous view* of the model (:class:`PreviousView`) runs the current weights with that head, so the previous
+   task can still be evaluated and rehearsed.
 2. The previous task's data is prepared again from the stored manifest's config (the same source, columns and
    seeded split), and its held-out metric measured before training (``previous_*_before``).
 3. With ``ewc``, the diagonal empirical Fisher ``F_i = E[(∂ log p(y|x)/∂θ_i)²]`` is estimated on ``samples``
@@ -18,8 +18,10 @@ Runs inside each Ray Train worker, before and around the DeepSpeed engine:
    previous-task examples (φ their share of the combined rows), as if they had been mixed into the batch.
 5. The final report adds the previous task's metrics after training and ``forgetting_<metric>`` (before − after).
 
-The penalty needs whole parameters on every rank: ZeRO stages 0–2 (refused at 3 by
-:mod:`rayft.train.continual_checks`).
+Every ZeRO stage works. At ZeRO-3 the penalty gathers each anchored parameter in turn
+(``deepspeed.zero.GatheredParameters``, read-only) to add its term; the gradient then reaches the parameter through
+DeepSpeed's own reduce-scatter. Every rank keeps θ* and F whole: for LoRA a few MB, for full fine-tuning two fp32
+copies of the model, which ZeRO-3 does not partition.
 """
 
 from __future__ import annotations
@@ -35,10 +37,21 @@ SUPPORTED_TASKS = ("sequence_classification", "token_classification")  # a logit
 
 class PreviousView:
     """The model as the previous task sees it: the current weights, with the previous task's own tensors (its
-    head) substituted by name. Called like the model; ``eval``/``train``/``device`` as the evaluation loop needs."""
+    head) in place of the current ones. Called like the model; ``eval``/``train``/``device`` as the evaluation loop
+    needs.
+
+    The own tensors are linear layers of another shape (the output projection of a head with another label set).
+    While the view runs, a forward hook on each such layer returns the layer's input under the stored weight and
+    bias. The layer itself, with its parameters, is left as it is. So ZeRO-3's parameter hooks see only the
+    parameters they partitioned, which ``torch.func.functional_call``'s substitution would break.
+
+    Raises:
+        ValueError: if an own tensor is not the whole weight (and bias) of a linear layer.
+    """
 
     def __init__(self, module: torch.nn.Module, own: dict[str, torch.Tensor]) -> None:
         self.module, self.own = module, own
+        self.layers = _own_linears(module, own)
 
     @property
     def device(self) -> torch.device:
@@ -53,10 +66,42 @@ class PreviousView:
         return self
 
     def __call__(self, **inputs: Any) -> Any:
-        if not self.own:
+        device = self.device
+        handles = [self.module.get_submodule(name).register_forward_hook(_answer_with(weight.to(device), bias))
+                   for name, (weight, bias) in self.layers.items()]
+        try:
             return self.module(**inputs)
-        own = {k: v.to(self.device) for k, v in self.own.items()}
-        return torch.func.functional_call(self.module, own, args=(), kwargs=inputs, strict=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def _answer_with(weight: torch.Tensor, bias: torch.Tensor | None) -> Callable:
+    """A forward hook that makes a linear layer answer with ``weight`` and ``bias`` instead of its own."""
+
+    def hook(_layer: torch.nn.Module, args: tuple, _output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        return F.linear(x, weight.to(x.dtype), None if bias is None else bias.to(x.device, x.dtype))
+
+    return hook
+
+
+def _own_linears(module: torch.nn.Module, own: dict[str, torch.Tensor]) -> dict[str, tuple]:
+    """``own`` grouped by layer: ``{layer name: (weight, bias or None)}``."""
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in own.items():
+        layer, _, attr = name.rpartition(".")
+        layers.setdefault(layer, {})[attr] = tensor
+    out = {}
+    for layer, tensors in layers.items():
+        target = module.get_submodule(layer)
+        expected = {"weight"} | ({"bias"} if getattr(target, "bias", None) is not None else set())
+        if not isinstance(target, torch.nn.Linear) or set(tensors) != expected:
+            raise ValueError(f"the previous task's {', '.join(f'{layer}.{a}' for a in sorted(tensors))} must be the "
+                             f"whole weight and bias of a linear layer to stand in for it; {layer} is "
+                             f"{type(target).__name__}")
+        out[layer] = (tensors["weight"], tensors.get("bias"))
+    return out
 
 
 def previous_loss(view: PreviousView, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -137,6 +182,7 @@ class Continual:
     replay_share: float = 0.0  # φ: the previous task's share of a batch's rows
     before: dict[str, float] = field(default_factory=dict)
     held_out: str = "test"
+    partitioned: bool = False  # ZeRO-3: the engine's parameters are partitioned over the ranks
     _params: dict[str, torch.nn.Parameter] | None = None
 
     def loss(self, engine, loss: torch.Tensor) -> torch.Tensor:
@@ -151,8 +197,21 @@ class Continual:
         if self.lam and self.fisher:
             if self._params is None:
                 self._params = {n: p for n, p in module.named_parameters() if n in self.anchor}
-            loss = loss + ewc_penalty(self._params, self.anchor, self.fisher, self.lam).to(loss.device)
+            loss = loss + self.penalty().to(loss.device)
         return loss
+
+    def penalty(self) -> torch.Tensor:
+        """The EWC penalty on the current parameters. Partitioned (ZeRO-3), one parameter is gathered at a time, so
+        at most one whole parameter is held beyond what the step holds anyway."""
+        if not self.partitioned:
+            return ewc_penalty(self._params, self.anchor, self.fisher, self.lam)
+        import deepspeed
+
+        terms = []
+        for name, p in self._params.items():
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=None):
+                terms.append(ewc_penalty({name: p}, self.anchor, self.fisher, self.lam))
+        return torch.stack([t.to(terms[0].device) for t in terms]).sum() if terms else torch.zeros(())
 
     def evaluate(self, model: Any, rank: int = 0, world: int = 1) -> dict[str, float]:
         """The previous task's held-out metrics under the previous view of ``model`` (a module or an engine)."""
@@ -200,8 +259,8 @@ def start(model: torch.nn.Module, recipe: Any, rank: int, world: int,
     previous_cfg = manifest_config(manifest)
     previous = Recipe.of(previous_cfg)
     data = prepare_data(previous_cfg, model_path=None)
-    state = Continual(previous, data, own, anchor=shared,
-                      held_out="test" if data.size("test") else "validation")
+    state = Continual(previous, data, own, anchor=shared, held_out="test" if data.size("test") else "validation",
+                      partitioned=cfg.scaling.zero_stage == 3)
     state.before = state.evaluate(model)
     say(f"continual from {manifest.adapter_id}: {len(shared)} shared tensors, previous {manifest.task} "
         f"{state.held_out} " + ", ".join(f"{k} {v:.4f}" for k, v in state.before.items()))

@@ -39,10 +39,6 @@ def check_continual(raw: dict[str, Any], *, require: bool = False) -> list[Field
     task = _name(raw, "task")
     if task not in CONTINUAL_TASKS:
         errors.append(FieldError("task.name", task, f"a task continual learning supports: {', '.join(CONTINUAL_TASKS)}"))
-    stage = _section(raw, "scaling").get("zero_stage", schema.default("scaling.zero_stage"))
-    if stage == 3:
-        errors.append(FieldError("scaling.zero_stage", stage, "0, 1 or 2 with train.continual_from (the EWC penalty "
-                                 "and the previous head need whole parameters on every rank)"))
     from rayft.store.store import AdapterStore
 
     store_path = _section(raw, "store").get("path", schema.default("store.path"))

@@ -78,6 +78,26 @@ def test_previous_view_runs_the_current_weights_with_the_previous_head(tiny_bert
     assert model(**inputs).logits.shape == (1, 3)  # the model itself is untouched
 
 
+def test_the_previous_view_equals_the_model_holding_the_previous_head(tiny_bert):
+    model, previous = _tiny_classifier(tiny_bert, labels=3), _tiny_classifier(tiny_bert, labels=2)
+    previous.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("classifier")},
+                             strict=False)
+    own = {n: p.detach().clone() for n, p in previous.named_parameters() if n.startswith("classifier")}
+    inputs = {"input_ids": torch.tensor([[2, 7, 3, 9]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    model.eval()
+    previous.eval()
+    torch.testing.assert_close(PreviousView(model, own)(**inputs).logits, previous(**inputs).logits)
+
+
+def test_a_previous_tensor_that_is_not_a_whole_linear_layer_is_refused(tiny_bert):
+    model = _tiny_classifier(tiny_bert, labels=3)
+    with pytest.raises(ValueError, match="classifier.weight must be the whole weight and bias of a linear layer"):
+        PreviousView(model, {"classifier.weight": torch.randn(2, 32)})
+    with pytest.raises(ValueError, match="is LayerNorm"):
+        PreviousView(model, {"bert.embeddings.LayerNorm.weight": torch.ones(7),
+                             "bert.embeddings.LayerNorm.bias": torch.zeros(7)})
+
+
 @pytest.fixture(scope="module")
 def stored(tiny_bert, sentiment_csv, tmp_path_factory):
     """A LoRA sentiment classifier trained on the tiny data and stored (the previous task)."""
@@ -159,10 +179,11 @@ def test_an_unknown_entry_another_base_or_an_unsupported_task_is_refused(tiny_be
     assert "extractive_qa" in message
 
 
-def test_zero_stage_3_is_refused_with_continual_from(tiny_bert, stored):
+def test_every_zero_stage_is_accepted_with_continual_from(tiny_bert, stored):
     raw = _topics_raw(tiny_bert, stored)
-    raw["scaling"] = {**raw["scaling"], "zero_stage": 3}
-    assert "0, 1 or 2" in _errors(raw)["scaling.zero_stage"]
+    for stage in (0, 1, 2, 3):
+        raw["scaling"] = {**raw["scaling"], "zero_stage": stage}
+        assert build_config(raw).scaling.zero_stage == stage
 
 
 def test_the_sweep_space_names_lambda_replay_fraction_pacing_and_start_fraction(tiny_bert, stored):
