@@ -47,7 +47,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         out = run_training(cfg, resume=args.resume, address=args.address, options=startup_options(),
                            console=console)
         shown = {k: round(v, 4) for k, v in out.metrics.items()
-                 if k.startswith(("eval_", "test_")) and isinstance(v, float)}
+                 if k.startswith(("eval_", "test_", "previous_", "forgetting_")) and isinstance(v, float)}
         console.line(f"trained {out.metrics.get('step')} steps in {out.seconds:.0f}s: {shown}")
         console.line(f"run: {out.run_dir}\ncheckpoint: {out.checkpoint_path}")
         if args.export and out.checkpoint_path:
