@@ -14,6 +14,16 @@ def deepspeed_config(cfg: ExperimentConfig, hidden_size: int | None = None) -> d
     (reduce ``hidden²`` elements, prefetch ``0.9·hidden²``, parameters under ``10·hidden`` kept whole): DeepSpeed's
     own defaults (5e8 elements to reduce, 5e7 to prefetch) are buffers meant for billion-parameter models, larger
     than a small model's partition, so ZeRO-3 would use more memory per worker than ZeRO-0.
+
+    At ZeRO-3 it also sets three limits that transformers leaves at DeepSpeed's 1e9 parameters, to one transformer
+    block (``12·hidden²`` parameters):
+
+    - ``stage3_max_live_parameters`` and ``stage3_max_reuse_distance``: at 1e9, every gathered parameter of a
+      model under a billion parameters stays resident for the whole step, i.e. the whole model on every rank.
+    - ``sub_group_size``: DeepSpeed allocates, on every rank, an fp32 gradient buffer the size of the largest
+      optimizer sub-group *before* partitioning. At 1e9 that buffer is the whole model.
+
+    On smollm2-135m (2 workers, full fine-tune) the three took ZeRO-3's peak from 0.80x to 0.64x ZeRO-0's.
     """
     zero: dict[str, Any] = {"stage": cfg.scaling.zero_stage}
     if cfg.scaling.zero_stage >= 1:
@@ -23,8 +33,10 @@ def deepspeed_config(cfg: ExperimentConfig, hidden_size: int | None = None) -> d
     if cfg.scaling.zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
         if hidden_size:
+            block = 12 * hidden_size * hidden_size
             zero.update(stage3_prefetch_bucket_size=int(0.9 * hidden_size * hidden_size),
-                        stage3_param_persistence_threshold=10 * hidden_size)
+                        stage3_param_persistence_threshold=10 * hidden_size,
+                        stage3_max_live_parameters=block, stage3_max_reuse_distance=block, sub_group_size=block)
     if cfg.scaling.offload_optimizer and cfg.scaling.zero_stage >= 1:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
     return {

@@ -69,7 +69,10 @@ def test_zero_buckets_are_sized_by_the_models_hidden_size(tiny_llama, chat_jsonl
     zero = deepspeed_config(cfg, hidden_size=576)["zero_optimization"]
     assert zero["reduce_bucket_size"] == 576 * 576 and zero["stage3_prefetch_bucket_size"] == int(0.9 * 576 * 576)
     assert zero["stage3_param_persistence_threshold"] == 5760
+    block = 12 * 576 * 576  # one transformer block: the live, reuse and optimizer sub-group limits
+    assert zero["stage3_max_live_parameters"] == zero["stage3_max_reuse_distance"] == zero["sub_group_size"] == block
     assert "reduce_bucket_size" not in deepspeed_config(cfg)["zero_optimization"]  # no model: DeepSpeed's defaults
     stage2 = deepspeed_config(cfg.model_copy(update={"scaling": cfg.scaling.model_copy(update={"zero_stage": 2})}), 576)
     assert stage2["zero_optimization"]["reduce_bucket_size"] == 576 * 576
     assert "stage3_prefetch_bucket_size" not in stage2["zero_optimization"]
+    assert "sub_group_size" not in stage2["zero_optimization"]
