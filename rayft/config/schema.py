@@ -167,7 +167,8 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(64, ge=1)
     seed: int = 0
     packing: bool = Field(False, description=(
-        "sft/dpo: several examples per row of model.max_length tokens, attention kept within each example"))
+        "sft/dpo: several examples per row of model.max_length tokens, attention kept within each example; "
+        "grpo/ppo: the update forwards pack each rollout's prompt + completion rows"))
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward: less memory")
     continual_from: str | None = Field(None, min_length=1, description=(
         "a store id of the same base to start from, learning this task while keeping its (docs/continual.md)"))

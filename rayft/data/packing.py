@@ -15,6 +15,7 @@ one row) and the per-example sums a pairwise loss needs; that is written below.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from rayft.data.collate import IGNORE_INDEX, REJECTED
 
 POSITIONS, EXAMPLE, SIDE = "position_ids", "example", "side"  # per-token columns of a packed split
 SEGMENTS = "segments"  # per token of a packed batch: which of its sequences (-1 for padding)
+PACK_UPDATES = "pack_updates"  # an online RL batch's flag: its update forwards pack prompt + completion rows
 
 
 def pack_split(columns: dict[str, list[Any]], max_length: int, pairs: bool = False) -> dict[str, list[Any]]:
@@ -110,3 +112,68 @@ def training_rows(cfg: Any, data: Any) -> int:
     from rayft.tasks import get_task
 
     return len(get_task(cfg.task.name).pack(data.splits["train"], cfg.model.max_length)["input_ids"])
+
+
+@dataclass(frozen=True)
+class PackedRows:
+    """Right-padded rows (each row's tokens a prefix of it) laid out several to a row, for one forward.
+
+    ``source`` says where each packed token came from: ``row * width + column`` in the padded layout of
+    ``shape`` = (rows, width), -1 for padding. Position ids restart at 0 for every sequence (padding continues as a
+    sequence of its own), so a forward with them and no attention mask keeps attention within each sequence.
+    """
+
+    input_ids: torch.Tensor  # [packed rows, length]
+    position_ids: torch.Tensor
+    source: torch.Tensor
+    shape: tuple[int, int]
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-token ``values`` of the packed layout (``[packed rows, n]``, ``n`` <= its length: the first ``n``
+        positions) back in the padded layout ``[rows, width]``; zero where no packed token lands."""
+        source = self.source[:, :values.size(1)]
+        keep = source >= 0
+        out = values.new_zeros(self.shape[0] * self.shape[1])
+        return out.index_put((source[keep],), values[keep]).view(self.shape)
+
+
+def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int = 0) -> PackedRows:
+    """Right-padded ``[rows, width]`` token rows packed best-fit-decreasing into rows as long as the longest one: the
+    packed batch is never wider than the padded one, and has fewer rows wherever sequences are shorter.
+
+    Written here because TRL's packer works on datasets before training, and these rows (an online RL task's
+    prompt + completion) exist only inside the training step.
+
+    Raises:
+        ValueError: if a row's tokens are not a prefix of it (left padding).
+    """
+    lengths = attention_mask.sum(1).tolist()
+    rows, width = input_ids.shape
+    if any(not bool(attention_mask[r, :n].all()) for r, n in enumerate(lengths)):
+        raise ValueError("pack_rows needs right-padded rows (each row's tokens first)")
+    capacity = max(lengths, default=0)
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for r in sorted(range(rows), key=lambda r: -lengths[r]):
+        fits = [i for i in range(len(bins)) if room[i] >= lengths[r]]
+        if fits:
+            best = min(fits, key=lambda i: room[i])
+            bins[best].append(r)
+            room[best] -= lengths[r]
+        else:
+            bins.append([r])
+            room.append(capacity - lengths[r])
+    shape = (len(bins), capacity)
+    ids = torch.full(shape, pad_id, dtype=input_ids.dtype, device=input_ids.device)
+    positions = torch.arange(capacity, device=input_ids.device).repeat(len(bins), 1)
+    source = torch.full(shape, -1, dtype=torch.long, device=input_ids.device)
+    for i, members in enumerate(bins):
+        at = 0
+        for r in members:
+            n = lengths[r]
+            ids[i, at:at + n] = input_ids[r, :n]
+            positions[i, at:at + n] = torch.arange(n, device=input_ids.device)
+            source[i, at:at + n] = r * width + torch.arange(n, device=input_ids.device)
+            at += n
+        positions[i, at:] -= at
+    return PackedRows(ids, positions, source, (rows, width))

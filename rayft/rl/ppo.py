@@ -62,28 +62,15 @@ def without_value_head(model: torch.nn.Module) -> Iterator[None]:
             model._modules[VALUE_HEAD] = head
 
 
-def policy_outputs(model: Any, batch: dict[str, torch.Tensor],
-                   entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def policy_outputs(model: Any, batch: dict[str, torch.Tensor], entropy: bool = False,
+                   packed: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One forward of the policy over prompt + completion rows: per-token log-probabilities of the labelled tokens
     and the value at the position before each ``[rows, width - 1]``, and (on request) the policy's entropy there.
+    ``packed``: several rows to a row (:func:`rayft.rl.rollouts.completion_outputs`)."""
+    from rayft.rl.rollouts import completion_outputs
 
-    Prompt-learning adapters prepend virtual tokens: their positions are dropped, as in
-    :func:`rayft.tasks.sft.token_logits`.
-    """
-    from trl.trainer.utils import entropy_from_logits, selective_log_softmax
-
-    from rayft.data.collate import IGNORE_INDEX
-
-    width = batch["input_ids"].size(1)
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-    logits = out.logits[:, -width:].float()[:, :-1]
-    hidden = out.hidden_states[-1][:, -width:][:, :-1]
-    labels = batch["labels"][:, 1:]
-    mask = (labels != IGNORE_INDEX).to(logits.dtype)
-    logps = selective_log_softmax(logits, labels.clamp(min=0)) * mask
-    values = value_head(model)(hidden.to(value_head(model).summary.weight.dtype)).float() * mask
-    ent = entropy_from_logits(logits.detach()) * mask if entropy else None
-    return logps, values, ent
+    out = completion_outputs(model, batch, packed=packed, values=True, entropy=entropy)
+    return out.logps, out.values, out.entropy
 
 
 def token_rewards(scores: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor, mask: torch.Tensor,

@@ -11,6 +11,7 @@ for generation).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -85,13 +86,64 @@ def sequences(prompts: list[list[int]], completions: list[list[int]], pad_id: in
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def token_logps(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+@dataclass(frozen=True)
+class CompletionOutputs:
+    """Per completion token of prompt + completion rows, each ``[rows, width - 1]`` (index ``t`` is what the
+    position ``t`` predicts: the token at ``t + 1``), zero outside ``mask``."""
+
+    logps: torch.Tensor  # the policy's log-probability of the token
+    mask: torch.Tensor  # 1 where the token is a completion token
+    values: torch.Tensor | None = None  # the value head's estimate at the position before it (PPO)
+    entropy: torch.Tensor | None = None  # the policy's entropy there (detached)
+    slots: int = 0  # token positions the forward ran (padding included): the rows' real tokens / slots is its fill
+
+
+def completion_outputs(model: Any, batch: dict[str, torch.Tensor], *, packed: bool = False, values: bool = False,
+                       entropy: bool = False) -> CompletionOutputs:
+    """One forward of the policy (or reference) over :func:`sequences`' rows: see :class:`CompletionOutputs`.
+
+    ``packed``: the rows go in several to a row (:func:`rayft.data.packing.pack_rows`), attention kept within each
+    by its position ids, and the outputs come back in the padded layout, the same numbers as the padded forward.
+    Prompt-learning adapters prepend virtual tokens to every row: their positions are dropped (padded only; the
+    config check refuses packing with them).
+    """
+    from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+
+    from rayft.data.packing import pack_rows
+    from rayft.rl.ppo import value_head
+
+    labels = batch["labels"][:, 1:]
+    mask = (labels != IGNORE_INDEX).float()
+    if packed:
+        rows = pack_rows(batch["input_ids"], batch["attention_mask"])
+        out = model(input_ids=rows.input_ids, position_ids=rows.position_ids, use_cache=False,
+                     output_hidden_states=values)
+        logits, targets = out.logits[:, :-1].float(), rows.input_ids[:, 1:]  # within a sequence: its next token
+        slots = rows.input_ids.numel()
+
+        def back(x: torch.Tensor) -> torch.Tensor:
+            return rows.unpack(x)[:, :-1]
+    else:
+        width = batch["input_ids"].size(1)
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        out = model(**inputs, output_hidden_states=values)
+        logits, targets = out.logits[:, -width:][:, :-1].float(), labels.clamp(min=0)
+        slots = batch["input_ids"].numel()
+
+        def back(x: torch.Tensor) -> torch.Tensor:
+            return x
+    logps = back(selective_log_softmax(logits, targets)) * mask
+    value = ent = None
+    if values:
+        head = value_head(model)
+        hidden = out.hidden_states[-1][:, -logits.size(1) - 1:][:, :-1]
+        value = back(head(hidden.to(head.summary.weight.dtype)).float()) * mask
+    if entropy:
+        ent = back(entropy_from_logits(logits.detach())) * mask
+    return CompletionOutputs(logps, mask, value, ent, slots)
+
+
+def token_logps(model: Any, batch: dict[str, torch.Tensor], packed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities of each row's labelled tokens ``[rows, width - 1]``, and their 0/1 mask."""
-    from trl.trainer.utils import selective_log_softmax
-
-    from rayft.tasks.sft import token_logits
-
-    logits, labels = token_logits(model, batch)[:, :-1], batch["labels"][:, 1:]
-    mask = (labels != IGNORE_INDEX).to(logits.dtype)
-    return selective_log_softmax(logits, labels.clamp(min=0)) * mask, mask
-
+    out = completion_outputs(model, batch, packed=packed)
+    return out.logps, out.mask

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
+from rayft.data.packing import PACK_UPDATES
 from rayft.generate.params import SamplingParams
 from rayft.tasks.base import register_task
 from rayft.tasks.dpo import hold_reference, reference_logps_of
@@ -39,7 +40,7 @@ class GRPO(OnlineRL):
 
     def compute_loss(self, model: Any, batch: dict[str, Any], params: GRPOParams) -> torch.Tensor:
         from rayft.rl.grpo import group_advantages, grpo_loss
-        from rayft.rl.rollouts import rollout, sequences, token_logps
+        from rayft.rl.rollouts import completion_outputs, rollout, sequences, token_logps
 
         inner = getattr(model, "module", model)
         tok = tokenizer_of(inner.config._name_or_path)
@@ -56,14 +57,17 @@ class GRPO(OnlineRL):
         advantages = group_advantages(torch.tensor(rewards).view(len(prompts), g)).flatten()
         seqs = sequences([p for p in prompts for _ in range(g)], completions, tok.pad_token_id or 0)
         seqs = {k: v.to(batch["input_ids"].device) for k, v in seqs.items()}
-        logps, mask = token_logps(model, seqs)
-        ref = reference_logps_of(model, seqs, lambda m, b: token_logps(m, b)[0]) if params.beta > 0 else None
+        packed = bool(batch.get(PACK_UPDATES))  # train.packing: the update forwards pack these rows
+        out = completion_outputs(model, seqs, packed=packed)
+        logps, mask = out.logps, out.mask
+        ref = reference_logps_of(model, seqs, lambda m, b: token_logps(m, b, packed)[0]) if params.beta > 0 else None
         loss, figures = grpo_loss(logps, logps.detach(), ref, advantages.to(logps.device), mask, params.epsilon,
                                   params.beta)
         scores = torch.tensor(rewards)
         tokens = sum(map(len, completions))
         self.record(model, {**figures, "reward": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)),
                             "completion_length": tokens / len(completions), "rollout_s": rollout_s,
+                            "update_fill": int(seqs["attention_mask"].sum()) / max(out.slots, 1),
                             "rollout_tokens_per_s": tokens / max(rollout_s, 1e-9)})
         return loss
 

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from rayft.config.schema import ExperimentConfig
 from rayft.data.collate import pad_batch
+from rayft.data.packing import PACK_UPDATES
 from rayft.errors import ConfigError, FieldError
 from rayft.generate.params import SamplingParams
 from rayft.rl.rewards import RewardModelSpec, RewardSpec, Rewards, check_reward_model, load_rewards
@@ -99,6 +100,14 @@ class OnlineRL(Task):
             out["prompt"].append(str(row[prompt_col]))
             out["columns"].append({c: row[c] for c in others})
         return out
+
+    def pack(self, columns: dict[str, list[Any]], max_length: int) -> dict[str, list[Any]]:
+        """The prompts as they are: under ``train.packing`` what is packed is the prompt + completion rows of each
+        rollout, in the update forwards (:func:`rayft.rl.rollouts.completion_outputs`), as the batch's flag says."""
+        return columns
+
+    def collate_packed(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
+        return {**self.collate(features, pad_id), PACK_UPDATES: True}
 
     def collate(self, features: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:
         batch: dict[str, Any] = pad_batch([{k: f[k] for k in ("input_ids", "index") if k in f} for f in features],

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from rayft.config.schema import ExperimentConfig
-from rayft.data.collate import IGNORE_INDEX
+from rayft.data.packing import PACK_UPDATES
 from rayft.errors import ConfigError, FieldError
 from rayft.generate.params import SamplingParams
 from rayft.tasks.base import register_task, task_params
@@ -95,7 +95,7 @@ class PPO(OnlineRL):
         times over the batch (the loop steps the optimizer between them)."""
         from rayft.rl.ppo import (adapt_kl, gae, masked_whiten, policy_outputs, ppo_losses, token_rewards,
                                   value_head)
-        from rayft.rl.rollouts import rollout, sequences, token_logps
+        from rayft.rl.rollouts import completion_outputs, rollout, sequences, token_logps
 
         inner = getattr(model, "module", model)
         tok = tokenizer_of(inner.config._name_or_path)
@@ -110,10 +110,11 @@ class PPO(OnlineRL):
         scores = torch.tensor(self.score(params, batch, texts, 1), device=device)
         seqs = {k: v.to(device) for k, v in sequences(prompts, completions, tok.pad_token_id or 0).items()}
         head = value_head(model)
+        packed = bool(batch.get(PACK_UPDATES))  # train.packing: the update forwards pack these rows
         with torch.no_grad():
-            old_logps, old_values, entropy = policy_outputs(model, seqs, entropy=True)
-            ref_logps = reference_logps_of(model, seqs, lambda m, b: token_logps(m, b)[0])
-            mask = (seqs["labels"][:, 1:] != IGNORE_INDEX).to(old_logps.dtype)
+            first = completion_outputs(model, seqs, packed=packed, values=True, entropy=True)
+            old_logps, old_values, entropy, mask = first.logps, first.values, first.entropy, first.mask
+            ref_logps = reference_logps_of(model, seqs, lambda m, b: token_logps(m, b, packed)[0])
             rewards, kl = token_rewards(scores, old_logps, ref_logps, mask, float(head.kl_coef))
             if params.whiten_rewards:
                 rewards = masked_whiten(rewards, mask, shift_mean=False)
@@ -124,7 +125,7 @@ class PPO(OnlineRL):
         parts = min(params.num_minibatches, len(prompts))
         for _ in range(params.ppo_epochs):
             for idx in torch.randperm(len(prompts), device=device).tensor_split(parts):
-                logps, values, _ = policy_outputs(model, {k: v[idx] for k, v in seqs.items()})
+                logps, values, _ = policy_outputs(model, {k: v[idx] for k, v in seqs.items()}, packed=packed)
                 policy_loss, value_loss, figures = ppo_losses(
                     logps, values, old_logps[idx], old_values[idx], advantages[idx], returns[idx], mask[idx],
                     params.clip_range, params.clip_range_value)
@@ -139,11 +140,13 @@ class PPO(OnlineRL):
                                     len(prompts)))
         tokens = sum(map(len, completions))
         n = max(mask.sum().item(), 1)
+        real = int(seqs["attention_mask"].sum()) * params.ppo_epochs  # prompt + completion tokens the updates ran
         self.record(model, {
             **{name: value / (params.ppo_epochs * parts) for name, value in sums.items()},
             "reward": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)), "kl": mean_kl,
             "kl_coef": float(head.kl_coef), "entropy": float(entropy.sum() / n),
             "completion_length": tokens / len(completions), "rollout_s": rollout_s, "update_s": update_s,
+            "update_tokens_per_s": real / max(update_s, 1e-9), "update_fill": real / params.ppo_epochs / first.slots,
             "rollout_tokens_per_s": tokens / max(rollout_s, 1e-9)})
 
 

@@ -12,7 +12,9 @@ from rayft.config import schema
 from rayft.config.checks import register_check
 from rayft.errors import FieldError
 
-PACKING_TASKS = ("sft", "dpo")  # tasks whose rows can share a packed row (causal LM, per-token labels)
+# Tasks whose rows can share a packed row (causal LM, per-token labels); the online RL tasks pack the prompt +
+# completion rows of their update forwards.
+PACKING_TASKS = ("sft", "dpo", "grpo", "ppo")
 # peft's prompt learning prepends virtual tokens to each row: packed examples would share one prefix.
 NO_PACKING_METHODS = {"prefix": "prefix tuning", "prompt": "prompt tuning", "ptuning": "p-tuning"}
 

@@ -21,13 +21,13 @@ LLAMA_LORA = {"name": "lora", "r": 8, "alpha": 16, "target_modules": ["q_proj", 
 
 
 def _run(model: Path, data: Path, tmp_path: Path, name: str, task: dict, method: dict, *, stage: int = 2,
-         steps: int = 12, lr: float = 1e-2):
+         steps: int = 12, lr: float = 1e-2, packing: bool = False):
     """Train on 2 workers; returns (config, outcome, per-evaluation history)."""
     from rayft.train import run_training
 
     raw = cls_config(model, data, tmp_path, name=name, task=task,
                      train={"max_steps": steps, "eval_every": steps // 2, "batch_size": 8, "lr": lr,
-                            "eval_batch_size": 16},
+                            "eval_batch_size": 16, "packing": packing},
                      scaling={"num_workers": 2, "cpus_per_worker": 1, "zero_stage": stage})
     raw["method"] = method
     raw["data"] = {"source": str(data), "validation_size": 16, "test_size": 8}
@@ -116,7 +116,7 @@ def test_grpo_raises_the_reward_of_a_target_word(method, stage, ray_local, tiny_
     task = {"name": "grpo", "rewards": [{"function": "tests.support.rewards:target_word"}], "group_size": 8,
             "max_new_tokens": 6, "beta": 0.02}
     _, out, history = _run(tiny_llama, data, tmp_path, f"grpo-{method['name']}", task, method, stage=stage,
-                           lr=3e-2 if method["name"] == "lora" else 3e-3)
+                           lr=3e-2 if method["name"] == "lora" else 3e-3, packing=stage == 3)  # packed updates
     assert history[-1]["eval_reward"] >= 0.5 and history[-1]["eval_reward"] >= history[0]["eval_reward"]
     assert out.metrics["test_reward"] >= 0.5 and "eval_completion_length" in out.metrics
     # what the rollouts and updates measured, averaged since the last evaluation
@@ -132,18 +132,20 @@ def test_grpo_raises_the_reward_of_a_target_word(method, stage, ray_local, tiny_
     pytest.param({"name": "full"}, 3, marks=pytest.mark.slow),  # partitioned weights and value head, a frozen copy
 ], ids=["lora-zero2", "full-zero3"])
 def test_ppo_raises_the_reward_of_a_target_word(method, stage, ray_local, tiny_llama, tmp_path):
-    """PPO on 2 workers (value head, GAE, 2 epochs x 2 minibatches per rollout batch, adaptive KL): the held-out
-    greedy answers go from never saying the target word to saying it, while the value head is left out of the
-    result."""
+    """PPO on 2 workers (value head, GAE, 2 epochs x 2 minibatches per rollout batch, adaptive KL; the ZeRO-2 run
+    packs its update forwards, as GRPO's ZeRO-3 run does): the held-out greedy answers go from never saying the
+    target word to saying it, while the value head is left out of the result."""
     data = tt.write_jsonl(tmp_path / "prompts.jsonl", tt.rl_prompts(96))
     task = {"name": "ppo", "rewards": [{"function": "tests.support.rewards:target_word"}], "max_new_tokens": 6,
             "ppo_epochs": 2, "num_minibatches": 2, "kl_coef": 0.02, "kl_target": 1.0, "kl_horizon": 100}
     _, out, history = _run(tiny_llama, data, tmp_path, f"ppo-{method['name']}", task, method, stage=stage,
-                           steps=48, lr=3e-2 if method["name"] == "lora" else 3e-3)
+                           steps=48, lr=3e-2 if method["name"] == "lora" else 3e-3, packing=stage == 2)
     assert history[-1]["eval_reward"] >= 0.5 and history[-1]["eval_reward"] > history[0]["eval_reward"] - 0.1
     assert out.metrics["test_reward"] >= 0.5 and "eval_kl" in out.metrics
     assert {"train_reward", "train_kl", "train_kl_coef", "train_entropy", "train_clip_fraction", "train_value_loss",
-            "train_policy_loss", "train_completion_length", "train_rollout_s", "train_update_s"} <= set(out.metrics)
+            "train_policy_loss", "train_completion_length", "train_rollout_s", "train_update_s",
+            "train_update_tokens_per_s", "train_update_fill"} <= set(out.metrics)
+    assert 0 < out.metrics["train_update_fill"] <= 1
     assert out.metrics["train_kl_coef"] != 0.02  # adapted towards the target
     _, manifest = _export(out, tmp_path, f"ppo-{method['name']}")
     assert manifest.task == "ppo" and manifest.prompt_format is not None  # served as an sft model
