@@ -33,10 +33,10 @@ from rayft.train.standalone import StepRunner, one_process_group
 def experiment(args: argparse.Namespace, *, packing: bool, checkpointing: bool, max_length: int,
                batch_size: int) -> Any:
     raw = {"name": "llm-train", "model": {"name": args.model, "max_length": max_length, "dtype": args.dtype},
-           "data": {"source": "chatterbot", "seed": 0}, "task": {"name": "sft"},
+           "data": {"source": "chatterbot", "seed": args.seed}, "task": {"name": "sft"},
            "method": {"name": "lora", "r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
            "train": {"batch_size": batch_size, "lr": 2e-4, "packing": packing, "gradient_checkpointing": checkpointing,
-                     "seed": 0},
+                     "seed": args.seed},
            "scaling": {"zero_stage": 2, "gpus_per_worker": 1 if torch.cuda.is_available() else 0},
            "tracking": {"wandb": False}}
     return build_config(raw)
@@ -60,6 +60,40 @@ def tokens_per_s(steps: list[Any], clock: str = "seconds") -> float:
     return sum(s.tokens for s in timed) / sum(getattr(s, clock) for s in timed)
 
 
+def padding_report(args: argparse.Namespace, padded: list[Any], packed: list[Any]) -> dict[str, Any]:
+    padded_tps, packed_tps = tokens_per_s(padded), tokens_per_s(packed)
+    return {
+        "padded": {"batch_size": args.batch_size, "tokens_per_s": round(padded_tps, 1),
+                   "real_tokens_per_step": statistics.mean(s.tokens for s in padded[1:]),
+                   "examples_per_step": statistics.mean(s.examples for s in padded[1:]),
+                   "s_per_step": round(statistics.mean(s.seconds for s in padded[1:]), 3)},
+        "packed": {"rows": args.rows, "max_length": args.pack_length, "tokens_per_s": round(packed_tps, 1),
+                   "real_tokens_per_step": statistics.mean(s.tokens for s in packed[1:]),
+                   "examples_per_step": statistics.mean(s.examples for s in packed[1:]),
+                   "s_per_step": round(statistics.mean(s.seconds for s in packed[1:]), 3)},
+        "packed_over_padded_tokens_per_s": round(packed_tps / padded_tps, 3),
+        "packed_over_padded_tokens_per_cpu_s": round(tokens_per_s(packed, "cpu_seconds")
+                                                     / tokens_per_s(padded, "cpu_seconds"), 3),
+        "goal_1_5x_met": packed_tps / padded_tps >= 1.5,
+    }
+
+
+def checkpointing_report(long: dict[str, int], kept: list[Any], recomputed: list[Any]) -> dict[str, Any]:
+    kept_peak = statistics.median(s.peak_bytes for s in kept[1:])
+    recomputed_peak = statistics.median(s.peak_bytes for s in recomputed[1:])
+    loss_gap = max(abs(a.loss - b.loss) for a, b in zip(kept, recomputed))
+    return {
+        **long, "steps": len(kept),
+        "peak_mib_off": round(kept_peak / 2**20, 1), "peak_mib_on": round(recomputed_peak / 2**20, 1),
+        "peak_on_over_off": round(recomputed_peak / max(kept_peak, 1), 3),
+        "s_per_step_off": round(statistics.mean(s.seconds for s in kept[1:]), 3),
+        "s_per_step_on": round(statistics.mean(s.seconds for s in recomputed[1:]), 3),
+        "losses_off": [round(s.loss, 6) for s in kept], "losses_on": [round(s.loss, 6) for s in recomputed],
+        "max_loss_gap": loss_gap,
+        "goal_40pct_lower_met": recomputed_peak <= 0.6 * kept_peak, "goal_losses_1e-5_met": loss_gap <= 1e-5,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
@@ -70,55 +104,32 @@ def main() -> None:
     parser.add_argument("--pack-length", type=int, default=1024, help="padding comparison: model.max_length")
     parser.add_argument("--long-length", type=int, default=1024, help="checkpointing comparison: model.max_length")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--seed", type=int, default=0, help="the data split's and the training's seed")
+    parser.add_argument("--only", choices=["padding", "checkpointing"], help="one comparison (default: both)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU x{torch.get_num_threads()}"
 
+    report: dict[str, Any] = {"device": device, "model": args.model, "dtype": args.dtype, "zero_stage": 2,
+                              "method": "lora r=16", "seed": args.seed}
     with one_process_group("nccl" if torch.cuda.is_available() else "gloo"):
-        base = experiment(args, packing=False, checkpointing=False, max_length=args.pack_length,
-                          batch_size=args.batch_size)
-        data = prepare_data(base)
-        padded = measure(base, data, args.steps)
-        packed = measure(experiment(args, packing=True, checkpointing=False, max_length=args.pack_length,
-                                    batch_size=args.rows), data, args.steps)
-        long = {"max_length": args.long_length, "batch_size": args.rows}
-        long_data = data if args.long_length == args.pack_length else prepare_data(
-            experiment(args, packing=True, checkpointing=False, **long))
-        kept = measure(experiment(args, packing=True, checkpointing=False, **long), long_data, args.steps)
-        recomputed = measure(experiment(args, packing=True, checkpointing=True, **long), long_data, args.steps)
-
-    padded_tps, packed_tps = tokens_per_s(padded), tokens_per_s(packed)
-    kept_peak = statistics.median(s.peak_bytes for s in kept[1:])
-    recomputed_peak = statistics.median(s.peak_bytes for s in recomputed[1:])
-    loss_gap = max(abs(a.loss - b.loss) for a, b in zip(kept, recomputed))
-    report = {
-        "device": device, "model": args.model, "dtype": args.dtype, "zero_stage": 2, "method": "lora r=16",
-        "padding": {
-            "padded": {"batch_size": args.batch_size, "tokens_per_s": round(padded_tps, 1),
-                       "real_tokens_per_step": statistics.mean(s.tokens for s in padded[1:]),
-                       "examples_per_step": statistics.mean(s.examples for s in padded[1:]),
-                       "s_per_step": round(statistics.mean(s.seconds for s in padded[1:]), 3)},
-            "packed": {"rows": args.rows, "max_length": args.pack_length, "tokens_per_s": round(packed_tps, 1),
-                       "real_tokens_per_step": statistics.mean(s.tokens for s in packed[1:]),
-                       "examples_per_step": statistics.mean(s.examples for s in packed[1:]),
-                       "s_per_step": round(statistics.mean(s.seconds for s in packed[1:]), 3)},
-            "packed_over_padded_tokens_per_s": round(packed_tps / padded_tps, 3),
-            "packed_over_padded_tokens_per_cpu_s": round(tokens_per_s(packed, "cpu_seconds")
-                                                         / tokens_per_s(padded, "cpu_seconds"), 3),
-            "goal_1_5x_met": packed_tps / padded_tps >= 1.5,
-        },
-        "checkpointing": {
-            **long, "steps": len(kept),
-            "peak_mib_off": round(kept_peak / 2**20, 1), "peak_mib_on": round(recomputed_peak / 2**20, 1),
-            "peak_on_over_off": round(recomputed_peak / max(kept_peak, 1), 3),
-            "s_per_step_off": round(statistics.mean(s.seconds for s in kept[1:]), 3),
-            "s_per_step_on": round(statistics.mean(s.seconds for s in recomputed[1:]), 3),
-            "losses_off": [round(s.loss, 6) for s in kept], "losses_on": [round(s.loss, 6) for s in recomputed],
-            "max_loss_gap": loss_gap,
-            "goal_40pct_lower_met": recomputed_peak <= 0.6 * kept_peak, "goal_losses_1e-5_met": loss_gap <= 1e-5,
-        },
-    }
+        data = None
+        if args.only != "checkpointing":
+            base = experiment(args, packing=False, checkpointing=False, max_length=args.pack_length,
+                              batch_size=args.batch_size)
+            data = prepare_data(base)
+            padded = measure(base, data, args.steps)
+            packed = measure(experiment(args, packing=True, checkpointing=False, max_length=args.pack_length,
+                                        batch_size=args.rows), data, args.steps)
+            report["padding"] = padding_report(args, padded, packed)
+        if args.only != "padding":
+            long = {"max_length": args.long_length, "batch_size": args.rows}
+            long_data = data if data is not None and args.long_length == args.pack_length else prepare_data(
+                experiment(args, packing=True, checkpointing=False, **long))
+            kept = measure(experiment(args, packing=True, checkpointing=False, **long), long_data, args.steps)
+            recomputed = measure(experiment(args, packing=True, checkpointing=True, **long), long_data, args.steps)
+            report["checkpointing"] = checkpointing_report(long, kept, recomputed)
     print(json.dumps(report, indent=2))
 
 
