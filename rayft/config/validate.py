@@ -84,8 +84,10 @@ def check_method_combination(raw: dict[str, Any]) -> list[FieldError]:
     return [FieldError(path, value, expected) for path, value, expected in problems]
 
 
-def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]:
-    """The task's own parameters, and whether the configured method can serve this task."""
+def check_task(task: dict[str, Any], method: dict[str, Any],
+               section_keys: tuple[str, ...] = ("name", "labels")) -> list[FieldError]:
+    """The task's own parameters, and whether the configured method can serve this task. ``section_keys``: the
+    keys of the section beside the task's parameters (a ``tasks:`` entry has more), named in the error."""
     from rayft.methods import METHODS
     from rayft.tasks import TASKS, method_problem
 
@@ -100,7 +102,7 @@ def check_task(task: dict[str, Any], method: dict[str, Any]) -> list[FieldError]
     except ValidationError as exc:
         errors += [FieldError("task." + ".".join(map(str, e["loc"])), e.get("input"),
                               f"unknown parameter for task {name!r}; it takes: "
-                              f"{', '.join(['name', 'labels', *schema_cls.model_fields])}"
+                              f"{', '.join([*section_keys, *schema_cls.model_fields])}"
                               if e["type"] == "extra_forbidden" else e["msg"]) for e in exc.errors()]
     method_name = method.get("name", schema.default("method.name"))
     why = method_problem(entry, method_name) if isinstance(method_name, str) else None
@@ -338,7 +340,7 @@ def check_tasks(raw: dict[str, Any], bad_paths: set[str]) -> list[FieldError]:
         own = {k: v for k, v in sub.items() if k not in ("name", "task", "data", "max_length")}
         single = {**raw, "task": {**own, "name": name}, "data": sub.get("data") or {}}
         single.pop("tasks", None)
-        found = check_task(single["task"], _section(raw, "method"))
+        found = check_task(single["task"], _section(raw, "method"), ("name", "task", "data", "labels", "max_length"))
         if not any(p.startswith((f"{where}.data.source", f"{where}.data.splits")) for p in bad_paths):
             found += check_data(single)
         errors += [_in_task(e, where) for e in found if name in TASKS]

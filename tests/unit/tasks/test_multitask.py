@@ -88,6 +88,7 @@ def test_bad_multitask_configs_name_each_field(tiny_bert, files, tmp_path):
     assert "sentiment repeat" in found["tasks"].expected
     assert "virtual tokens" in found["method.name"].expected
     assert "it has: review, sentiment" in found["tasks.0.data.text_column"].expected
+    assert "it takes: name, task, data, labels, max_length" in found["tasks.0.doc_stride"].expected
 
 
 def test_tasks_and_task_or_mix_alone_are_refused(tiny_bert, files, tmp_path):
