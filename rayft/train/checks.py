@@ -72,8 +72,9 @@ def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
 
 @register_check
 def check_training(raw: dict[str, Any]) -> list[FieldError]:
-    """model.dtype against the hardware; train.packing against the task and method."""
-    errors: list[FieldError] = []
+    """model.dtype against the hardware; train.packing against the task and method; max_length against the model's
+    context length."""
+    errors: list[FieldError] = _context_problems(raw)
     dtype = _section(raw, "model").get("dtype", schema.default("model.dtype"))
     gpus = _section(raw, "scaling").get("gpus_per_worker", schema.default("scaling.gpus_per_worker"))
     if dtype in ("bfloat16", "float16") and isinstance(gpus, (int, float)):
@@ -90,3 +91,22 @@ def check_training(raw: dict[str, Any]) -> list[FieldError]:
             errors.append(FieldError("train.packing", True, f"false with {NO_PACKING_METHODS[method]}: its virtual "
                                                             "tokens would be shared by every example of a row"))
     return errors
+
+
+def _context_problems(raw: dict[str, Any]) -> list[FieldError]:
+    """``model.max_length`` (and each ``tasks.<i>.max_length``) at most the model's context length: longer rows
+    would index past its position embeddings in the workers."""
+    name = _section(raw, "model").get("name")
+    if not isinstance(name, str):
+        return []
+    from rayft.models.catalog import context_length
+
+    limit = context_length(name)
+    if not limit:
+        return []
+    lengths = [("model.max_length", _section(raw, "model").get("max_length", schema.default("model.max_length")))]
+    tasks = raw.get("tasks")
+    if isinstance(tasks, list):
+        lengths += [(f"tasks.{i}.max_length", t.get("max_length")) for i, t in enumerate(tasks) if isinstance(t, dict)]
+    return [FieldError(path, value, f"at most {limit}, the context length of model {name!r}")
+            for path, value in lengths if isinstance(value, int) and value > limit]

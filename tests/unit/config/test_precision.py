@@ -1,5 +1,5 @@
-"""Precision and packing checks: a precision the hardware lacks is refused with the reason (never a crash), and
-packing is refused where it does not apply."""
+"""Precision, packing and length checks: a precision the hardware lacks is refused with the reason (never a crash),
+packing is refused where it does not apply, and a max_length past the model's context names the limit."""
 
 from __future__ import annotations
 
@@ -76,3 +76,20 @@ def test_zero_buckets_are_sized_by_the_models_hidden_size(tiny_llama, chat_jsonl
     assert stage2["zero_optimization"]["reduce_bucket_size"] == 576 * 576
     assert "stage3_prefetch_bucket_size" not in stage2["zero_optimization"]
     assert "sub_group_size" not in stage2["zero_optimization"]
+
+
+def test_max_length_beyond_the_models_context_is_refused_naming_the_limit(tiny_bert, tiny_llama, sentiment_csv,
+                                                                           chat_jsonl, tmp_path):
+    """tiny BERT's position embeddings cover 128 tokens, tiny Llama's 256; a catalog model's limit is known too."""
+    from rayft.models.catalog import context_length
+
+    raw = cls_config(tiny_bert, sentiment_csv, tmp_path)
+    raw["model"]["max_length"] = 128
+    assert build_config(raw).model.max_length == 128  # up to the limit
+    raw["model"]["max_length"] = 129
+    assert "at most 128, the context length of model" in _errors(raw)["model.max_length"].expected
+    sft = _sft(tiny_llama, chat_jsonl, tmp_path)
+    sft["model"]["max_length"] = 300
+    assert "at most 256" in _errors(sft)["model.max_length"].expected
+    assert context_length("minilm-l6") == 512 and context_length("smollm2-135m") == 8192
+    assert context_length("org/some-hub-model") is None  # not known before loading
