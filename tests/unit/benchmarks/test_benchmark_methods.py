@@ -15,6 +15,7 @@ def bench():
 
 def _args(bench, task, **kw):
     args = SimpleNamespace(task=task, zero_memory=False, warmup=1, methods=None, docs=None,
+                           gradient_checkpointing=False,
                            **{k: None for k in ("train_size", "test_size", "steps", "batch_size", "max_length",
                                                 "eval_batch_size")})
     vars(args).update({**bench.SUITES[task].defaults, **kw})
