@@ -140,13 +140,13 @@ class PPO(OnlineRL):
                                     len(prompts)))
         tokens = sum(map(len, completions))
         n = max(mask.sum().item(), 1)
-        real = int(seqs["attention_mask"].sum()) * params.ppo_epochs  # prompt + completion tokens the updates ran
+        real = int(seqs["attention_mask"].sum())  # prompt + completion tokens of one pass over the rollout
         self.record(model, {
             **{name: value / (params.ppo_epochs * parts) for name, value in sums.items()},
             "reward": float(scores.mean()), "reward_std": float(scores.std(unbiased=False)), "kl": mean_kl,
             "kl_coef": float(head.kl_coef), "entropy": float(entropy.sum() / n),
             "completion_length": tokens / len(completions), "rollout_s": rollout_s, "update_s": update_s,
-            "update_tokens_per_s": real / max(update_s, 1e-9), "update_fill": real / params.ppo_epochs / first.slots,
+            "update_tokens_per_s": real * params.ppo_epochs / max(update_s, 1e-9), "update_fill": real / first.slots,
             "rollout_tokens_per_s": tokens / max(rollout_s, 1e-9)})
 
 

@@ -50,7 +50,7 @@ class PreviousView:
     """
 
     def __init__(self, module: torch.nn.Module, own: dict[str, torch.Tensor]) -> None:
-        self.module, self.own = module, own
+        self.module = module
         self.layers = _own_linears(module, own)
 
     @property
@@ -184,6 +184,7 @@ class Continual:
     held_out: str = "test"
     partitioned: bool = False  # ZeRO-3: the engine's parameters are partitioned over the ranks
     _params: dict[str, torch.nn.Parameter] | None = None
+    _view: PreviousView | None = None
 
     def loss(self, engine, loss: torch.Tensor) -> torch.Tensor:
         """The training loss with replay mixed in and the EWC penalty added."""
@@ -192,13 +193,18 @@ class Continual:
         module = engine.module
         if self.replay is not None:
             batch = on_device(next(self.replay), engine.device)
-            loss = (1 - self.replay_share) * loss + self.replay_share * previous_loss(PreviousView(module, self.own),
-                                                                                       batch)
+            loss = (1 - self.replay_share) * loss + self.replay_share * previous_loss(self.view(module), batch)
         if self.lam and self.fisher:
             if self._params is None:
                 self._params = {n: p for n, p in module.named_parameters() if n in self.anchor}
             loss = loss + self.penalty().to(loss.device)
         return loss
+
+    def view(self, module: torch.nn.Module) -> PreviousView:
+        """The previous view of ``module``, built once (the engine trains the module ``start`` was given)."""
+        if self._view is None or self._view.module is not module:
+            self._view = PreviousView(module, self.own)
+        return self._view
 
     def penalty(self) -> torch.Tensor:
         """The EWC penalty on the current parameters. Partitioned (ZeRO-3), one parameter is gathered at a time, so
@@ -220,7 +226,7 @@ class Continual:
         module = getattr(model, "module", model)
         loader = make_loader(self.data.splits[self.held_out], self.previous, self.data.pad_id, rank, world,
                              train=False)
-        return evaluate(PreviousView(module, self.own), self.previous, loader)
+        return evaluate(self.view(module), self.previous, loader)
 
     def report(self, engine, rank: int, world: int) -> dict[str, float]:
         """The final report's figures: the previous task's metrics before and after, and the forgetting."""
