@@ -4,9 +4,11 @@ Both comparisons drive rayft's worker step in this process (:class:`rayft.train.
 with its method, the DeepSpeed engine at ZeRO-2, the training loader) on a one-rank process group, without Ray:
 
 - ``padding``: ``train.packing`` off (``batch_size`` examples a step, padded to the longest) vs on (``rows`` rows
-  of ``max_length`` tokens, several examples each); real (non-padding) tokens per second of training steps, the
-  first step of each left out, by wall time and by the process's CPU time (which a busy shared CPU disturbs
-  less). Goal: packed >= 1.5x padded.
+  of ``max_length`` tokens, several examples each), each over one whole epoch of the same ``examples`` training
+  examples (after one unmeasured warm-up step), so both train on the same tokens and the ratio does not hang on
+  which few batches were drawn (this data has a long tail: a padded batch costs its size times its longest
+  example). Real (non-padding) tokens per second, by wall time and by the process's CPU time (which a busy shared
+  CPU disturbs less). Goal: packed >= 1.5x padded.
 - ``checkpointing``: ``train.gradient_checkpointing`` off vs on, packed rows of ``max_length`` 1024, the same seed;
   the peak memory of each step above what was resident before it (CUDA allocator peak on a GPU, the resident
   high-water mark on a CPU), after a first step that creates the optimizer state, and the losses of ``steps`` steps.
@@ -33,7 +35,7 @@ from rayft.train.standalone import StepRunner, one_process_group
 def experiment(args: argparse.Namespace, *, packing: bool, checkpointing: bool, max_length: int,
                batch_size: int) -> Any:
     raw = {"name": "llm-train", "model": {"name": args.model, "max_length": max_length, "dtype": args.dtype},
-           "data": {"source": "chatterbot", "seed": args.seed}, "task": {"name": "sft"},
+           "data": {"source": "chatterbot", "seed": args.seed, "train_size": args.examples}, "task": {"name": "sft"},
            "method": {"name": "lora", "r": 16, "alpha": 32, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]},
            "train": {"batch_size": batch_size, "lr": 2e-4, "packing": packing, "gradient_checkpointing": checkpointing,
                      "seed": args.seed},
@@ -42,9 +44,11 @@ def experiment(args: argparse.Namespace, *, packing: bool, checkpointing: bool, 
     return build_config(raw)
 
 
-def measure(cfg: Any, data: Any, steps: int) -> list[Any]:
-    runner = StepRunner(cfg, data, steps + 1)
-    measured = runner.run(steps + 1)
+def measure(cfg: Any, data: Any, steps: int | None) -> list[Any]:
+    """One warm-up step and ``steps`` more; ``None``: as many more as one epoch of the loader has (the warm-up
+    step's batch comes round again as the epoch restarts, so the measured steps are exactly one epoch)."""
+    runner = StepRunner(cfg, data, 1 + (steps or 0))
+    measured = runner.run(1 + (steps if steps is not None else len(runner.loader)))
     del runner
     print(json.dumps({"packing": cfg.train.packing, "checkpointing": cfg.train.gradient_checkpointing,
                       "max_length": cfg.model.max_length, "steps": [vars(s) for s in measured]}),
@@ -63,11 +67,14 @@ def tokens_per_s(steps: list[Any], clock: str = "seconds") -> float:
 def padding_report(args: argparse.Namespace, padded: list[Any], packed: list[Any]) -> dict[str, Any]:
     padded_tps, packed_tps = tokens_per_s(padded), tokens_per_s(packed)
     return {
-        "padded": {"batch_size": args.batch_size, "tokens_per_s": round(padded_tps, 1),
+        "examples": args.examples,
+        "padded": {"batch_size": args.batch_size, "steps": len(padded) - 1,
+                   "real_tokens": sum(s.tokens for s in padded[1:]), "tokens_per_s": round(padded_tps, 1),
                    "real_tokens_per_step": statistics.mean(s.tokens for s in padded[1:]),
                    "examples_per_step": statistics.mean(s.examples for s in padded[1:]),
                    "s_per_step": round(statistics.mean(s.seconds for s in padded[1:]), 3)},
-        "packed": {"rows": args.rows, "max_length": args.pack_length, "tokens_per_s": round(packed_tps, 1),
+        "packed": {"rows": args.rows, "max_length": args.pack_length, "steps": len(packed) - 1,
+                   "real_tokens": sum(s.tokens for s in packed[1:]), "tokens_per_s": round(packed_tps, 1),
                    "real_tokens_per_step": statistics.mean(s.tokens for s in packed[1:]),
                    "examples_per_step": statistics.mean(s.examples for s in packed[1:]),
                    "s_per_step": round(statistics.mean(s.seconds for s in packed[1:]), 3)},
@@ -98,7 +105,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--steps", type=int, default=5, help="measured steps per case (after one more)")
+    parser.add_argument("--steps", type=int, default=5, help="checkpointing: measured steps per case (after one more)")
+    parser.add_argument("--examples", type=int, default=320,
+                        help="padding: the training examples both cases train one epoch over")
     parser.add_argument("--batch-size", type=int, default=16, help="padded: examples per step")
     parser.add_argument("--rows", type=int, default=2, help="packed: rows of max_length tokens per step")
     parser.add_argument("--pack-length", type=int, default=1024, help="padding comparison: model.max_length")
@@ -119,9 +128,9 @@ def main() -> None:
             base = experiment(args, packing=False, checkpointing=False, max_length=args.pack_length,
                               batch_size=args.batch_size)
             data = prepare_data(base)
-            padded = measure(base, data, args.steps)
+            padded = measure(base, data, None)
             packed = measure(experiment(args, packing=True, checkpointing=False, max_length=args.pack_length,
-                                        batch_size=args.rows), data, args.steps)
+                                        batch_size=args.rows), data, None)
             report["padding"] = padding_report(args, padded, packed)
         if args.only != "padding":
             long = {"max_length": args.long_length, "batch_size": args.rows}
