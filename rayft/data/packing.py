@@ -137,7 +137,7 @@ class PackedRows:
         return out.index_put((source[keep],), values[keep]).view(self.shape)
 
 
-def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int = 0) -> PackedRows:
+def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedRows:
     """Right-padded ``[rows, width]`` token rows packed best-fit-decreasing into rows as long as the longest one: the
     packed batch is never wider than the padded one, and has fewer rows wherever sequences are shorter.
 
@@ -164,7 +164,8 @@ def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, pad_id: int
             bins.append([r])
             room.append(capacity - lengths[r])
     shape = (len(bins), capacity)
-    ids = torch.full(shape, pad_id, dtype=input_ids.dtype, device=input_ids.device)
+    # A row's unused tail holds token 0: its positions restart, so no real token attends to it, and unpack drops it.
+    ids = torch.zeros(shape, dtype=input_ids.dtype, device=input_ids.device)
     positions = torch.arange(capacity, device=input_ids.device).repeat(len(bins), 1)
     source = torch.full(shape, -1, dtype=torch.long, device=input_ids.device)
     for i, members in enumerate(bins):

@@ -111,6 +111,7 @@ def completion_outputs(model: Any, batch: dict[str, torch.Tensor], *, packed: bo
 
     from rayft.data.packing import pack_rows
     from rayft.rl.ppo import value_head
+    from rayft.tasks.sft import model_inputs
 
     labels = batch["labels"][:, 1:]
     mask = (labels != IGNORE_INDEX).float()
@@ -125,9 +126,8 @@ def completion_outputs(model: Any, batch: dict[str, torch.Tensor], *, packed: bo
             return rows.unpack(x)[:, :-1]
     else:
         width = batch["input_ids"].size(1)
-        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-        out = model(**inputs, output_hidden_states=values)
-        logits, targets = out.logits[:, -width:][:, :-1].float(), labels.clamp(min=0)
+        out = model(**model_inputs(batch, ("input_ids", "attention_mask", "position_ids")), output_hidden_states=values)
+        logits, targets = out.logits[:, -width:][:, :-1].float(), labels.clamp(min=0)  # virtual tokens dropped
         slots = batch["input_ids"].numel()
 
         def back(x: torch.Tensor) -> torch.Tensor:
