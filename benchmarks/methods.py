@@ -24,8 +24,8 @@ above the level it starts from.
 
 Prints JSON; ``--docs`` also writes the table to docs/methods.md (one marked block per suite and mode).
 
-Full size (estimates for an idle 2-core machine). 150 steps on MiniLM-L6 is the smallest budget found where the
-methods part (2.4 epochs of the 2,000 reviews); at 60 steps every method still predicted the majority class:
+Full size (estimates for an idle 2-core machine). 150 steps on MiniLM-L6 is the smallest budget tried where the
+methods differ (2.4 epochs of the 2,000 reviews); at 60 steps every method still predicted the majority class:
     python benchmarks/methods.py --docs docs/methods.md                       # about 30 minutes
     python benchmarks/methods.py --task sft --docs docs/methods.md            # about 80 minutes
     python benchmarks/methods.py --zero-memory --docs docs/methods.md         # about 5-8 minutes
