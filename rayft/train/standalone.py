@@ -114,12 +114,14 @@ class StepRunner:
     """The worker's model, engine and training loader for ``cfg`` on ``data`` (a PreparedData), in this process
     (inside :func:`one_process_group`)."""
 
-    def __init__(self, cfg: ExperimentConfig, data: Any, steps: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, data: Any, steps: int | None = None) -> None:
+        """``steps``: the learning-rate schedule's length; None: one epoch of the training loader and one more."""
         self.recipe = Recipe.of(cfg)
         torch.manual_seed(cfg.train.seed)
-        self.engine = E.build_engine(E.build_model(self.recipe, data), self.recipe, steps)
+        model = E.build_model(self.recipe, data)
         self.loader = E.make_loader(data.splits["train"], self.recipe, data.pad_id, 0, 1, train=True)
         self.loader.sampler.set_epoch(0)
+        self.engine = E.build_engine(model, self.recipe, steps if steps is not None else len(self.loader) + 1)
 
     def run(self, steps: int) -> list[Step]:
         """``steps`` steps of the worker loop (one batch each; the epoch starts again when it runs out)."""
