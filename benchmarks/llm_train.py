@@ -47,8 +47,8 @@ def experiment(args: argparse.Namespace, *, packing: bool, checkpointing: bool, 
 def measure(cfg: Any, data: Any, steps: int | None) -> list[Any]:
     """One warm-up step and ``steps`` more; ``None``: as many more as one epoch of the loader has (the warm-up
     step's batch comes round again as the epoch restarts, so the measured steps are exactly one epoch)."""
-    runner = StepRunner(cfg, data, None if steps is None else 1 + steps)  # the schedule spans the steps taken
-    measured = runner.run(1 + (steps if steps is not None else len(runner.loader)))
+    runner = StepRunner(cfg, data, None if steps is None else 1 + steps)
+    measured = runner.run()  # as many steps as the schedule spans
     del runner
     print(json.dumps({"packing": cfg.train.packing, "checkpointing": cfg.train.gradient_checkpointing,
                       "max_length": cfg.model.max_length, "steps": [vars(s) for s in measured]}),

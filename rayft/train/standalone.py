@@ -121,10 +121,13 @@ class StepRunner:
         model = E.build_model(self.recipe, data)
         self.loader = E.make_loader(data.splits["train"], self.recipe, data.pad_id, 0, 1, train=True)
         self.loader.sampler.set_epoch(0)
-        self.engine = E.build_engine(model, self.recipe, steps if steps is not None else len(self.loader) + 1)
+        self.steps = steps if steps is not None else len(self.loader) + 1
+        self.engine = E.build_engine(model, self.recipe, self.steps)
 
-    def run(self, steps: int) -> list[Step]:
-        """``steps`` steps of the worker loop (one batch each; the epoch starts again when it runs out)."""
+    def run(self, steps: int | None = None) -> list[Step]:
+        """``steps`` steps of the worker loop, by default the schedule's (one batch each; the epoch starts again
+        when it runs out)."""
+        steps = self.steps if steps is None else steps
         out: list[Step] = []
         batches = iter(self.loader)
         while len(out) < steps:
