@@ -45,6 +45,17 @@ def chat_jsonl(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def process_group():
+    """A one-process gloo group, as a Ray Train worker of a one-worker run has, for every test that builds a
+    DeepSpeed engine in the test process. One for the session: DeepSpeed keeps the groups it first sees in module
+    globals, so a group destroyed and created again leaves it holding the old one."""
+    from rayft.train.standalone import one_process_group
+
+    with one_process_group():
+        yield
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole integration session (2 CPUs, like the CI machine).
 

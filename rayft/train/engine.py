@@ -92,6 +92,7 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_e
     from transformers import get_scheduler
 
     from rayft.train.checks import require_precision
+    from rayft.train.deepspeed_internals import share_fp32_master_weights, use_in_place_collectives_on_gloo
 
     cfg = recipe.cfg
     require_precision(cfg.model.dtype, torch.cuda.is_available() and cfg.scaling.gpus_per_worker > 0)
@@ -102,8 +103,10 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_e
         sched = get_scheduler(cfg.train.scheduler, opt, num_warmup_steps=warmup, num_training_steps=steps)
         return gate_schedule(sched, model, recipe, steps_per_epoch)
 
+    use_in_place_collectives_on_gloo()  # ZeRO-3 on CPU workers: no copies of gathers and buckets
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                            config=deepspeed_config(cfg, _hidden_size(model)))
+    share_fp32_master_weights(engine)  # ZeRO-3 on fp32 weights: no second copy of them (see there)
     return engine
 
 

@@ -10,7 +10,7 @@ from rayft.config import build_config
 from rayft.data import prepare_data
 from rayft.train import engine as E
 from rayft.train.recipe import Recipe
-from rayft.train.standalone import StepRunner, one_process_group
+from rayft.train.standalone import StepRunner
 from tests.support import cls_config
 
 
@@ -52,13 +52,6 @@ def test_checkpointing_gives_the_same_gradients(method, packing, data, tiny_llam
     assert sum(float(g.abs().sum()) for g in plain.values()) > 0  # (LoRA's A gets none while B is still zero)
     for name, grad in plain.items():
         torch.testing.assert_close(recomputed[name], grad, atol=1e-6, rtol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def process_group():
-    """A one-process gloo group, as a Ray Train worker of a one-worker run has."""
-    with one_process_group():
-        yield
 
 
 def _losses(cfg, data, steps: int = 3) -> list[float]:
