@@ -110,6 +110,13 @@ def build_engine(model: torch.nn.Module, recipe: Recipe, steps: int, steps_per_e
     return engine
 
 
+def current_lr(engine) -> float:
+    """The learning rate reported for a step: the largest of the optimizer's groups. With layer-wise decay or
+    gradual unfreezing the groups differ (frozen ones are gated to 0, the embeddings' group first among them), and
+    the top of the model's is the one the experiment's ``train.lr``/``head_lr`` names."""
+    return float(max(engine.get_lr()))
+
+
 def _hidden_size(model: torch.nn.Module) -> int | None:
     """The model's hidden size (its config's), which sizes DeepSpeed's buckets; None where it has none."""
     config = getattr(model, "config", None)

@@ -107,7 +107,7 @@ def train_loop_per_worker(config: LoopConfig | dict[str, Any]) -> None:
             step = engine.global_steps
             unfreezing(step)
             if _reached(before, step, cfg.train.log_every):
-                say.step(step, steps, window.loss / window.n, engine.get_lr()[0],
+                say.step(step, steps, window.loss / window.n, E.current_lr(engine),
                          window.samples / max(window.seconds, 1e-9))
             if _reached(before, step, eval_every) or step >= steps:
                 state = state.evaluating(len(train_loader))
@@ -230,7 +230,7 @@ def _metrics(run: WorkerRun, window: _Window, state: LoopState, final: bool) -> 
     samples_per_s = window.samples * world / max(window.seconds, 1e-9)
     metrics.update(
         step=engine.global_steps, epoch=round(state.progress, 4),
-        train_loss=window.loss / max(window.n, 1), lr=float(engine.get_lr()[0]),
+        train_loss=window.loss / max(window.n, 1), lr=E.current_lr(engine),
         samples_per_s=samples_per_s, tokens_per_s=window.tokens * world / max(window.seconds, 1e-9),
         final=final, **run.info,
         **{f"train_{k}": v / max(window.n, 1) for k, v in window.figures.items()},  # this rank's batches
