@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import threading
 from pathlib import Path
 
@@ -48,6 +49,18 @@ class _HeadWithoutAgent(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, *args):  # quiet
         pass
+
+
+@pytest.fixture(autouse=True)
+def _auth_mode_restored():
+    """``jobs.client`` turns on Ray's token mode in its process when a token exists (``~/.ray/auth_token``): in a
+    test session that would flip every later local Ray's mode mid-session, which Ray's clients do not follow."""
+    saved = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if saved is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = saved
 
 
 @pytest.fixture
