@@ -9,8 +9,8 @@ model computes with. For a model already in fp32 it means to share them ("we don
 worker on smollm2-135m between two workers. :func:`share_fp32_master_weights` points each master partition at the
 partition it was cloned from, as DeepSpeed intended; its step then copies each partition onto itself.
 
-**Collectives without gloo's copies.** ZeRO-3 moves parameters and gradients with two module-level functions of DeepSpeed's, each ending in a
-``torch.distributed`` collective that, on gloo (CPU workers), copies a whole buffer first:
+**Collectives without gloo's copies.** ZeRO-3 moves parameters and gradients with two module-level functions of
+DeepSpeed's, each ending in a ``torch.distributed`` collective that, on gloo (CPU workers), copies a whole buffer first:
 
 - ``_dist_allgather_fn`` (``deepspeed.runtime.zero.partition_parameters``) gathers a layer's weights before its
   forward and backward with ``all_gather_into_tensor``: on gloo that keeps a second copy of the gathered weights;
@@ -58,11 +58,13 @@ def _on_gloo(group: Any) -> bool:
     return dist.get_backend(group) == "gloo"
 
 
-def _my_chunk(flat: Any, group: Any) -> Any:
-    """This rank's equal chunk of the 1-D tensor ``flat``."""
+def _my_slot(flat: Any, group: Any) -> slice:
+    """Where this rank's equal share of the 1-D tensor ``flat`` lies."""
     import torch.distributed as dist
 
-    return flat.chunk(dist.get_world_size(group))[dist.get_rank(group)]
+    size = flat.numel() // dist.get_world_size(group)
+    rank = dist.get_rank(group)
+    return slice(rank * size, (rank + 1) * size)
 
 
 def _whole_multiple(part: Any, whole: Any, group: Any) -> bool:
@@ -77,12 +79,11 @@ def all_gather_in_place(input_tensor: Any, output_tensor: Any, group: Any = None
     import torch.distributed as dist
 
     flat = output_tensor.view(-1)
-    mine = _my_chunk(flat, group)
-    if mine.data_ptr() != input_tensor.data_ptr():
-        mine.copy_(input_tensor.reshape(-1))
-    rank, size = dist.get_rank(group), mine.numel()
-    flat[:rank * size].zero_()
-    flat[(rank + 1) * size:].zero_()
+    slot = _my_slot(flat, group)
+    if flat[slot].data_ptr() != input_tensor.data_ptr():
+        flat[slot].copy_(input_tensor.reshape(-1))
+    flat[:slot.start].zero_()
+    flat[slot.stop:].zero_()
     return dist.all_reduce(output_tensor, group=group, async_op=async_op)
 
 
@@ -92,7 +93,8 @@ def reduce_scatter_in_place(input_tensor: Any, output_tensor: Any, group: Any = 
     import torch.distributed as dist
 
     dist.all_reduce(input_tensor, group=group)
-    chunk = _my_chunk(input_tensor.view(-1), group)
+    flat = input_tensor.view(-1)
+    chunk = flat[_my_slot(flat, group)]
     if chunk.data_ptr() != output_tensor.data_ptr() or chunk.numel() != output_tensor.numel():
         output_tensor.view(-1).copy_(chunk)
 

@@ -30,3 +30,13 @@ def cls_config(model: Path, data: Path, tmp: Path, **sections) -> dict:
     for key, value in sections.items():
         raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
     return raw
+
+
+def sft_config(model: Path, chat: Path, tmp: Path, method: dict | None = None, **sections) -> dict:
+    """A small instruction-tuning experiment on the tiny Llama and the chat rows (8 held out for validation, no
+    test split); ``method`` replaces the default LoRA on the attention projections as a whole."""
+    raw = cls_config(model, chat, tmp, task={"name": "sft"}, **sections)
+    raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response",
+                       validation_size=8, test_size=0)
+    raw["method"] = method or {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    return raw

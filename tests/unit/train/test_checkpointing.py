@@ -11,18 +11,14 @@ from rayft.data import prepare_data
 from rayft.train import engine as E
 from rayft.train.recipe import Recipe
 from rayft.train.standalone import StepRunner
-from tests.support import cls_config
+from tests.support import sft_config
 
 
 def _cfg(tiny_llama, chat_jsonl, tmp_path, method: dict, checkpointing: bool, stage: int = 0, packing=False):
-    raw = cls_config(tiny_llama, chat_jsonl, tmp_path, task={"name": "sft"},
-                     train={"gradient_checkpointing": checkpointing, "packing": packing, "batch_size": 4,
-                            "lr": 1e-2, "max_grad_norm": 0.0},
-                     scaling={"zero_stage": stage})
-    raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response",
-                       validation_size=8, test_size=0)
-    raw["method"] = method
-    return build_config(raw)
+    return build_config(sft_config(tiny_llama, chat_jsonl, tmp_path, method,
+                                   train={"gradient_checkpointing": checkpointing, "packing": packing,
+                                          "batch_size": 4, "lr": 1e-2, "max_grad_norm": 0.0},
+                                   scaling={"zero_stage": stage}))
 
 
 LORA = {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}

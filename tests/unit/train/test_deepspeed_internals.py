@@ -117,14 +117,11 @@ def test_in_place_collectives_match_deepspeeds_on_two_gloo_ranks():
 
 def _zero3_full(tiny_llama, chat_jsonl, tmp_path):
     from rayft.config import build_config
-    from tests.support import cls_config
+    from tests.support import sft_config
 
-    raw = cls_config(tiny_llama, chat_jsonl, tmp_path, task={"name": "sft"},
-                     train={"batch_size": 4, "lr": 1e-2, "max_grad_norm": 1.0}, scaling={"zero_stage": 3})
-    raw["method"] = {"name": "full"}
-    raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response",
-                       validation_size=8, test_size=0)
-    return build_config(raw)
+    return build_config(sft_config(tiny_llama, chat_jsonl, tmp_path, {"name": "full"},
+                                   train={"batch_size": 4, "lr": 1e-2, "max_grad_norm": 1.0},
+                                   scaling={"zero_stage": 3}))
 
 
 def test_zero3_master_weights_share_the_models_fp32_partitions_and_train_the_same(process_group, tiny_llama,

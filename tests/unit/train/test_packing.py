@@ -16,18 +16,14 @@ from rayft.tasks.sft import TASK as SFT
 from rayft.tasks.sft import model_inputs
 from rayft.train import engine as E
 from rayft.train.recipe import Recipe
-from tests.support import REPO, cls_config
+from tests.support import REPO, cls_config, sft_config
 
 PREFERENCES = REPO / "tests" / "fixtures" / "preferences.jsonl"
 
 
 def _sft_cfg(tiny_llama, chat_jsonl, tmp_path, **train):
-    raw = cls_config(tiny_llama, chat_jsonl, tmp_path, task={"name": "sft"},
-                     train={"packing": True, "batch_size": 2, **train})
-    raw["data"].update(text_column=None, label_column=None, prompt_column="prompt", response_column="response",
-                       validation_size=8, test_size=0)
-    raw["method"] = {"name": "lora", "r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
-    return build_config(raw)
+    return build_config(sft_config(tiny_llama, chat_jsonl, tmp_path,
+                                   train={"packing": True, "batch_size": 2, **train}))
 
 
 @pytest.fixture(scope="module")
